@@ -1,0 +1,3 @@
+from clipsearch.cli.main import main
+
+main()

@@ -1,0 +1,185 @@
+"""``clipsearch embed`` and ``clipsearch similarity``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from clipsearch.cli.common import (
+    JsonOption,
+    ModelOption,
+    WeightsOption,
+    console,
+    default_model,
+    err_console,
+    fail,
+    handle_errors,
+)
+
+
+def load(model: str | None, weights: str | None = None):
+    """Load ``model`` (or the default) with a spinner on stderr."""
+    from clipsearch.models.registry import load_model
+
+    name = model or default_model()
+    with err_console.status(f"loading model {name} ...", spinner="dots"):
+        return load_model(name, weights=weights)
+
+
+def progress_bar(total: int, description: str):
+    """A Rich progress bar on stderr with rate and ETA; disabled for short runs."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from clipsearch.cli.rate_column import RateColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+        disable=total < 16,
+    )
+
+
+@handle_errors
+def embed(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Image files or folders (recursive).")] = None,
+    text: Annotated[list[str] | None, typer.Option("--text", "-t", help="A text to embed; repeatable.")] = None,
+    model: ModelOption = None,
+    weights: WeightsOption = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write vectors to FILE.npz or FILE.parquet.")] = None,
+    as_json: JsonOption = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096)] = 32,
+    no_draft: Annotated[bool, typer.Option("--no-draft", help="Decode JPEGs at full size.")] = False,
+) -> None:
+    """Embed images and texts into unit vectors.
+
+    Texts come first, then images, each in the order given. One line per input with --json:
+    {"input", "modality", "vector"} or {"input", "modality", "error"}.
+    """
+    from clipsearch.embed import embed_inputs, expand_image_paths, save_embeddings
+
+    texts = list(text or [])
+    for p in paths or []:
+        if not p.exists():
+            fail(f"no such file or folder: {p}")
+    images = expand_image_paths(paths or [])
+    if not texts and not images:
+        fail("nothing to embed: give image files or folders, or --text")
+    encoder = load(model, weights)
+    total = len(texts) + len(images)
+    with progress_bar(total, "embedding") as bar:
+        task = bar.add_task("embedding", total=total)
+        results = embed_inputs(
+            encoder,
+            texts=texts,
+            images=images,
+            batch_size=batch_size,
+            draft=not no_draft,
+            on_progress=lambda n: bar.advance(task, n),
+        )
+    if as_json:
+        for r in results:
+            row: dict = {"input": r.input, "modality": r.modality}
+            if r.vector is not None:
+                row["vector"] = [round(float(x), 7) for x in r.vector]
+            else:
+                row["error"] = r.error
+            sys.stdout.write(json.dumps(row) + "\n")
+    ok = sum(r.vector is not None for r in results)
+    failed = [r for r in results if r.error]
+    if out is not None:
+        save_embeddings(results, out)
+    if not as_json:
+        for r in failed:
+            err_console.print(f"[yellow]skipped[/] {r.input}: {r.error}", highlight=False)
+    where = f" -> {out}" if out else ""
+    err_console.print(
+        f"embedded {ok} of {total} inputs with {encoder.name} (dim {encoder.dim}); {len(failed)} failed{where}",
+        highlight=False,
+    )
+    if ok == 0:
+        raise typer.Exit(1)
+
+
+@handle_errors
+def similarity(
+    text: Annotated[list[str] | None, typer.Option("--text", "-t", help="A text; repeatable.")] = None,
+    image: Annotated[list[Path] | None, typer.Option("--image", "-i", help="An image file; repeatable.")] = None,
+    model: ModelOption = None,
+    weights: WeightsOption = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Draw the matrix as a heatmap PNG.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Cosine similarity between texts and images (or between texts, for text models).
+
+    For each image, also the softmax over the texts scaled by the model's logit scale
+    (CLIP's logits_per_image): zero-shot probabilities.
+    """
+    from clipsearch.similarity import similarity_table
+
+    texts = list(text or [])
+    images = list(image or [])
+    if not texts:
+        fail("give at least one --text")
+    for p in images:
+        if not p.exists():
+            fail(f"no such file: {p}")
+    encoder = load(model, weights)
+    table = similarity_table(encoder, texts=texts, images=images)
+    if out is not None:
+        from clipsearch.viz import similarity_heatmap
+
+        similarity_heatmap(table, out)
+    if as_json:
+        sys.stdout.write(json.dumps(table.to_dict()) + "\n")
+    else:
+        _print_table(table)
+    if out is not None:
+        err_console.print(f"heatmap written to {out}")
+
+
+def _print_table(table) -> None:
+    from rich.table import Table
+
+    cols = table.column_labels
+    t = Table(title=f"cosine similarity ({table.model})", show_lines=False)
+    t.add_column("text")
+    for c in cols:
+        t.add_column(_short(c), justify="right")
+    for i, label in enumerate(table.row_labels):
+        t.add_row(_short(label, 48), *[f"{x:.3f}" for x in table.cosine[i]])
+    console.print(t)
+    if table.probs is not None:
+        p = Table(title=f"softmax over texts per image (logit scale {table.logit_scale:.1f})")
+        p.add_column("text")
+        for c in cols:
+            p.add_column(_short(c), justify="right")
+        for i, label in enumerate(table.row_labels):
+            p.add_row(_short(label, 48), *[f"{x:.1%}" for x in table.probs[i]])
+        console.print(p)
+    for c, e in table.errors.items():
+        err_console.print(f"[yellow]skipped[/] {c}: {e}", highlight=False)
+
+
+def _short(s: str, n: int = 24) -> str:
+    s = Path(s).name if "/" in s and len(s) > n else s
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(embed)
+    app.command()(similarity)

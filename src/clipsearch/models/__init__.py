@@ -1,0 +1,1 @@
+"""Model backends behind one interface; see :mod:`clipsearch.models.base` and ``registry``."""

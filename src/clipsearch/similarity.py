@@ -1,0 +1,88 @@
+"""Texts against images (or texts against texts): the classic CLIP similarity matrix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from clipsearch.models.base import Encoder, cosine_similarity
+
+
+@dataclass
+class SimilarityTable:
+    """Rows are texts; columns are images, or the texts again for text-only comparisons.
+
+    ``cosine`` is ``(n_texts, n_columns)``; ``probs`` (images only) is the softmax over the texts
+    of ``logit_scale * cosine`` for each image, so every column sums to 1.
+    """
+
+    model: str
+    row_labels: list[str]
+    column_labels: list[str]
+    cosine: np.ndarray
+    probs: np.ndarray | None
+    logit_scale: float
+    thumbnails: list = field(default_factory=list)  # PIL images for the columns, when images
+    errors: dict[str, str] = field(default_factory=dict)  # image path -> reason it was skipped
+
+    def to_dict(self) -> dict:
+        out = {
+            "model": self.model,
+            "texts": self.row_labels,
+            "columns": self.column_labels,
+            "cosine": np.round(self.cosine, 6).tolist(),
+            "logit_scale": self.logit_scale,
+            "errors": self.errors,
+        }
+        if self.probs is not None:
+            out["probs"] = np.round(self.probs, 6).tolist()
+        return out
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax along ``axis``."""
+    z = logits - logits.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def similarity_table(encoder: Encoder, *, texts: Sequence[str], images: Sequence[str | Path] = ()) -> SimilarityTable:
+    """Embed ``texts`` and ``images`` and compare them.
+
+    Without images, compares the texts with each other (sentence similarity). Unreadable images
+    are left out and listed in ``errors`` with the loader's reason.
+    """
+    from clipsearch.errors import ClipsearchError
+    from clipsearch.images import load_image
+
+    if not texts:
+        raise ValueError("give at least one text")
+    text_vecs = encoder.encode_texts(list(texts))
+    scale = float(encoder.info.logit_scale)
+    if not images:
+        return SimilarityTable(encoder.name, list(texts), list(texts), cosine_similarity(text_vecs, text_vecs), None, scale)
+    if not encoder.supports("image"):
+        raise ValueError(f"model {encoder.name!r} embeds text only; compare texts, or use an image model")
+    pics, labels, errors = [], [], {}
+    for p in images:
+        try:
+            pics.append(load_image(p))
+            labels.append(str(p))
+        except ClipsearchError as exc:
+            errors[str(p)] = getattr(exc, "reason", str(exc))
+    if not pics:
+        raise ValueError("none of the images could be read: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
+    image_vecs = encoder.encode_images(pics)
+    cos = cosine_similarity(text_vecs, image_vecs)
+    probs = softmax(scale * cos, axis=0)
+    thumbs = [_thumbnail(im) for im in pics]
+    return SimilarityTable(encoder.name, list(texts), labels, cos, probs, scale, thumbs, errors)
+
+
+def _thumbnail(im, size: int = 160):
+    im = im.copy()
+    im.thumbnail((size, size))
+    return im
