@@ -141,7 +141,7 @@ def similarity(
     encoder = load(model, weights)
     table = similarity_table(encoder, texts=texts, images=images)
     if out is not None:
-        from clipsearch.viz import similarity_heatmap
+        from clipsearch.viz.heatmap import similarity_heatmap
 
         similarity_heatmap(table, out)
     if as_json:

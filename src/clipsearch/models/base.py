@@ -41,6 +41,7 @@ class Preprocess:
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
     interpolation: str = "bicubic"  # a PIL resampling filter name
     resize_mode: str = "shortest"  # "shortest" (resize+crop, CLIP) or "squash" (resize to crop x crop)
+    crop_rounding: str = "floor"  # crop offset: "floor" (transformers) or "round" (torchvision, open_clip)
 
     def to_dict(self) -> dict:
         return asdict(self)

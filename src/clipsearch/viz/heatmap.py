@@ -1,4 +1,4 @@
-"""Pictures clipsearch draws: the similarity heatmap (more live beside their features)."""
+"""The similarity heatmap: texts down the side, image thumbnails (or texts) across the top."""
 
 from __future__ import annotations
 
@@ -9,15 +9,6 @@ if TYPE_CHECKING:
     from clipsearch.similarity import SimilarityTable
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def similarity_heatmap(table: "SimilarityTable", out: str | Path) -> Path:
     """Draw ``table.cosine`` as the classic CLIP notebook figure and save it as PNG.
 
@@ -25,7 +16,9 @@ def similarity_heatmap(table: "SimilarityTable", out: str | Path) -> Path:
     """
     import numpy as np
 
-    plt = _pyplot()
+    from clipsearch.viz import pyplot
+
+    plt = pyplot()
     n_rows, n_cols = table.cosine.shape
     width = max(6.0, 1.6 * n_cols + 4.5)
     height = max(4.0, 0.6 * n_rows + (2.2 if table.thumbnails else 2.5))

