@@ -83,6 +83,7 @@ def similarity_table(encoder: Encoder, *, texts: Sequence[str], images: Sequence
 
 
 def _thumbnail(im, size: int = 160):
-    im = im.copy()
-    im.thumbnail((size, size))
-    return im
+    """A square thumbnail, the image fitted inside on white, so plots keep its aspect ratio."""
+    from PIL import Image, ImageOps
+
+    return ImageOps.pad(im, (size, size), color="white")

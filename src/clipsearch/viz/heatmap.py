@@ -26,7 +26,8 @@ def similarity_heatmap(table: "SimilarityTable", out: str | Path) -> Path:
     im = ax.imshow(table.cosine, cmap="viridis", aspect="auto", vmin=min(0.0, float(table.cosine.min())))
     ax.set_yticks(range(n_rows), [_wrap(t) for t in table.row_labels], fontsize=9)
     for (i, j), v in np.ndenumerate(table.cosine):
-        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if v < table.cosine.max() * 0.7 else "black")
+        light = im.norm(v) > 0.6  # viridis is light at its top end: dark text there
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="black" if light else "white")
     if table.thumbnails:
         ax.set_xticks([])
         ax.set_xlim(-0.5, n_cols - 0.5)
