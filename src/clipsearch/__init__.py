@@ -27,6 +27,12 @@ _EXPORTS = {
     "embed_inputs": "clipsearch.embed",
     "open_store": "clipsearch.store",
     "Store": "clipsearch.store",
+    "classify": "clipsearch.tasks",
+    "evaluate_classification": "clipsearch.tasks",
+    "localize": "clipsearch.tasks",
+    "caption": "clipsearch.tasks",
+    "moderate": "clipsearch.tasks",
+    "ask": "clipsearch.tasks.qa",
     "ClipsearchError": "clipsearch.errors",
     "ModelNotAvailable": "clipsearch.errors",
     "ImageRefused": "clipsearch.errors",
@@ -42,6 +48,8 @@ if TYPE_CHECKING:
     from clipsearch.models.registry import load_model
     from clipsearch.similarity import similarity_table
     from clipsearch.store import Store, open_store
+    from clipsearch.tasks import caption, classify, evaluate_classification, localize, moderate
+    from clipsearch.tasks.qa import ask
 
 
 def __getattr__(name: str) -> Any:

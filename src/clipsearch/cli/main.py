@@ -20,7 +20,7 @@ app = typer.Typer(
 )
 
 # Feature modules, each with register(app). Imported here (cheap: none imports torch at module level).
-_AREAS = ("embed", "store", "train", "evaluate", "demo")
+_AREAS = ("embed", "store", "tasks", "qa", "train", "serve", "evaluate", "demo")
 
 for _area in _AREAS:
     try:
