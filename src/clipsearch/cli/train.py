@@ -1,0 +1,131 @@
+"""``clipsearch demo-world``, ``clipsearch train`` and ``clipsearch evaluate retrieval``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from clipsearch.cli.common import JsonOption, ModelOption, console, default_model, err_console, handle_errors
+
+DEMO_WORLD = "demo-world"  # same value as clipsearch.train.data.DEMO_WORLD (no heavy import here)
+
+
+@handle_errors
+def demo_world_cmd(
+    out: Annotated[Path, typer.Argument(help="Folder to write the images and metadata.jsonl into.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of images.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="World seed: the same seed gives the same files.")] = 0,
+    split: Annotated[
+        str, typer.Option("--split", help="train, or eval (held-out colour-shape pairs and phrasings).")
+    ] = "train",
+    min_side: Annotated[int, typer.Option("--min-side", min=16, help="Smallest image side in pixels.")] = 160,
+    max_side: Annotated[int, typer.Option("--max-side", min=16, help="Largest image side in pixels.")] = 640,
+) -> None:
+    """Generate a world of captioned shape scenes with exact ground truth (boxes, attributes)."""
+    from clipsearch.train.demo_world import generate_world
+
+    meta = generate_world(out, n, seed=seed, split=split, size_range=(min_side, max_side), progress=n >= 50)
+    err_console.print(f"wrote {n} images and {meta}")
+
+
+@handle_errors
+def train_cmd(
+    pairs: Annotated[str, typer.Option("--pairs", help="Folder with metadata.jsonl, a .csv/.jsonl with image and caption columns, or 'demo-world' (scenes drawn on the fly).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder; it loads with --model OUT.")],
+    base: Annotated[str | None, typer.Option("--base", help="Fine-tune this Hugging Face CLIP checkpoint (folder or cached hub id) instead of building towers.")] = None,
+    image_tower: Annotated[str, typer.Option("--image-tower", help="cnn (small, with coordinate channels), resnet18 or vit; trained from scratch.")] = "cnn",
+    text_tower: Annotated[str, typer.Option("--text-tower", help="'minilm' (the bundled all-MiniLM-L6-v2), a Hugging Face folder or a cached hub id.")] = "minilm",
+    freeze_text: Annotated[bool | None, typer.Option("--freeze-text/--train-text", help="Keep the text tower fixed (its token states are cached) or fine-tune it. Default: frozen for --text-tower, trained with --base.", show_default=False)] = None,
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Optimizer steps (required with demo-world).")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Passes over file pairs when --steps is not given.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = 128,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (default 2e-3 for towers, 1e-5 with --base).")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    eval_pairs: Annotated[str | None, typer.Option("--eval-pairs", help="Held-out pairs to measure recall@1/5/10 on, or 'demo-world' (its eval split).")] = None,
+    eval_every: Annotated[int, typer.Option("--eval-every", min=1, help="Steps between evaluations and checkpoints.")] = 500,
+    eval_size: Annotated[int, typer.Option("--eval-size", min=2, help="Scenes in the demo-world eval set.")] = 500,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint with the same options.")] = False,
+    minutes: Annotated[float | None, typer.Option("--minutes", help="Stop with a checkpoint after this many minutes.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Torch threads for the training step.")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Processes preparing batches ahead of the training step.")] = 0,
+    caption_pool: Annotated[int, typer.Option("--caption-pool", min=0, help="demo-world: distinct captions drawn once (0: a fresh caption per scene).")] = 20000,
+    image_size: Annotated[int | None, typer.Option("--image-size", min=8, help="Model input side in pixels (default: 64 cnn/vit, 128 resnet18).")] = None,
+    embed_dim: Annotated[int, typer.Option("--embed-dim", min=2, help="Joint space dimension.")] = 256,
+    pool: Annotated[str, typer.Option("--pool", help="Image grid pooling: attention or mean.")] = "attention",
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:  # fmt: skip
+    """Train a CLIP-style dual encoder with a symmetric contrastive loss.
+
+    Writes the model (clipsearch_model.json + safetensors), OUT/checkpoint, OUT/history.jsonl
+    and OUT/training_curves.png.
+    """
+    from clipsearch.train.trainer import TrainOptions, train
+
+    result = train(
+        TrainOptions(
+            pairs=pairs, out=str(out), base=base, image_tower=image_tower, text_tower=text_tower,
+            freeze_text=freeze_text, steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+            eval_pairs=eval_pairs, eval_every=eval_every, eval_size=eval_size, resume=resume, minutes=minutes,
+            threads=threads, workers=workers, caption_pool=caption_pool, image_size=image_size,
+            embed_dim=embed_dim, pool=pool, progress=progress,
+        )
+    )  # fmt: skip
+    state = "finished" if result.finished else "stopped early (--resume continues)"
+    loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
+    err_console.print(
+        f"{state}: step {result.step} of {result.steps}, loss {loss}, {result.images_per_second:.0f} img/s; "
+        f"model in {result.out}"
+    )
+    if result.eval:
+        _print_recall(result.eval)
+
+
+def _print_recall(metrics: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"retrieval recall over {metrics['n']} pairs")
+    table.add_column("direction")
+    for k in ("R@1", "R@5", "R@10"):
+        table.add_column(k, justify="right")
+    for direction in ("text_to_image", "image_to_text"):
+        row = metrics[direction]
+        table.add_row(direction.replace("_to_", " -> "), *(f"{row[k]:.3f}" for k in ("R@1", "R@5", "R@10")))
+    console.print(table)
+
+
+@handle_errors
+def evaluate_retrieval_cmd(
+    pairs: Annotated[str, typer.Option("--pairs", help="Folder with metadata.jsonl, a .csv/.jsonl with image and caption columns, or 'demo-world' (its eval split, drawn in memory).")],
+    model: ModelOption = None,
+    as_json: JsonOption = False,
+    n: Annotated[int, typer.Option("--n", min=2, help="demo-world: number of scenes.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="demo-world: world seed.")] = 0,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N pairs of a file.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+) -> None:  # fmt: skip
+    """Recall@1/5/10 text->image and image->text over image-caption pairs.
+
+    Every caption queries all the images and every image all the captions; a hit is the pair's
+    own partner, or a pair with an identical caption or the same image file.
+    """
+    from clipsearch.models.registry import load_model
+    from clipsearch.train.evaluate import evaluate_retrieval
+
+    name = model or default_model()
+    with err_console.status(f"loading model {name} ...", spinner="dots"):
+        encoder = load_model(name)
+    metrics = evaluate_retrieval(encoder, pairs, n=n, seed=seed, limit=limit, batch_size=batch_size)
+    if as_json:
+        typer.echo(json.dumps({"model": encoder.name, "pairs": pairs, **metrics}))
+    else:
+        _print_recall(metrics)
+        if metrics.get("skipped"):
+            err_console.print(f"{metrics['skipped']} images could not be decoded and were left out")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo-world")(demo_world_cmd)
+    app.command("train")(train_cmd)

@@ -1,0 +1,286 @@
+"""Training data: image-caption pairs from files, or demo-world scenes rendered on the fly.
+
+Batches are a pure function of ``(seed, step)``: the trainer can resume at any step and get
+the same data, and worker processes can render batches in any order.
+
+Sources:
+
+- a folder with ``metadata.jsonl`` (``file`` and ``caption`` per line, as the demo world writes);
+- a ``.jsonl`` or ``.csv`` file with an image column (``image``, ``file``, ``path`` or
+  ``filepath``) and a caption column (``caption`` or ``text``); relative image paths are read
+  from the file's folder;
+- :data:`DEMO_WORLD` (``"demo-world"``): fresh scenes for every batch. Captions come from a pool
+  of distinct captions drawn once per seed, so a frozen text tower runs once per caption,
+  and each pooled caption gets a new scene that makes it true at every use.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from clipsearch.models.base import Preprocess
+from clipsearch.train import demo_world as dw
+
+DEMO_WORLD = "demo-world"
+IMAGE_COLUMNS = ("image", "file", "path", "filepath")
+CAPTION_COLUMNS = ("caption", "text")
+TRAIN_RENDER_SIDES = (96, 256)  # on-the-fly training scenes: image sides in pixels (cheap to draw)
+JPEG_PROB = 0.5  # share of on-the-fly training scenes that go through a JPEG round trip
+
+
+@dataclass
+class Pair:
+    image: Path  # absolute path of the image file
+    caption: str
+
+
+@dataclass
+class Batch:
+    pixels: npt.NDArray[np.float32]  # (n, 3, S, S) model input
+    captions: list[str]  # n captions; caption i belongs to image i
+    targets: npt.NDArray[np.bool_]  # (n, n): targets[i, j] when caption j matches image i
+    step: int
+    refused: dict[str, str] = field(default_factory=dict)  # image path -> reason, left out of this batch
+
+
+def read_pairs(source: str | Path) -> list[Pair]:
+    """Image-caption pairs from a folder with ``metadata.jsonl``, a ``.jsonl`` or a ``.csv`` file.
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist.
+        ValueError: no usable columns, an empty caption, or no pairs at all.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        path = path / "metadata.jsonl"
+        if not path.is_file():
+            raise ValueError(
+                f"{source} is a folder without metadata.jsonl; give a folder with one, or a .jsonl/.csv file"
+            )
+    if not path.exists():
+        raise FileNotFoundError(2, "no such file", str(path))
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    elif path.suffix.lower() in (".jsonl", ".json"):
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        raise ValueError(f"pairs file {str(path)!r} must end in .csv or .jsonl (or be a folder with metadata.jsonl)")
+    if not rows:
+        raise ValueError(f"{path} holds no pairs")
+    keys = set(rows[0])
+    image_key = next((k for k in IMAGE_COLUMNS if k in keys), None)
+    caption_key = next((k for k in CAPTION_COLUMNS if k in keys), None)
+    if image_key is None or caption_key is None:
+        raise ValueError(
+            f"{path} has columns {sorted(keys)}; it needs an image column ({', '.join(IMAGE_COLUMNS)}) "
+            f"and a caption column ({', '.join(CAPTION_COLUMNS)})"
+        )
+    pairs = []
+    for i, row in enumerate(rows):
+        caption = str(row.get(caption_key) or "").strip()
+        if not caption:
+            raise ValueError(f"{path} row {i + 1} has an empty caption")
+        image = Path(str(row.get(image_key) or "")).expanduser()
+        pairs.append(Pair(image if image.is_absolute() else (path.parent / image).resolve(), caption))
+    return pairs
+
+
+def pair_targets(captions: list[str], image_keys: list[str]) -> npt.NDArray[np.bool_]:
+    """``(n, n)`` positives for file pairs: the same caption text or the same image file."""
+    c = np.asarray(captions, dtype=object)
+    k = np.asarray(image_keys, dtype=object)
+    return (c[:, None] == c[None, :]) | (k[:, None] == k[None, :])
+
+
+def _pixels(images: list[Any], preprocess: Preprocess) -> npt.NDArray[np.float32]:
+    from clipsearch.models.preprocess import to_pixel_values
+
+    return np.stack([to_pixel_values(im, preprocess) for im in images]).astype(np.float32, copy=False)
+
+
+class PairBatches:
+    """Deterministic shuffled batches over file pairs: epoch e uses permutation ``rng([seed, 2, e])``.
+
+    Images that cannot be decoded are left out of their batch and listed in ``Batch.refused``.
+    """
+
+    def __init__(self, pairs: list[Pair], preprocess: Preprocess, batch_size: int, seed: int):
+        if batch_size < 2:
+            raise ValueError(f"batch_size must be at least 2 for a contrastive loss, got {batch_size}")
+        self.pairs = pairs
+        self.preprocess = preprocess
+        self.batch_size = min(batch_size, len(pairs))
+        self.seed = seed
+        self.steps_per_epoch = -(-len(pairs) // self.batch_size)
+
+    def batch(self, step: int) -> Batch:
+        from clipsearch.errors import ImageRefused
+        from clipsearch.images import load_image
+
+        epoch, k = divmod(step, self.steps_per_epoch)
+        order = np.random.default_rng([self.seed, 2, epoch]).permutation(len(self.pairs))
+        chosen = [self.pairs[i] for i in order[k * self.batch_size : (k + 1) * self.batch_size]]
+        images, captions, keys, refused = [], [], [], {}
+        for p in chosen:
+            try:
+                images.append(load_image(p.image, draft=self.preprocess.crop))
+            except ImageRefused as e:
+                refused[str(p.image)] = e.reason
+                continue
+            captions.append(p.caption)
+            keys.append(str(p.image))
+        if len(images) < 2:
+            raise ValueError(f"batch {step} has fewer than 2 decodable images; refused: {refused}")
+        return Batch(_pixels(images, self.preprocess), captions, pair_targets(captions, keys), step, refused)
+
+
+def caption_pool(seed: int, size: int, split: str = "train") -> list[tuple[str, dict]]:
+    """``size`` distinct ``(caption, claim)`` pairs from random scenes of ``split`` (no drawing)."""
+    if size < 1:
+        raise ValueError(f"caption pool size must be at least 1, got {size}")
+    rng = np.random.default_rng([seed, 7, dw.SPLIT_STREAMS[split]])
+    pool: dict[str, dict] = {}
+    attempts = 0
+    while len(pool) < size:
+        attempts += 1
+        if attempts > 50 * size:
+            raise ValueError(f"could not draw {size} distinct captions (got {len(pool)})")
+        scene = dw.sample_scene(rng, split)
+        text, claim, _ = dw.caption_scene(rng, scene)
+        pool.setdefault(text, claim)
+    return list(pool.items())
+
+
+class DemoWorldBatches:
+    """Fresh demo-world scenes for every batch; batch ``step`` uses ``rng([seed, 1, step])``.
+
+    Args:
+        preprocess: the model's preprocessing.
+        batch_size: scenes per batch.
+        seed: the data seed.
+        pool: ``(caption, claim)`` pairs to draw captions from (:func:`caption_pool`); each use
+            gets a new scene that satisfies the claim. ``None``: a fresh scene and caption each time.
+        sides: smallest and largest image side of the rendered scenes.
+        jpeg_prob: share of scenes that go through a JPEG round trip.
+    """
+
+    def __init__(
+        self,
+        preprocess: Preprocess,
+        batch_size: int,
+        seed: int,
+        pool: list[tuple[str, dict]] | None = None,
+        sides: tuple[int, int] = TRAIN_RENDER_SIDES,
+        jpeg_prob: float = JPEG_PROB,
+    ):
+        if batch_size < 2:
+            raise ValueError(f"batch_size must be at least 2 for a contrastive loss, got {batch_size}")
+        self.preprocess = preprocess
+        self.batch_size = batch_size
+        self.seed = seed
+        self.pool = pool
+        self.sides = sides
+        self.jpeg_prob = jpeg_prob
+        self.steps_per_epoch = None  # infinite
+
+    def batch(self, step: int) -> Batch:
+        from PIL import Image
+
+        rng = np.random.default_rng([self.seed, 1, step])
+        images, captions, records = [], [], []
+        for _ in range(self.batch_size):
+            size = dw.sample_canvas_size(rng, *self.sides)
+            if self.pool is None:
+                img, rec = dw.render_scene(rng, "train", size)
+                claim, caption = rec["claim"], rec["caption"]
+            else:
+                caption, claim = self.pool[int(rng.integers(len(self.pool)))]
+                img, rec = dw.render_scene(rng, "train", size, claim=claim, caption=False)
+            if rng.random() < self.jpeg_prob:
+                img = Image.open(io.BytesIO(dw.encode_image(img, "jpeg"))).convert("RGB")
+            images.append(img)
+            captions.append(caption)
+            records.append((claim, rec))
+        targets = np.array(
+            [[dw.claim_holds(records[j][0], records[i][1]) for j in range(len(records))] for i in range(len(records))],
+            dtype=bool,
+        )
+        return Batch(_pixels(images, self.preprocess), captions, targets, step)
+
+
+def demo_eval_set(
+    seed: int, n: int, preprocess: Preprocess, sides: tuple[int, int] = (160, 640)
+) -> tuple[npt.NDArray[np.float32], list[str]]:
+    """``n`` eval-split scenes (held-out pairs, eval phrasings) as model input and captions.
+
+    Images are drawn at full demo-world sizes and half go through JPEG, like a saved world.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng([seed, 3])
+    images, captions = [], []
+    for _ in range(n):
+        img, rec = dw.render_scene(rng, "eval", dw.sample_canvas_size(rng, *sides))
+        if rng.random() < 0.5:
+            img = Image.open(io.BytesIO(dw.encode_image(img, "jpeg"))).convert("RGB")
+        images.append(img)
+        captions.append(rec["caption"])
+    return _pixels(images, preprocess), captions
+
+
+def pairs_eval_set(pairs: list[Pair], preprocess: Preprocess) -> tuple[npt.NDArray[np.float32], list[str], list[str]]:
+    """File pairs as model input, captions and image keys; undecodable images are left out."""
+    from clipsearch.errors import ImageRefused
+    from clipsearch.images import load_image
+
+    images, captions, keys = [], [], []
+    for p in pairs:
+        try:
+            images.append(load_image(p.image, draft=preprocess.crop))
+        except ImageRefused:
+            continue
+        captions.append(p.caption)
+        keys.append(str(p.image))
+    if not images:
+        raise ValueError("no evaluation image could be decoded")
+    return _pixels(images, preprocess), captions, keys
+
+
+def iterate_batches(source: Any, start: int, stop: int, workers: int = 0) -> Iterator[Batch]:
+    """Batches ``start .. stop-1`` of ``source`` in order, built by ``workers`` processes.
+
+    Each worker builds every ``workers``-th batch; the loader hands them back in step order
+    and keeps at most two per worker waiting.
+    """
+    if workers <= 0:
+        for step in range(start, stop):
+            yield source.batch(step)
+        return
+    import torch
+    from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+    class _Steps(IterableDataset):
+        def __iter__(self) -> Iterator[Batch]:
+            info = get_worker_info()
+            wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+            for step in range(start + wid, stop, nw):
+                yield source.batch(step)
+
+    def _init(_: int) -> None:
+        torch.set_num_threads(1)
+
+    loader = DataLoader(
+        _Steps(), batch_size=None, num_workers=workers, worker_init_fn=_init, prefetch_factor=2,
+        collate_fn=lambda b: b,
+    )  # fmt: skip
+    yield from loader

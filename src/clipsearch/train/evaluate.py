@@ -1,0 +1,115 @@
+"""Retrieval recall@k in both directions over a set of image-caption pairs.
+
+Each pair's caption queries the gallery of all the pairs' images (text -> image), and each
+image queries all the captions (image -> text). A hit at k: one of the k best-scored items is
+*relevant*. Relevant means the pair's own partner, or any other pair with the identical
+caption text (duplicate captions are interchangeable) or the identical image file. That is all:
+a caption that merely also fits another image does not count that image. Ties count
+against the query: an irrelevant item scoring the same as the best relevant one ranks above it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from clipsearch.models.base import Encoder
+
+KS = (1, 5, 10)
+
+
+def relevance(captions: Sequence[str], image_keys: Sequence[str] | None = None) -> npt.NDArray[np.bool_]:
+    """``(n, n)``: ``rel[i, j]`` when pair j's image is relevant to pair i's caption (symmetric)."""
+    c = np.asarray(list(captions), dtype=object)
+    rel = c[:, None] == c[None, :]
+    if image_keys is not None:
+        k = np.asarray(list(image_keys), dtype=object)
+        rel |= k[:, None] == k[None, :]
+    return rel
+
+
+def recall_at_k(
+    image_vecs: npt.ArrayLike,
+    text_vecs: npt.ArrayLike,
+    captions: Sequence[str],
+    image_keys: Sequence[str] | None = None,
+    ks: Sequence[int] = KS,
+) -> dict[str, Any]:
+    """Recall@k both ways for n pairs.
+
+    Args:
+        image_vecs: ``(n, d)`` image embeddings (row i: pair i's image).
+        text_vecs: ``(n, d)`` caption embeddings (row i: pair i's caption).
+        captions: the n captions, to find duplicates.
+        image_keys: optional n image identities (paths), to find repeated images.
+        ks: cut-offs.
+
+    Returns:
+        ``{"n": n, "text_to_image": {"R@1": ..., ...}, "image_to_text": {...}}`` with floats in [0, 1].
+    """
+    img = np.asarray(image_vecs, dtype=np.float32)
+    txt = np.asarray(text_vecs, dtype=np.float32)
+    n = len(captions)
+    if img.shape[0] != n or txt.shape[0] != n:
+        raise ValueError(
+            f"need one image and one text vector per caption: {img.shape[0]} images, {txt.shape[0]} texts, {n} captions"
+        )
+    if n == 0:
+        raise ValueError("cannot measure recall on zero pairs")
+    rel = relevance(captions, image_keys)
+    sims = txt @ img.T  # (texts, images)
+    out: dict[str, Any] = {"n": n}
+    for direction, s, r in (("text_to_image", sims, rel), ("image_to_text", sims.T, rel.T)):
+        # rank of the best relevant item = irrelevant items scoring at least as high (ties count against)
+        best_rel = np.where(r, s, -np.inf).max(axis=1, keepdims=True)
+        rank = ((s >= best_rel) & ~r).sum(axis=1)
+        out[direction] = {f"R@{k}": float(np.mean(rank < k)) for k in ks}
+    return out
+
+
+def evaluate_retrieval(
+    encoder: "Encoder",
+    pairs: str,
+    *,
+    n: int = 1000,
+    seed: int = 0,
+    limit: int | None = None,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """Recall@1/5/10 both ways of ``encoder`` on a pairs source.
+
+    Args:
+        encoder: an image-and-text model.
+        pairs: a folder with ``metadata.jsonl``, a ``.csv``/``.jsonl`` pairs file, or
+            ``"demo-world"`` (``n`` eval-split scenes drawn in memory with ``seed``).
+        n, seed: size and seed of the in-memory demo world.
+        limit: use only the first ``limit`` pairs of a file source.
+        batch_size: images or texts per forward pass.
+
+    Returns:
+        :func:`recall_at_k`'s dict plus ``"skipped"`` (images that could not be decoded).
+    """
+    from clipsearch.train.data import DEMO_WORLD, demo_eval_set, pairs_eval_set, read_pairs
+
+    if not encoder.supports("image") or not encoder.supports("text"):
+        raise ValueError(f"model {encoder.name!r} does not embed both images and text; retrieval needs both")
+    preprocess = encoder.info.preprocess
+    assert preprocess is not None
+    if pairs == DEMO_WORLD:
+        pixels, captions = demo_eval_set(seed, n, preprocess)
+        keys, skipped = None, 0
+    else:
+        items = read_pairs(pairs)
+        if limit is not None:
+            items = items[:limit]
+        pixels, captions, keys = pairs_eval_set(items, preprocess)
+        skipped = len(items) - len(captions)
+    image_vecs = np.concatenate(
+        [encoder.encode_pixel_values(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
+    )
+    text_vecs = encoder.encode_texts(captions, batch_size=batch_size)
+    return recall_at_k(image_vecs, text_vecs, captions, keys) | {"skipped": skipped}

@@ -1,0 +1,442 @@
+"""The contrastive trainer behind ``clipsearch train``.
+
+One loop for both model kinds (:mod:`clipsearch.models.dual`): batches from
+:mod:`clipsearch.train.data`, the symmetric loss of :mod:`clipsearch.train.loss`, AdamW with a
+linear warm-up and a cosine decay over ``steps``, periodic recall@k on a held-out set,
+checkpoints, ``--resume`` and a PNG of the curves.
+
+Output folder::
+
+    OUT/clipsearch_model.json, model.safetensors, ...   the model (loadable with --model OUT)
+    OUT/checkpoint/                                     model + optimizer.pt + trainer_state.json
+    OUT/history.jsonl                                   loss, temperature, lr, eval per log step
+    OUT/training_curves.png
+
+Determinism: the model is initialised after ``torch.manual_seed(seed)`` and batch k is a pure
+function of ``(seed, k)``, so the same command gives the same weights (on the same machine and
+thread count), and a resumed run continues exactly where the checkpoint stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CHECKPOINT_DIR = "checkpoint"
+HISTORY_FILE = "history.jsonl"
+CURVES_FILE = "training_curves.png"
+STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+
+# Options that decide the result; a resumed run must repeat them exactly.
+RESUME_KEYS = (
+    "pairs", "base", "image_tower", "text_tower", "freeze_text", "batch_size", "lr", "weight_decay",
+    "warmup", "seed", "caption_pool", "image_size", "embed_dim", "pool", "epochs",
+)  # fmt: skip
+
+
+@dataclass
+class TrainOptions:
+    """Everything ``clipsearch train`` takes; see the CLI help for each."""
+
+    pairs: str  # folder with metadata.jsonl, .csv/.jsonl file, or "demo-world"
+    out: str  # output folder
+    base: str | None = None  # fine-tune this HF CLIP checkpoint instead of building towers
+    image_tower: str = "cnn"  # "cnn", "resnet18" or "vit"
+    text_tower: str = "minilm"  # text encoder for the "dual" kind
+    freeze_text: bool | None = None  # keep the text tower fixed; default: frozen towers, trainable --base
+    steps: int | None = None  # optimizer steps (required for demo-world)
+    epochs: int | None = None  # passes over file pairs (when steps is not given; default 10)
+    batch_size: int = 128
+    lr: float | None = None  # peak learning rate; default 2e-3 (towers) or 1e-5 (--base)
+    weight_decay: float = 0.05
+    warmup: int | None = None  # warm-up steps; default min(300, steps // 10)
+    seed: int = 0
+    eval_pairs: str | None = None  # held-out pairs, or "demo-world" (eval split in memory)
+    eval_every: int = 500  # steps between evaluations (and checkpoints)
+    eval_size: int = 500  # scenes in the in-memory demo-world eval set
+    resume: bool = False  # continue from OUT/checkpoint
+    minutes: float | None = None  # stop (with a checkpoint) after this much wall time of this run's loop
+    threads: int | None = None  # torch threads for the training step
+    workers: int = 0  # processes that render / decode batches ahead of the training step
+    caption_pool: int = 20000  # demo-world: distinct captions drawn once; 0 = fresh captions
+    image_size: int | None = None  # model input side; default per image tower
+    embed_dim: int = 256
+    pool: str = "attention"
+    progress: bool = True  # show a progress bar on stderr
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    step: int  # steps done in total
+    steps: int  # steps planned
+    finished: bool  # False when --minutes stopped it early
+    final_loss: float | None
+    eval: dict[str, Any] | None  # the last evaluation
+    images_per_second: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _resolve_defaults(opts: TrainOptions) -> TrainOptions:
+    from clipsearch.models.dual import DEFAULT_IMAGE_SIZE, IMAGE_TOWERS
+
+    if opts.image_tower not in IMAGE_TOWERS:
+        raise ValueError(f"unknown image tower {opts.image_tower!r}; use one of {', '.join(IMAGE_TOWERS)}")
+    if opts.lr is None:
+        opts.lr = 1e-5 if opts.base else 2e-3
+    if opts.freeze_text is None:
+        opts.freeze_text = not opts.base
+    if opts.image_size is None:
+        opts.image_size = DEFAULT_IMAGE_SIZE[opts.image_tower]
+    for name in ("batch_size", "eval_every", "eval_size"):
+        if getattr(opts, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(opts, name)}")
+    if opts.batch_size < 2:
+        raise ValueError(f"batch_size must be at least 2 for a contrastive loss, got {opts.batch_size}")
+    if opts.steps is not None and opts.steps < 1:
+        raise ValueError(f"steps must be at least 1, got {opts.steps}")
+    if opts.epochs is not None and opts.epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {opts.epochs}")
+    if opts.lr <= 0:
+        raise ValueError(f"lr must be positive, got {opts.lr}")
+    if opts.minutes is not None and opts.minutes <= 0:
+        raise ValueError(f"minutes must be positive, got {opts.minutes}")
+    if opts.caption_pool < 0:
+        raise ValueError(f"caption_pool must be 0 or more, got {opts.caption_pool}")
+    return opts
+
+
+def lr_factor(step: int, steps: int, warmup: int) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up, then cosine down to 5% at ``steps``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def build_model(opts: TrainOptions) -> Any:
+    """A fresh model for ``opts`` (seed torch first for a fixed initialisation)."""
+    from clipsearch.models.dual import DualConfig, build_dual, build_hf_clip
+
+    if opts.base:
+        return build_hf_clip(opts.base, freeze_text=opts.freeze_text)
+    cfg = DualConfig(
+        image_tower=opts.image_tower,
+        image_size=int(opts.image_size or 64),
+        embed_dim=opts.embed_dim,
+        pool=opts.pool,
+        text_tower=opts.text_tower,
+        text_trainable=not opts.freeze_text,
+    )
+    return build_dual(cfg)
+
+
+def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and "logit_scale" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _embed_eval(model: Any, pixels: np.ndarray, captions: list[str], batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        img = torch.cat(
+            [model.encode_image(torch.from_numpy(pixels[i : i + batch])) for i in range(0, len(pixels), batch)]
+        )
+        txt = torch.cat(
+            [model.encode_text(model.text_inputs(captions[i : i + batch])) for i in range(0, len(captions), batch)]
+        )
+    model.train(was_training)
+    return img.numpy(), txt.numpy()
+
+
+class _EvalSet:
+    def __init__(self, opts: TrainOptions, preprocess: Any):
+        from clipsearch.train.data import DEMO_WORLD, demo_eval_set, pairs_eval_set, read_pairs
+
+        assert opts.eval_pairs is not None
+        if opts.eval_pairs == DEMO_WORLD:
+            self.pixels, self.captions = demo_eval_set(opts.seed, opts.eval_size, preprocess)
+            self.keys = None
+        else:
+            self.pixels, self.captions, self.keys = pairs_eval_set(read_pairs(opts.eval_pairs), preprocess)
+
+    def run(self, model: Any) -> dict[str, Any]:
+        from clipsearch.train.evaluate import recall_at_k
+
+        img, txt = _embed_eval(model, self.pixels, self.captions)
+        return recall_at_k(img, txt, self.captions, self.keys)
+
+
+def _save_checkpoint(model: Any, optimizer: Any, out: Path, state: dict[str, Any]) -> None:
+    """Write OUT/checkpoint atomically (a temporary folder renamed over the old one)."""
+    import torch
+
+    from clipsearch.models.dual import save_model
+
+    tmp = out / (CHECKPOINT_DIR + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_model(model, tmp, training=state["summary"])
+    torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / OPTIMIZER_FILE)
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+    final = out / CHECKPOINT_DIR
+    old = out / (CHECKPOINT_DIR + ".old")
+    if final.exists():
+        final.replace(old)
+    tmp.replace(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
+    (out / HISTORY_FILE).write_text("".join(json.dumps(h) + "\n" for h in history), encoding="utf-8")
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
+    """Loss, temperature and eval recall@k against step, as a PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [h for h in history if "loss" in h]
+    evals = [h for h in history if "eval" in h]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    if train:
+        steps = [h["step"] for h in train]
+        axes[0].plot(steps, [h["loss"] for h in train], marker=".")
+        axes[1].plot(steps, [h["logit_scale"] for h in train])
+    axes[0].set(title="contrastive loss", xlabel="step")
+    axes[1].set(title="logit scale (1 / temperature)", xlabel="step")
+    for direction, style in (("text_to_image", "-"), ("image_to_text", "--")):
+        for k in ("R@1", "R@5", "R@10"):
+            if evals:
+                axes[2].plot(
+                    [h["step"] for h in evals], [h["eval"][direction][k] for h in evals], style, marker="o",
+                    label=f"{direction.replace('_to_', '->')} {k}",
+                )  # fmt: skip
+    axes[2].set(title="held-out recall", xlabel="step", ylim=(0, 1.02))
+    if evals:
+        axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads best in one place
+    """Train a dual encoder (or fine-tune CLIP) as ``opts`` says; see the module docstring.
+
+    Returns:
+        A :class:`TrainResult`; the model is in ``opts.out``.
+
+    Raises:
+        ValueError: bad options, an output folder that already holds a model (without
+            ``resume``), or resume options that differ from the checkpoint's.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from clipsearch.models.dual import load_module, save_model
+    from clipsearch.train.data import (
+        DEMO_WORLD,
+        DemoWorldBatches,
+        PairBatches,
+        caption_pool,
+        iterate_batches,
+        read_pairs,
+    )
+    from clipsearch.train.loss import MAX_LOGIT_SCALE, contrastive_loss
+
+    opts = _resolve_defaults(opts)
+    if opts.workers:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer must not run threads across fork
+    out = Path(opts.out).expanduser()
+    ckpt = out / CHECKPOINT_DIR
+    if opts.threads:
+        torch.set_num_threads(int(opts.threads))
+
+    saved: dict[str, Any] | None = None
+    if opts.resume:
+        if not (ckpt / STATE_FILE).is_file():
+            raise ValueError(f"nothing to resume: {ckpt / STATE_FILE} does not exist")
+        saved = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))
+        differ = {
+            k: (saved["options"].get(k), getattr(opts, k))
+            for k in RESUME_KEYS
+            if saved["options"].get(k) != getattr(opts, k)
+        }
+        if differ:
+            detail = ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in differ.items())
+            raise ValueError(f"cannot resume: the checkpoint was trained with {detail}; repeat the original options")
+    elif (out / "clipsearch_model.json").exists() or ckpt.exists():
+        raise ValueError(f"{out} already holds a trained model; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(opts.seed)
+    model = load_module(ckpt) if saved else build_model(opts)
+    if saved and opts.base and opts.freeze_text:
+        model.clip.text_model.requires_grad_(False)
+    preprocess = model.preprocess
+
+    demo = opts.pairs == DEMO_WORLD
+    if demo:
+        if opts.steps is None:
+            raise ValueError("pairs 'demo-world' is endless: give the number of steps (--steps N)")
+        if opts.epochs is not None:
+            raise ValueError("pairs 'demo-world' has no epochs: give --steps N instead of --epochs")
+        pool = caption_pool(opts.seed, opts.caption_pool) if opts.caption_pool else None
+        source: Any = DemoWorldBatches(preprocess, opts.batch_size, opts.seed, pool)
+        steps = opts.steps
+    else:
+        pairs = read_pairs(opts.pairs)
+        source = PairBatches(pairs, preprocess, opts.batch_size, opts.seed)
+        steps = opts.steps if opts.steps is not None else (opts.epochs or 10) * source.steps_per_epoch
+        pool = None
+    warmup = opts.warmup if opts.warmup is not None else min(300, max(1, steps // 10))
+
+    if getattr(model, "kind", "") == "dual" and opts.freeze_text:
+        model.enable_text_cache()
+        texts = [c for c, _ in pool] if pool else ([] if demo else sorted({p.caption for p in pairs}))
+        if texts:
+            t0 = time.perf_counter()
+            model.precompute_text(texts, progress=opts.progress)
+            _log(f"cached text tower states for {len(texts)} captions in {time.perf_counter() - t0:.0f} s")
+
+    eval_set = _EvalSet(opts, preprocess) if opts.eval_pairs else None
+
+    optimizer = torch.optim.AdamW(_param_groups(model, opts.weight_decay), lr=opts.lr, betas=(0.9, 0.98), eps=1e-6)
+    start, history, elapsed_before = 0, [], 0.0
+    if saved:
+        blob = torch.load(ckpt / OPTIMIZER_FILE, weights_only=True)
+        optimizer.load_state_dict(blob["optimizer"])
+        torch.set_rng_state(blob["torch_rng"])
+        start, history, elapsed_before = int(saved["step"]), list(saved["history"]), float(saved.get("elapsed_s", 0.0))
+    if start >= steps:
+        _log(f"already trained {start} of {steps} steps; nothing to do")
+
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    max_log_scale = math.log(MAX_LOGIT_SCALE)
+    t_start = time.perf_counter()
+    step = start
+    finished = True
+    window: list[float] = []
+    refused: dict[str, str] = {}
+    seen_images = 0
+    last_eval = next((h["eval"] for h in reversed(history) if "eval" in h), None)
+    log_every = max(1, min(50, opts.eval_every // 5))
+
+    def summary() -> dict[str, Any]:
+        return {
+            "options": asdict(opts),
+            "step": step,
+            "steps": steps,
+            "eval": last_eval,
+            "elapsed_s": round(elapsed_before + time.perf_counter() - t_start, 1),
+        }
+
+    def checkpoint() -> None:
+        state = {"step": step, "options": asdict(opts), "history": history,
+                 "elapsed_s": round(elapsed_before + time.perf_counter() - t_start, 1), "summary": summary()}  # fmt: skip
+        _save_checkpoint(model, optimizer, out, state)
+        save_model(model, out, training=summary())
+        _write_history(out, history)
+        plot_curves(history, out / CURVES_FILE)
+
+    def evaluate() -> None:
+        nonlocal last_eval
+        if eval_set is None:
+            return
+        last_eval = eval_set.run(model)
+        history.append({"step": step, "eval": last_eval})
+        t2i, i2t = last_eval["text_to_image"], last_eval["image_to_text"]
+        _log(
+            f"step {step}: eval text->image R@1 {t2i['R@1']:.3f} R@5 {t2i['R@5']:.3f} R@10 {t2i['R@10']:.3f} | "
+            f"image->text R@1 {i2t['R@1']:.3f} R@5 {i2t['R@5']:.3f} R@10 {i2t['R@10']:.3f}"
+        )
+
+    bar = tqdm(total=steps, initial=start, unit="step", disable=not opts.progress, file=sys.stderr, dynamic_ncols=True)
+    model.train()
+    batches = iterate_batches(source, start, steps, opts.workers)
+    t_seen = time.perf_counter()
+    try:
+        for batch in batches:
+            for g in optimizer.param_groups:
+                g["lr"] = opts.lr * lr_factor(step, steps, warmup)
+            refused.update(batch.refused)
+            pixels = torch.from_numpy(batch.pixels)
+            img = model.encode_image(pixels)
+            txt = model.encode_text(model.text_inputs(batch.captions))
+            loss = contrastive_loss(img, txt, model.logit_scale, torch.from_numpy(batch.targets))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0.0, max_log_scale)
+            step += 1
+            seen_images += len(batch.captions)
+            window.append(float(loss.detach()))
+            scale = float(model.logit_scale.detach().exp())
+            rate = seen_images / max(1e-9, time.perf_counter() - t_seen)
+            bar.set_postfix(loss=f"{window[-1]:.3f}", temp=f"{1 / scale:.4f}", img_s=f"{rate:.0f}")
+            bar.update(1)
+            if step % log_every == 0 or step == steps:
+                history.append(
+                    {
+                        "step": step,
+                        "loss": float(np.mean(window)),
+                        "logit_scale": scale,
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "img_per_s": round(rate, 1),
+                    }  # fmt: skip
+                )
+                window = []
+            if step % opts.eval_every == 0 and step < steps:
+                t_pause = time.perf_counter()
+                evaluate()
+                checkpoint()
+                t_seen += time.perf_counter() - t_pause  # the img/s rate counts training time only
+            if opts.minutes is not None and time.perf_counter() - t_start > opts.minutes * 60 and step < steps:
+                finished = False
+                _log(f"time limit of {opts.minutes} minutes reached at step {step} of {steps}; --resume continues")
+                break
+    finally:
+        batches.close()  # stops the worker processes now, even when the time limit broke the loop
+        bar.close()
+    rate = seen_images / max(1e-9, time.perf_counter() - t_seen)
+    if window:
+        history.append({"step": step, "loss": float(np.mean(window)), "logit_scale": float(model.logit_scale.detach().exp()),
+                        "lr": optimizer.param_groups[0]["lr"], "img_per_s": round(rate, 1)})  # fmt: skip
+    if not any("eval" in h and h["step"] == step for h in history):
+        evaluate()
+    checkpoint()
+    losses = [h["loss"] for h in history if "loss" in h]
+    if refused:
+        _log(
+            f"{len(refused)} training images could not be decoded and were skipped, e.g. {next(iter(refused.items()))}"
+        )
+    return TrainResult(
+        out, step, steps, finished and step >= steps, losses[-1] if losses else None, last_eval, rate, history
+    )

