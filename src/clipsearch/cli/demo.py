@@ -1,0 +1,73 @@
+"""``clipsearch demo``: the offline tour, printed, then served."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from clipsearch.cli.common import console, err_console, handle_errors
+
+
+@handle_errors
+def demo(
+    folder: Annotated[Path, typer.Option("--dir", help="Where the demo gallery, store and pictures go.")] = Path(
+        "clipsearch-demo"
+    ),
+    n: Annotated[int, typer.Option("--n", min=10, max=20000, help="Scenes in the demo gallery.")] = 300,
+    seed: Annotated[int, typer.Option("--seed", help="World seed: the same seed, the same gallery.")] = 0,
+    model: Annotated[str, typer.Option("--model", "-m", help="Model to index with.")] = "demo",
+    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the search page afterwards.")] = True,
+    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535)] = 8000,
+) -> None:
+    """Generate a gallery of shape scenes, index it with the demo model, and search it every way.
+
+    Fully offline. Writes DIR/contact_sheet.png and DIR/relevance_map.png, then serves the
+    search page on http://127.0.0.1:PORT/ (--no-serve to stop after the tour).
+    """
+    from rich.table import Table
+
+    from clipsearch.demo import run_demo
+
+    report = run_demo(folder, n=n, seed=seed, model=model, progress=True, say=lambda m: err_console.print(m, highlight=False))
+    s = report.indexed
+    console.print(
+        f"[bold]indexed[/] {s['added']} new, {s['updated']} updated, {s['unchanged']} unchanged, "
+        f"{s['failed']} failed  ({report.store})",
+        highlight=False,
+    )
+    for ex in report.examples:
+        table = Table(title=f"[bold]{ex.direction}[/]: {ex.query}", caption=ex.note or None, title_justify="left")
+        table.add_column("#", justify="right")
+        table.add_column("score", justify="right")
+        table.add_column("result")
+        for rank, hit in enumerate(ex.hits, 1):
+            shown = hit.text if hit.modality == "text" else Path(hit.path).name + f"  ({_caption(hit)})"
+            table.add_row(str(rank), f"{hit.score:.3f}", shown)
+        console.print(table)
+    cls = Table(title="[bold]zero-shot shape classification[/] ('a photo of a {shape}')", title_justify="left")
+    cls.add_column("image")
+    cls.add_column("truth")
+    cls.add_column("predicted (probability)")
+    for image, truth, top in report.classified:
+        cls.add_row(Path(image).name, truth, ", ".join(f"{label} {p:.0%}" for label, p in top))
+    console.print(cls)
+    console.print(f"contact sheet of 'a red circle': {report.contact_sheet}", highlight=False)
+    if report.relevance_map:
+        console.print(f"relevance map of '{report.relevance_prompt}': {report.relevance_map}", highlight=False)
+    if serve:
+        from clipsearch.cli.serve import serve as serve_command
+
+        console.print(f"search it yourself: http://127.0.0.1:{port}/  (Ctrl+C to stop)", highlight=False)
+        serve_command(store=str(report.store), port=port, host="127.0.0.1", token=None, cors_origin=None,
+                      allowed_host=None, max_body="20MB", log_level="warning")
+
+
+def _caption(hit) -> str:
+    caption = getattr(hit, "caption", None)
+    return caption if caption else ""
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(demo)

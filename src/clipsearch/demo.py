@@ -1,0 +1,142 @@
+"""The offline tour behind ``clipsearch demo``: a generated gallery, indexed and searched.
+
+Everything runs on the bundled demo model: a world of captioned shape scenes is generated, its
+images and captions are indexed into a store, and example queries run in every direction
+(text->image, image->image, image->text, text->text, a composed query), plus zero-shot
+classification and a relevance map. The CLI prints the :class:`DemoReport` and serves the page.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEMO_SHAPES = ("circle", "square", "triangle", "star", "heart", "cross", "diamond", "ring")
+
+
+@dataclass
+class Example:
+    """One example search: what was asked, in which direction, and the best hits."""
+
+    direction: str  # e.g. "text -> image"
+    query: str  # the query as a person would type it (or the image path)
+    hits: list[Any]  # clipsearch.store Hit objects, best first
+    note: str = ""  # what to look for, e.g. the query image's caption
+
+
+@dataclass
+class DemoReport:
+    folder: Path
+    gallery: Path
+    store: Path
+    model: str
+    indexed: dict[str, int]  # the index summary counts
+    examples: list[Example] = field(default_factory=list)
+    classified: list[tuple[str, str, list[tuple[str, float]]]] = field(default_factory=list)  # image, truth, top
+    contact_sheet: Path | None = None
+    relevance_map: Path | None = None
+    relevance_prompt: str = ""
+
+
+def write_captions_table(gallery: Path) -> Path:
+    """``captions.jsonl`` beside the gallery's ``metadata.jsonl``: ``{"text", "image"}`` per scene."""
+    out = gallery / "captions.jsonl"
+    lines = []
+    with open(gallery / "metadata.jsonl", encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line)
+            lines.append(json.dumps({"text": rec["caption"], "image": rec["file"]}))
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+def run_demo(
+    folder: str | Path,
+    *,
+    n: int = 300,
+    seed: int = 0,
+    model: str = "demo",
+    progress: bool = False,
+    say: Callable[[str], None] = lambda _msg: None,
+) -> DemoReport:
+    """Build (or reuse) the demo gallery and store in ``folder`` and run the example searches.
+
+    Args:
+        folder: where the gallery (``gallery/``), store (``store/``) and pictures go.
+        n: number of scenes in the gallery.
+        seed: world seed; the same seed gives the same gallery.
+        model: the model to index with (the demo model unless you pass another image model).
+        progress: progress bars on stderr.
+        say: called with a one-line account of each step.
+
+    Returns:
+        The :class:`DemoReport` with every example's hits.
+    """
+    from clipsearch.models.registry import load_model
+    from clipsearch.store import open_store
+    from clipsearch.train.demo_world import generate_world
+
+    folder = Path(folder).resolve()
+    gallery, store_dir = folder / "gallery", folder / "store"
+    encoder = load_model(model)  # first, so a missing model fails before any work
+    if not (gallery / "metadata.jsonl").exists():
+        say(f"generating {n} demo scenes in {gallery}")
+        generate_world(gallery, n, seed=seed, split="eval", progress=progress)
+    else:
+        say(f"reusing the demo scenes in {gallery}")
+    captions = write_captions_table(gallery)
+    store = open_store(store_dir, model=encoder)
+    say(f"indexing images and captions into {store_dir} with model {encoder.name}")
+    summary = store.add([captions], both=True, progress=progress)
+    report = DemoReport(folder, gallery, store_dir, encoder.name, summary.to_dict())
+
+    records = [json.loads(line) for line in (gallery / "metadata.jsonl").read_text().splitlines()]
+    first_single = next(r for r in records if len(r["objects"]) == 1)
+    query_image = gallery / first_single["file"]
+    obj = first_single["objects"][0]
+    examples = [
+        ("text -> image", "a red circle", dict(modality="image"), ""),
+        ("text -> image", "there is a big blue star somewhere in this picture", dict(modality="image"), "an eval-only phrasing"),
+        ("image -> image", str(query_image), dict(modality="image"), f"the query shows a {obj['color']} {obj['shape']}"),
+        ("image -> text", str(query_image), dict(modality="text"), f"its own caption: {first_single['caption']!r}"),
+        ("text -> text", "a little green triangle", dict(modality="text"), ""),
+        ("composed", '"2:heart" + "yellow" - "red"', dict(modality="image"), "weights and negation: yellow hearts, not red"),
+    ]
+    from clipsearch.search import parse_query
+
+    for direction, text, opts, note in examples:
+        query: Any = Path(text) if direction.startswith("image") else text
+        if direction == "composed":
+            query = parse_query([text])
+        hits = store.search(query, k=6, **opts)
+        if direction == "image -> image":  # the query image itself comes back first with score 1
+            hits = [h for h in hits if query_image.name not in {Path(p).name for p in h.paths}]
+        report.examples.append(Example(direction, text, hits[:5], note))
+
+    from clipsearch.contact_sheet import contact_sheet
+
+    sheet_hits = store.search("a red circle", k=12, modality="image")
+    report.contact_sheet = contact_sheet(sheet_hits, folder / "contact_sheet.png", title="a red circle")
+
+    from clipsearch.tasks import classify
+
+    singles = [r for r in records if len(r["objects"]) == 1][:6]
+    preds = classify(encoder, [gallery / r["file"] for r in singles], list(DEMO_SHAPES), top=3)
+    report.classified = [(p.image, r["objects"][0]["shape"], p.top) for p, r in zip(preds, singles)]
+
+    two = next((r for r in records if len(r["objects"]) == 2), None)
+    if two is not None:
+        from clipsearch.images import load_image
+        from clipsearch.tasks import localize
+        from clipsearch.viz.overlay import relevance_overlay_png
+
+        target = two["objects"][0]
+        prompt = f"{target['color']} {target['shape']}"
+        image = load_image(gallery / two["file"])
+        loc = localize(encoder, image, prompt)
+        report.relevance_map = relevance_overlay_png(image, loc, folder / "relevance_map.png", target=tuple(target["bbox"]))
+        report.relevance_prompt = prompt
+    return report
