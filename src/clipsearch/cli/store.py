@@ -1,0 +1,246 @@
+"""``clipsearch index``, ``search``, ``stats`` and ``remove``: thin over :mod:`clipsearch.store`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from clipsearch.cli.common import (
+    JsonOption,
+    ModelOption,
+    StoreOption,
+    WeightsOption,
+    console,
+    default_model,
+    err_console,
+    fail,
+    handle_errors,
+)
+
+
+def _open(store: str | None, model: str | None = None, weights: str | None = None, *, create: bool):
+    """Open the store; a new one is created with ``model`` (or the default model)."""
+    from clipsearch.store import open_store, resolve_store_uri
+    from clipsearch.store.schema import read_meta
+
+    root = resolve_store_uri(store)
+    if read_meta(root) is not None or not create:
+        return open_store(root, model=model, create=False)
+    name = model or default_model()
+    with err_console.status(f"loading model {name} ...", spinner="dots"):
+        return open_store(root, model=name, weights=weights, create=True)
+
+
+@handle_errors
+def index(
+    paths: Annotated[
+        list[Path], typer.Argument(help="Image files, .txt/.md/.jsonl/.csv files and folders (recursive).")
+    ],
+    store: StoreOption = None,
+    model: ModelOption = None,
+    weights: WeightsOption = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", min=1, max=4096, help="Inputs per forward pass and per commit.")
+    ] = 32,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", "-w", min=0, help="Decoding processes (0: decode in this process). Default: min(2, CPUs)."
+        ),
+    ] = None,
+    prune: Annotated[bool, typer.Option("--prune", help="Remove items whose files no longer exist.")] = False,
+    both: Annotated[bool, typer.Option("--both", help="Index jsonl/csv image-caption pairs as texts too.")] = False,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Write every failure to FILE.jsonl: {path, reason}.")
+    ] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Index images and texts into the store; unchanged files are skipped.
+
+    Prints a summary (added, updated, unchanged, failed, removed); with --json, that summary as
+    one JSON object on stdout. One bad file never stops the run.
+    """
+    import sys
+
+    st = _open(store, model, weights, create=True)
+    summary = st.add(
+        paths,
+        batch_size=batch_size,
+        workers=workers,
+        prune=prune,
+        both=both,
+        progress=not no_progress and sys.stderr.isatty(),
+    )
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        with report.open("w", encoding="utf-8") as fh:
+            for f in summary.failures:
+                fh.write(json.dumps(f.to_dict(), ensure_ascii=False) + "\n")
+    if as_json:
+        print(json.dumps(summary.to_dict()))
+    counts = ", ".join(f"{v} {k}" for k, v in summary.to_dict().items())
+    rate = f", {summary.embedded / summary.seconds:.1f} embedded/s" if summary.embedded and summary.seconds > 0 else ""
+    ann = {"built": "; ANN index built", "updated": "; ANN index updated", "dropped": "; ANN index dropped"}.get(
+        summary.index, ""
+    )
+    err_console.print(f"{counts} ({summary.seconds:.1f} s{rate}{ann}) -> {st.root}", highlight=False)
+    if summary.failures and report is None:
+        for f in summary.failures[:10]:
+            err_console.print(f"  [yellow]failed[/] {f.path}: {f.reason}", highlight=False, markup=True)
+        if len(summary.failures) > 10:
+            err_console.print(
+                f"  ... and {len(summary.failures) - 10} more (use --report FILE.jsonl for all)", highlight=False
+            )
+
+
+@handle_errors
+def search(
+    query: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help='Text, image files and weights: "2:dog" + snow.jpg - grass (see docs/search.md).', show_default=False
+        ),
+    ] = None,
+    store: StoreOption = None,
+    k: Annotated[int, typer.Option("-k", "--top", min=1, max=10_000, help="Results to show.")] = 10,
+    image: Annotated[
+        list[Path] | None, typer.Option("--image", "-i", help="Query by this image file; repeatable.")
+    ] = None,
+    like: Annotated[
+        list[str] | None, typer.Option("--like", help="Query by an item already in the store (its id); repeatable.")
+    ] = None,
+    modality: Annotated[str, typer.Option("--modality", help="Search images, texts or both: image|text|any.")] = "any",
+    where: Annotated[
+        str | None, typer.Option("--where", help="SQL filter on metadata, e.g. \"label = 'cat' AND width >= 640\".")
+    ] = None,
+    path_glob: Annotated[
+        str | None, typer.Option("--path-glob", help="Keep items whose path matches, e.g. '*/2023/*.jpg'.")
+    ] = None,
+    min_score: Annotated[
+        float | None, typer.Option("--min-score", help="Drop results whose cosine is below this.")
+    ] = None,
+    exact: Annotated[bool, typer.Option("--exact", help="Scan every vector even when an ANN index exists.")] = False,
+    grid: Annotated[
+        Path | None, typer.Option("--grid", help="Save a contact sheet of the image results to this .png/.jpg.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Search the store by text, image or stored item, in any direction.
+
+    Results are a table (rank, score, id, path or text); with --json, a JSON array of
+    {"id", "path", "text", "modality", "score"}, best first.
+    """
+    from clipsearch.search import parse_query
+
+    q = parse_query(list(query or []), images=[str(p) for p in image or []], like=list(like or []))
+    st = _open(store, create=False)
+    if len(st) == 0:
+        fail(f"store {st.root} is empty; index something first: clipsearch index PATH --store {st.root}")
+    hits = st.search(q, k=k, modality=modality, where=where, path_glob=path_glob, min_score=min_score, exact=exact)
+    if as_json:
+        print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False))
+    if not hits:
+        if min_score is not None:
+            err_console.print(f"no result above the threshold {min_score:g}", highlight=False)
+        else:
+            err_console.print("no result matches the filters", highlight=False)
+    elif not as_json:
+        console.print(_table(hits))
+    if grid is not None and hits:
+        from clipsearch.contact_sheet import contact_sheet
+
+        path = contact_sheet(hits, grid, title=q.describe())
+        err_console.print(f"contact sheet: {path}", highlight=False)
+
+
+def _table(hits):
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(show_header=True, header_style="bold", expand=False)
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("id")
+    table.add_column("path or text", overflow="fold")
+    for rank, h in enumerate(hits, 1):
+        if h.modality == "text":
+            text = " ".join((h.text or "").split())
+            text = text if len(text) <= 160 else text[:157] + "..."
+            if h.record and h.source:  # a jsonl/csv record: file:LINE or file#ID
+                origin = f"{h.source}{h.record}"
+            elif h.char_start is not None and h.path:  # a paragraph of a document
+                origin = f"{h.path}, chars {h.char_start}-{h.char_end}"
+            else:
+                origin = h.path or ""
+            where = f" [dim]({escape(origin)})[/]" if origin else ""
+            shown = f"[italic]{escape(text)}[/]{where}"
+        else:
+            shown = escape(h.path or "")
+            if h.extra_paths:
+                shown += f" [dim](+{len(h.extra_paths)} more)[/]"
+        table.add_row(str(rank), f"{h.score:.4f}", h.id, shown)
+    return table
+
+
+@handle_errors
+def stats(store: StoreOption = None, as_json: JsonOption = False) -> None:
+    """Counts per modality, model, dimension, size on disk and index state."""
+    st = _open(store, create=False)
+    info = st.stats()
+    if as_json:
+        print(json.dumps(info))
+        return
+    idx = info["index"]
+    index_text = (
+        f"exact (in-memory scan; ANN index from {idx['threshold']:,} rows)"
+        if idx["kind"] == "exact"
+        else f"IVF,Flat: {idx['indexed']:,} rows indexed, nlist {idx['nlist']}, nprobe {idx['nprobe']}, "
+        f"calibration recall@10 {idx['calibration_recall']}"
+    )
+    lines = [
+        ("store", info["store"]),
+        ("items", f"{info['count']:,} ({info['images']:,} images, {info['texts']:,} texts)"),
+        ("files tracked", f"{info['files']:,}"),
+        ("model", f"{info['model']} ({info['dim']}-d)"),
+        ("size on disk", _human_bytes(info["size_bytes"])),
+        ("search", index_text),
+        ("schema", f"version {info['schema_version']}, created {info['created']}"),
+    ]
+    for key, value in lines:
+        console.print(f"[bold]{key:>14}[/]  {value}", highlight=False)
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+@handle_errors
+def remove(
+    targets: Annotated[list[str], typer.Argument(help="Item ids (or unique prefixes), files or folders.")],
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove items by id, or by path (a file, or everything under a folder)."""
+    st = _open(store, create=False)
+    removed = st.remove(targets)
+    if as_json:
+        print(json.dumps({"removed": removed}))
+    else:
+        err_console.print(f"removed {removed} item{'s' if removed != 1 else ''} from {st.root}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``index``, ``search``, ``stats`` and ``remove`` to the ``clipsearch`` app."""
+    app.command("index")(index)
+    app.command("search")(search)
+    app.command("stats")(stats)
+    app.command("remove")(remove)

@@ -1,0 +1,280 @@
+"""Queries in every direction: parse, embed, compose, and search a store.
+
+A query is one or more *terms*, each a text, an image file, a stored item or a vector, with a
+weight. The query vector is the weighted sum of the terms' unit vectors, renormalised::
+
+    "2:dog" + snow.jpg - "grass"   ->   normalise(2 * u("dog") + u(snow.jpg) - u("grass"))
+
+Syntax (see ``docs/search.md``): terms are separated by ``+`` or ``-`` as separate words;
+consecutive words form one text; ``N:`` in front of a term is its weight; a term naming an
+existing image file is that image; ``id:ITEM`` is an item already in the store.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from clipsearch.store.lance_store import Hit, Store
+
+TermKind = Literal["text", "image", "item", "vector", "pil"]
+OPERATORS = ("+", "-")
+_WEIGHT = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*:(.*)$", re.DOTALL)
+ITEM_PREFIX = "id:"
+
+
+@dataclass(frozen=True)
+class Term:
+    """One part of a query: ``weight`` times the unit vector of ``value``."""
+
+    kind: TermKind
+    value: Any  # the text, the image path, the item id, a (dim,) vector, or a PIL image
+    weight: float = 1.0
+
+    def describe(self) -> str:
+        what = {
+            "text": lambda v: repr(v),
+            "image": lambda v: f"image {v}",
+            "item": lambda v: f"item {v}",
+            "vector": lambda v: "a vector",
+            "pil": lambda v: "an image",
+        }[self.kind](self.value)
+        return f"{self.weight:g} x {what}"
+
+
+@dataclass(frozen=True)
+class Query:
+    """A weighted combination of terms; build it with :func:`parse_query` or directly."""
+
+    terms: tuple[Term, ...]
+
+    def __post_init__(self) -> None:
+        if not self.terms:
+            raise ValueError("empty query: give a text, an image (--image PATH) or an item (--like ID)")
+        for t in self.terms:
+            if not math.isfinite(t.weight) or t.weight == 0:
+                raise ValueError(f"term weight must be a non-zero number, got {t.weight!r} for {t.describe()}")
+
+    def describe(self) -> str:
+        return " + ".join(t.describe() for t in self.terms).replace("+ -", "- ")
+
+
+def parse_query(
+    query: str | Sequence[str] = (),
+    *,
+    images: Sequence[str | os.PathLike[str]] = (),
+    like: Sequence[str] = (),
+) -> Query:
+    """Parse a composed query.
+
+    Args:
+        query: the words of the query as the shell split them (``["2:dog", "+", "snow.jpg", "-",
+            "grass"]``), or one string that is split like a shell line (quotes group words).
+        images: image files to add as terms of weight 1 (``--image``).
+        like: stored item ids (or unique prefixes) to add as terms of weight 1 (``--like``).
+
+    Returns:
+        The :class:`Query`.
+
+    Raises:
+        ValueError: an operator without a term on its right, two operators in a row, a weight
+            without a term, or nothing at all.
+    """
+    if isinstance(query, str):
+        try:
+            tokens = shlex.split(query)
+        except ValueError as exc:
+            raise ValueError(f"cannot parse query {query!r}: {exc}") from None
+    else:
+        tokens = [str(t) for t in query]
+    terms: list[Term] = []
+    words: list[str] = []
+    sign = 1.0
+    pending_op: str | None = None
+    for tok in tokens:
+        if tok in OPERATORS:
+            if words:
+                terms.append(_term(" ".join(words), sign))
+                words = []
+            elif pending_op is not None:
+                raise ValueError(f"two operators in a row ({pending_op!r} then {tok!r}); put a term between them")
+            pending_op = tok
+            sign = 1.0 if tok == "+" else -1.0
+        else:
+            words.append(tok)
+            pending_op = None
+    if words:
+        terms.append(_term(" ".join(words), sign))
+    elif pending_op is not None:
+        raise ValueError(f"the query ends with {pending_op!r}; put a term after it")
+    terms += [Term("image", os.fspath(p)) for p in images]
+    terms += [Term("item", str(i)) for i in like]
+    return Query(tuple(terms))
+
+
+def _term(text: str, sign: float) -> Term:
+    weight = 1.0
+    m = _WEIGHT.match(text)
+    if m:
+        weight = float(m.group(1))
+        text = m.group(2).strip()
+        if not text:
+            raise ValueError(f"weight {m.group(1)}: has no term after it")
+    text = text.strip()
+    if text.lower().startswith(ITEM_PREFIX) and len(text) > len(ITEM_PREFIX):
+        return Term("item", text[len(ITEM_PREFIX) :].strip(), sign * weight)
+    if _is_image_file(text):
+        return Term("image", text, sign * weight)
+    return Term("text", text, sign * weight)
+
+
+def _is_image_file(text: str) -> bool:
+    from clipsearch.images import is_image_path
+
+    path = Path(text).expanduser()
+    try:
+        return is_image_path(path) and path.is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte: not a file, so text
+        return False
+
+
+# -- embedding --------------------------------------------------------------------------------
+
+
+def compose(vectors: npt.ArrayLike, weights: Sequence[float]) -> npt.NDArray[np.float32]:
+    """``normalise(sum_i weights[i] * normalise(vectors[i]))``.
+
+    Args:
+        vectors: ``(m, d)`` term vectors (normalised here, whatever their length).
+        weights: ``m`` non-zero weights; negative ones subtract.
+
+    Returns:
+        ``(d,)`` float32 unit vector.
+
+    Raises:
+        ValueError: the terms cancel out (the sum has no length).
+    """
+    v = np.atleast_2d(np.asarray(vectors, dtype=np.float64))
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if v.shape[0] != w.shape[0]:
+        raise ValueError(f"{v.shape[0]} vectors but {w.shape[0]} weights")
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    if np.any(norms < 1e-12):
+        raise ValueError("a query term has a zero vector")
+    total = (w[:, None] * (v / norms)).sum(axis=0)
+    length = float(np.linalg.norm(total))
+    if length < 1e-6:
+        raise ValueError("the query's terms cancel out (their weighted sum is zero); change a weight")
+    return (total / length).astype(np.float32)
+
+
+def term_vectors(store: Store, query: Query) -> npt.NDArray[np.float32]:
+    """The unit vector of each term ``(len(query.terms), dim)``, texts embedded in one batch."""
+    from clipsearch.errors import StoreError
+
+    out = np.zeros((len(query.terms), store.dim), np.float32)
+    texts = [(i, t) for i, t in enumerate(query.terms) if t.kind == "text"]
+    if texts:
+        vecs = store.encoder.encode_texts([t.value for _, t in texts], role="query")
+        for (i, _), v in zip(texts, vecs):
+            out[i] = v
+    for i, t in enumerate(query.terms):
+        if t.kind == "image":
+            out[i] = embed_image_file(store, t.value)
+        elif t.kind == "pil":
+            enc = store.encoder
+            out[i] = enc.encode_pixel_values(enc.preprocess_images([t.value.convert("RGB")]))[0]
+        elif t.kind == "item":
+            item = store.get(str(t.value), with_vector=True)
+            if item is None or item.vector is None:
+                raise StoreError(f"no item with id {t.value!r} in store {store.root}")
+            out[i] = item.vector
+        elif t.kind == "vector":
+            v = np.asarray(t.value, dtype=np.float32).reshape(-1)
+            if v.shape[0] != store.dim:
+                raise ValueError(f"query vector has {v.shape[0]} dimensions; this store holds {store.dim}-d vectors")
+            out[i] = v
+    return out
+
+
+def embed_image_file(store: Store, path: str | os.PathLike[str]) -> npt.NDArray[np.float32]:
+    """An image file's unit vector ``(dim,)``, decoded exactly as indexing decodes it."""
+    from clipsearch.errors import ImageRefused
+    from clipsearch.ingest import prepare_image
+
+    enc = store.encoder
+    if not enc.supports("image"):
+        raise ValueError(f"model {enc.name!r} embeds text only; it cannot embed the image {os.fspath(path)}")
+    prep = prepare_image(os.fspath(path), enc.info.preprocess, known_ids=frozenset())
+    if prep.error is not None or prep.pixels is None:
+        raise ImageRefused(os.fspath(path), prep.error or "cannot be decoded")
+    return enc.encode_pixel_values(prep.pixels[None])[0]
+
+
+def as_query(query: Any) -> Query:
+    """Accept what :meth:`Store.search` accepts and return a :class:`Query`.
+
+    A ``str`` is one text (not parsed: use :func:`parse_query` for ``+``/``-``); a ``Path`` is
+    an image file; a ``PIL.Image`` an image; a 1-d array a vector; a list of words is parsed.
+    """
+    if isinstance(query, Query):
+        return query
+    if isinstance(query, Term):
+        return Query((query,))
+    if isinstance(query, str):
+        if not query.strip():
+            raise ValueError("empty query text; give at least one non-space character")
+        return Query((Term("text", query),))
+    if isinstance(query, os.PathLike):
+        return Query((Term("image", os.fspath(query)),))
+    if isinstance(query, np.ndarray):
+        return Query((Term("vector", query),))
+    if hasattr(query, "convert") and hasattr(query, "size"):  # a PIL image
+        return Query((Term("pil", query),))
+    if isinstance(query, (list, tuple)) and all(isinstance(t, str) for t in query):
+        return parse_query(query)
+    raise TypeError(f"cannot search for a {type(query).__name__}; give a str, Path, PIL image, vector or Query")
+
+
+def query_vector(store: Store, query: Any) -> npt.NDArray[np.float32]:
+    """The unit ``(dim,)`` vector that :func:`search_store` searches with."""
+    q = as_query(query)
+    return compose(term_vectors(store, q), [t.weight for t in q.terms])
+
+
+def search_store(
+    store: Store,
+    query: Any,
+    *,
+    k: int = 10,
+    modality: str = "any",
+    where: str | None = None,
+    path_glob: str | None = None,
+    min_score: float | None = None,
+    exact: bool = False,
+) -> list[Hit]:
+    """Search ``store``; see :meth:`clipsearch.store.Store.search` for the arguments."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive whole number, got {k!r}")
+    if min_score is not None and not (-1.0 <= float(min_score) <= 1.0):
+        raise ValueError(f"min_score is a cosine between -1 and 1, got {min_score!r}")
+    q = query_vector(store, query)
+    found = store.nearest(q, k, modality=modality, where=where, path_glob=path_glob, exact=exact)
+    if min_score is not None:
+        found = [(p, s) for p, s in found if s >= float(min_score)]
+    return store.hits_at(found)
+
+
+def image_hits(hits: Sequence[Hit]) -> list[Hit]:
+    """The hits that are images with a path (what a contact sheet can show)."""
+    return [h for h in hits if h.modality == "image" and h.path]

@@ -1,0 +1,992 @@
+"""The store: a LanceDB folder of items (metadata + vector), searched in memory.
+
+Writes go through LanceDB, one ``merge_insert`` per batch: each is one atomic table version,
+so a crash (even ``kill -9``) loses at most the batch being written and never leaves half a
+row. Searches never touch LanceDB's own vector search (see :mod:`clipsearch.store.ann`): the
+vectors are read once per table version into memory and scanned with numpy, or through an IVF
+index once the store is large.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from clipsearch.errors import StoreError
+from clipsearch.store import schema as sch
+from clipsearch.store.ann import (
+    DEFAULT_ANN_THRESHOLD,
+    IvfIndex,
+    ann_threshold_from_env,
+    build_ivf,
+    exact_scores,
+    read_index_meta,
+    remove_index,
+    top_k,
+)
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from clipsearch.ingest import IndexSummary
+    from clipsearch.models.base import Encoder, Vectors
+    from clipsearch.search import Query
+
+STORE_ENV = "CLIPSEARCH_STORE"
+MODALITIES = ("image", "text", "any")
+_IN_CHUNK = 500  # ids per SQL IN (...) list
+_WRITING: set[str] = set()  # stores this process is writing (resolved roots)
+
+
+def default_store_path() -> Path:
+    """``$CLIPSEARCH_STORE``, else ``<user data dir>/clipsearch/store``."""
+    env = os.environ.get(STORE_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("clipsearch")) / "store"
+
+
+def resolve_store_uri(uri: str | os.PathLike[str] | None) -> Path:
+    """A local folder for ``uri``: a path, ``file://`` URI, or None (the default store).
+
+    Object-store URIs (``s3://``, ``gs://``, ``az://``) are where remote stores will plug in;
+    today they are refused with a clear message.
+    """
+    if uri is None:
+        return default_store_path()
+    text = os.fspath(uri)
+    if "://" in text:
+        scheme, _, rest = text.partition("://")
+        if scheme.lower() == "file":
+            from urllib.parse import unquote
+
+            return Path(unquote(rest)).expanduser()
+        raise StoreError(
+            f"store URI {text!r}: only local folders and file:// URIs are supported so far, not {scheme}://"
+        )
+    return Path(text).expanduser()
+
+
+# -- what search and get return ---------------------------------------------------------------
+
+
+@dataclass
+class Item:
+    """One row of the store, without its vector unless asked for."""
+
+    id: str
+    modality: str = "image"
+    path: str | None = None
+    extra_paths: list[str] = field(default_factory=list)
+    source: str | None = None
+    text: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    mtime: float | None = None
+    width: int | None = None
+    height: int | None = None
+    caption: str | None = None
+    label: str | None = None
+    record: str | None = None
+    char_start: int | None = None
+    char_end: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    added: float | None = None
+    seq: int | None = None
+    vector: npt.NDArray[np.float32] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Item:
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in row.items() if k in known}
+        kw["extra_paths"] = list(row.get("extra_paths") or [])
+        raw = row.get("extra")
+        kw["extra"] = json.loads(raw) if raw else {}
+        if row.get("vector") is not None:
+            kw["vector"] = np.asarray(row["vector"], dtype=np.float32)
+        return cls(**kw)
+
+    @property
+    def paths(self) -> list[str]:
+        """Every path holding this item: the primary one, then the others."""
+        return ([self.path] if self.path else []) + list(self.extra_paths)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("vector")
+        return out
+
+
+@dataclass
+class Hit(Item):
+    """A search result: an :class:`Item` and its cosine ``score`` with the query."""
+
+    score: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields ``clipsearch search --json`` prints."""
+        return {
+            "id": self.id,
+            "path": self.path,
+            "text": self.text,
+            "modality": self.modality,
+            "score": round(float(self.score), 6),
+        }
+
+
+# -- the in-memory view used by search --------------------------------------------------------
+
+
+@dataclass
+class _Snapshot:
+    """The items table at one version, as arrays aligned with the dataset's row order."""
+
+    version: int
+    ann_stamp: tuple[int, int] | None  # (mtime_ns, size) of ann.json when loaded
+    dataset: Any  # lance.LanceDataset at ``version``; ``take(positions)`` fetches rows
+    seq: npt.NDArray[np.int64]  # (n,)
+    ids: npt.NDArray[np.object_]  # (n,)
+    is_image: npt.NDArray[np.bool_]  # (n,)
+    order: npt.NDArray[np.int64]  # argsort(seq): seq -> position lookups
+    vectors: Vectors | None = None  # (n, d), exact mode
+    ivf: IvfIndex | None = None  # ANN mode
+    in_index: npt.NDArray[np.bool_] | None = None  # (n,) rows the index holds
+    tail_vectors: Vectors | None = None  # (n - in_index.sum(), d), in position order
+    tail_pos: npt.NDArray[np.int64] | None = None
+    _paths: Any = None  # pa.Table of path, extra_paths (lazy, for path globs)
+    masks: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (kind, expr) -> (n,) bool
+    subset: tuple[Any, np.ndarray, Vectors] | None = None  # (filter key, positions, vectors): last filtered subset
+
+    @property
+    def n(self) -> int:
+        return int(self.seq.shape[0])
+
+    def lookup(self, seqs: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """``(positions, found)``: positions of the ``seqs`` present, and which of ``seqs`` were."""
+        seqs = np.asarray(seqs, dtype=np.int64)
+        if self.n == 0:
+            return np.zeros(0, np.int64), np.zeros(len(seqs), bool)
+        sorted_seq = self.seq[self.order]
+        idx = np.clip(np.searchsorted(sorted_seq, seqs), 0, self.n - 1)
+        found = sorted_seq[idx] == seqs
+        return self.order[idx[found]], found
+
+    def positions_of(self, seqs: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Positions of the ``seqs`` that are present (missing ones dropped)."""
+        return self.lookup(seqs)[0]
+
+    def paths(self):
+        if self._paths is None:
+            self._paths = self.dataset.to_table(columns=["path", "extra_paths"])
+        return self._paths
+
+
+# -- the store -------------------------------------------------------------------------------
+
+
+def open_store(
+    uri: str | os.PathLike[str] | None = None,
+    *,
+    model: str | Encoder | None = None,
+    weights: str | None = None,
+    create: bool = True,
+    ann_threshold: int | None = None,
+) -> Store:
+    """Open (or create) the store at ``uri``; the one entry point.
+
+    Args:
+        uri: a folder, a ``file://`` URI, or None for :func:`default_store_path`.
+        model: the model name (or a loaded :class:`Encoder`). An existing store refuses any
+            model but its own; a new store records it. None: the store's model.
+        weights: local checkpoint for ``open_clip:ARCH`` models; recorded in a new store.
+        create: create the store when missing (needs ``model``); False raises instead.
+        ann_threshold: rows at which an ANN index is used; default ``$CLIPSEARCH_ANN_THRESHOLD``
+            or :data:`~clipsearch.store.ann.DEFAULT_ANN_THRESHOLD`.
+
+    Raises:
+        StoreError: another model, a newer schema version, a folder that is not a store, or
+            no store and ``create=False`` (or no model to create it with).
+    """
+    root = resolve_store_uri(uri)
+    meta = sch.read_meta(root)
+    encoder = model if (model is not None and not isinstance(model, str)) else None
+    if meta is not None:
+        _check_compatible(root, meta, model)
+    else:
+        if not create:
+            raise StoreError(f"no store at {root}; build one with: clipsearch index PATH --store {root}")
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"cannot create a store at {root}: it is a file, not a folder")
+        if root.is_dir() and any(p.name != sch.LOCK_FILE for p in root.iterdir()):
+            raise StoreError(f"cannot create a store at {root}: the folder is not empty and has no {sch.META_FILE}")
+        if model is None:
+            raise StoreError(f"no store at {root} yet; give a model to create it")
+        if encoder is None:
+            from clipsearch.models.registry import load_model
+
+            encoder = load_model(model, weights=weights)
+        root.mkdir(parents=True, exist_ok=True)
+        meta = sch.new_meta(encoder.name, encoder.dim, tuple(encoder.modalities), weights)
+        sch.write_json_atomic(root / sch.META_FILE, meta)
+    store = Store(root, meta, encoder=encoder, ann_threshold=ann_threshold)
+    if encoder is not None and encoder.dim != store.dim:
+        raise StoreError(
+            f"store {root} holds {store.dim}-d vectors but model {encoder.name!r} makes {encoder.dim}-d ones"
+        )
+    return store
+
+
+def _same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    pa_, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa_.exists() and pb.exists() and pa_.resolve() == pb.resolve()
+
+
+def _check_compatible(root: Path, meta: dict[str, Any], model: str | Encoder | None) -> None:
+    version = meta.get("schema_version")
+    if not isinstance(version, int) or version > sch.SCHEMA_VERSION:
+        raise StoreError(
+            f"store {root} has schema version {version}, newer than this clipsearch reads "
+            f"({sch.SCHEMA_VERSION}); upgrade clipsearch to use it"
+        )
+    if model is None:
+        return
+    name = model if isinstance(model, str) else model.name
+    if not _same_model(name, meta["model"]):
+        raise StoreError(
+            f"store {root} was built with model {meta['model']}; use --model {meta['model']} or a new --store"
+        )
+
+
+class Store:
+    """A persistent index of images and texts with their vectors; see :func:`open_store`.
+
+    Usable from a notebook::
+
+        store = open_store("my-store", model="demo")
+        store.add(["photos/", "notes.txt"])
+        for hit in store.search("two dogs in the snow", k=5):
+            print(hit.score, hit.path)
+    """
+
+    def __init__(
+        self, root: Path, meta: dict[str, Any], *, encoder: Encoder | None = None, ann_threshold: int | None = None
+    ):
+        from datetime import timedelta
+
+        import lancedb
+
+        self.root = root
+        self.meta = meta
+        self._encoder = encoder
+        self.ann_threshold = (
+            int(ann_threshold) if ann_threshold is not None else ann_threshold_from_env(DEFAULT_ANN_THRESHOLD)
+        )
+        if self.ann_threshold < 1:
+            raise ValueError(f"ann_threshold must be a positive number of rows, got {self.ann_threshold}")
+        self._db = lancedb.connect(str(root / sch.LANCE_DIR), read_consistency_interval=timedelta(0))
+        self._items = self._open_table(sch.ITEMS_TABLE, sch.items_schema(self.dim))
+        self._files = self._open_table(sch.FILES_TABLE, sch.files_schema())
+        self._snapshot: _Snapshot | None = None
+        self._lock_fd: int | None = None
+        self._next_seq: int | None = None
+        self.last_plan = ""  # how the last nearest() was answered: "exact", "ivf", "ivf-subset-exact"
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r}, model={self.model_name!r}, dim={self.dim})"
+
+    # -- basics ------------------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return str(self.meta["model"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    @property
+    def encoder(self) -> Encoder:
+        """The store's model, loaded on first use."""
+        if self._encoder is None:
+            from clipsearch.models.registry import load_model
+
+            self._encoder = load_model(self.model_name, weights=self.meta.get("weights"))
+            if self._encoder.dim != self.dim:
+                raise StoreError(
+                    f"store {self.root} holds {self.dim}-d vectors but model {self.model_name!r} "
+                    f"now makes {self._encoder.dim}-d ones"
+                )
+        return self._encoder
+
+    @property
+    def version(self) -> int:
+        """The items table's version; every committed write increments it."""
+        return int(self._items.version)
+
+    def _open_table(self, name: str, schema: pa.Schema):
+        try:
+            return self._db.open_table(name)
+        except (FileNotFoundError, ValueError):
+            pass
+        try:
+            return self._db.create_table(name, schema=schema, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create table {name!r} in store {self.root}: {exc}") from None
+
+    def __len__(self) -> int:
+        return int(self._items.count_rows())
+
+    def count(self, modality: str = "any") -> int:
+        """Items in the store, of one modality or all."""
+        _check_modality(modality)
+        if modality == "any":
+            return len(self)
+        return int(self._items.count_rows(f"modality = '{modality}'"))
+
+    # -- reading rows ------------------------------------------------------------------------
+    def get(self, item_id: str, *, with_vector: bool = False) -> Item | None:
+        """The item with id ``item_id`` (or a unique prefix of at least 4 characters), or None.
+
+        Raises:
+            StoreError: the prefix matches several items.
+        """
+        item_id = item_id.strip().lower()
+        if not item_id or any(c not in "0123456789abcdef" for c in item_id):
+            return None
+        cols = None if with_vector else _columns_without_vector()
+        if len(item_id) >= sch.ID_HEX:
+            rows = self._dataset().to_table(columns=cols, filter=f"id = '{item_id[: sch.ID_HEX]}'").to_pylist()
+        elif len(item_id) >= 4:
+            rows = self._dataset().to_table(columns=cols, filter=f"starts_with(id, '{item_id}')").to_pylist()
+            if len(rows) > 1:
+                raise StoreError(f"id prefix {item_id!r} matches {len(rows)} items; give more characters")
+        else:
+            return None
+        return Item.from_row(rows[0]) if rows else None
+
+    def items(self, ids: Sequence[str], *, with_vector: bool = False) -> list[Item]:
+        """The items with these ids, in the order given (unknown ids are skipped)."""
+        rows = self._rows_by_id(ids, with_vector=with_vector)
+        return [Item.from_row(rows[i]) for i in ids if i in rows]
+
+    def to_arrow(self, columns: Sequence[str] | None = None, where: str | None = None) -> pa.Table:
+        """The items table (or some columns / rows of it) as an Arrow table."""
+        return self._dataset().to_table(columns=list(columns) if columns else None, filter=where)
+
+    def _dataset(self):
+        return self._items.to_lance()
+
+    def _rows_by_id(self, ids: Iterable[str], *, with_vector: bool = True) -> dict[str, dict[str, Any]]:
+        ids = sorted(set(ids))
+        out: dict[str, dict[str, Any]] = {}
+        cols = None if with_vector else _columns_without_vector()
+        ds = self._dataset()
+        for i in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[i : i + _IN_CHUNK]
+            table = ds.to_table(columns=cols, filter=f"id IN ({_sql_list(chunk)})")
+            for row in table.to_pylist():
+                out[row["id"]] = row
+        return out
+
+    def vectors(self, ids: Sequence[str]) -> Vectors:
+        """The stored unit vectors ``(len(ids), dim)`` of these ids, in order.
+
+        Raises:
+            StoreError: an id is not in the store.
+        """
+        rows = self._rows_by_id(ids, with_vector=True)
+        missing = [i for i in ids if i not in rows]
+        if missing:
+            raise StoreError(f"no item with id {missing[0]!r} in store {self.root}")
+        if not ids:
+            return np.zeros((0, self.dim), np.float32)
+        return np.stack([np.asarray(rows[i]["vector"], dtype=np.float32) for i in ids])
+
+    # -- search ------------------------------------------------------------------------------
+    def search(
+        self,
+        query: str | Path | Query | Any,
+        k: int = 10,
+        *,
+        modality: str = "any",
+        where: str | None = None,
+        path_glob: str | None = None,
+        min_score: float | None = None,
+        exact: bool = False,
+    ) -> list[Hit]:
+        """The ``k`` items most similar to ``query``, best first.
+
+        Args:
+            query: a text (``str``), an image (``pathlib.Path`` or ``PIL.Image``), a unit vector
+                ``(dim,)``, or a composed :class:`~clipsearch.search.Query` (see
+                :func:`clipsearch.search.parse_query` for ``"2:dog" + snow.jpg - grass``).
+            k: results wanted.
+            modality: "image", "text" or "any".
+            where: SQL filter on metadata columns, e.g. ``"label = 'cat' AND width >= 640"``.
+            path_glob: keep items whose path (or another path of the same bytes) matches this
+                shell pattern; ``*`` also crosses ``/``.
+            min_score: drop results whose cosine is below this.
+            exact: scan every vector even when an ANN index exists.
+
+        Returns:
+            Up to ``k`` :class:`Hit` objects; fewer when filters or ``min_score`` leave fewer.
+        """
+        from clipsearch.search import search_store
+
+        return search_store(
+            self, query, k=k, modality=modality, where=where, path_glob=path_glob, min_score=min_score, exact=exact
+        )
+
+    def nearest(
+        self,
+        query: npt.NDArray[np.float32],
+        k: int,
+        *,
+        modality: str = "any",
+        where: str | None = None,
+        path_glob: str | None = None,
+        exact: bool = False,
+    ) -> list[tuple[int, float]]:
+        """``(position, score)`` of the ``k`` nearest rows to a unit vector ``(dim,)``, best first.
+
+        Positions index the current snapshot (see :meth:`hits_at`).
+        """
+        _check_modality(modality)
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        if q.shape[0] != self.dim:
+            raise ValueError(f"query vector has {q.shape[0]} dimensions; this store holds {self.dim}-d vectors")
+        snap = self._current_snapshot(exact=exact)
+        self.last_plan = "exact"
+        if snap.n == 0 or k <= 0:
+            return []
+        mask = self._filter_mask(snap, modality, where, path_glob)
+        if mask is not None and not mask.any():
+            return []
+        if snap.ivf is None or exact:
+            if snap.vectors is None:
+                snap = self._load_vectors(snap)
+            scores = exact_scores(snap.vectors, q)
+            if mask is not None:
+                scores = np.where(mask, scores, -np.inf).astype(np.float32)
+            best = top_k(scores, k)
+            return [(int(p), float(scores[p])) for p in best if np.isfinite(scores[p])]
+        return self._ann_nearest(snap, q, k, mask, key=(modality, where, path_glob))
+
+    def _ann_nearest(
+        self, snap: _Snapshot, q: np.ndarray, k: int, mask: np.ndarray | None, *, key: Any = None
+    ) -> list[tuple[int, float]]:
+        assert snap.ivf is not None and snap.in_index is not None and snap.tail_pos is not None
+        cand_pos: list[np.ndarray] = []
+        cand_score: list[np.ndarray] = []
+        # the tail (rows newer than the index): exact
+        if len(snap.tail_pos):
+            t_scores = exact_scores(snap.tail_vectors, q)
+            keep = mask[snap.tail_pos] if mask is not None else np.ones(len(snap.tail_pos), bool)
+            cand_pos.append(snap.tail_pos[keep])
+            cand_score.append(t_scores[keep])
+        in_idx = snap.in_index if mask is None else (snap.in_index & mask)
+        n_allowed = int(in_idx.sum())
+        n_indexed = int(snap.in_index.sum())
+        self.last_plan = "ivf"
+        if n_allowed and mask is not None and n_allowed <= self.ann_threshold:
+            self.last_plan = "ivf-subset-exact"
+            # a small filtered subset: exact over vectors reconstructed from the index, kept for
+            # the next query with the same filter
+            if snap.subset is not None and snap.subset[0] == key:
+                _, pos, vecs = snap.subset
+            else:
+                pos = np.flatnonzero(in_idx)
+                vecs = snap.ivf.reconstruct(snap.seq[pos])
+                snap.subset = (key, pos, vecs)
+            cand_pos.append(pos)
+            cand_score.append(exact_scores(vecs, q))
+        elif n_allowed:
+            allowed = snap.seq[in_idx] if mask is not None else None
+            # probe more lists when a filter leaves a fraction of each list
+            nprobe = snap.ivf.nprobe if mask is None else int(np.ceil(snap.ivf.nprobe * n_indexed / n_allowed))
+            scores, seqs = snap.ivf.search(q, k, allowed=allowed, nprobe=nprobe)
+            pos, found = snap.lookup(seqs)
+            cand_pos.append(pos)
+            cand_score.append(scores[found])
+        if not cand_pos:
+            return []
+        pos = np.concatenate(cand_pos)
+        scores = np.concatenate(cand_score).astype(np.float32)
+        best = top_k(scores, k)
+        return [(int(pos[i]), float(scores[i])) for i in best]
+
+    def hits_at(self, found: Sequence[tuple[int, float]]) -> list[Hit]:
+        """Turn ``(position, score)`` pairs from :meth:`nearest` into :class:`Hit` objects."""
+        snap = self._snapshot
+        if not found or snap is None:
+            return []
+        positions = [p for p, _ in found]
+        rows = snap.dataset.take(positions, columns=_columns_without_vector()).to_pylist()
+        hits = []
+        for row, (_, score) in zip(rows, found):
+            item = Item.from_row(row)
+            hits.append(Hit(**{f.name: getattr(item, f.name) for f in fields(Item)}, score=score))
+        return hits
+
+    def _filter_mask(
+        self, snap: _Snapshot, modality: str, where: str | None, path_glob: str | None
+    ) -> np.ndarray | None:
+        mask: np.ndarray | None = None
+
+        def both(m: np.ndarray) -> np.ndarray:
+            return m if mask is None else (mask & m)
+
+        if modality != "any":
+            mask = both(snap.is_image if modality == "image" else ~snap.is_image)
+        if where:
+            m = snap.masks.get(("where", where))
+            if m is None:
+                m = np.zeros(snap.n, bool)
+                m[snap.positions_of(self._where_seqs(snap, where))] = True
+            mask = both(_remember(snap.masks, ("where", where), m))
+        if path_glob:
+            m = snap.masks.get(("glob", path_glob))
+            if m is None:
+                m = _glob_mask(snap.paths(), path_glob)
+            mask = both(_remember(snap.masks, ("glob", path_glob), m))
+        return mask
+
+    def _where_seqs(self, snap: _Snapshot, where: str) -> np.ndarray:
+        try:
+            table = snap.dataset.to_table(columns=["seq"], filter=where)
+        except Exception as exc:  # noqa: BLE001 - Lance raises ValueError/OSError/... for bad SQL
+            raise ValueError(f"bad --where expression {where!r}: {_lance_message(exc)}") from None
+        return table.column("seq").to_numpy().astype(np.int64)
+
+    # -- snapshots ---------------------------------------------------------------------------
+    def _current_snapshot(self, *, exact: bool = False) -> _Snapshot:
+        version = self.version
+        snap = self._snapshot
+        if snap is None or snap.version != version or snap.ann_stamp != self._ann_stamp():
+            snap = self._load_snapshot(version)
+            self._snapshot = snap
+        if (exact or snap.ivf is None) and snap.vectors is None:
+            snap = self._load_vectors(snap)
+        return snap
+
+    def _ann_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self._ann_dir() / "ann.json")
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def _load_snapshot(self, version: int) -> _Snapshot:
+        import lance
+
+        stamp = self._ann_stamp()
+        ds = lance.dataset(str(self._items_uri()), version=version)
+        table = ds.to_table(columns=["seq", "id", "modality"])
+        seq = table.column("seq").to_numpy().astype(np.int64)
+        snap = _Snapshot(
+            version=version,
+            ann_stamp=stamp,
+            dataset=ds,
+            seq=seq,
+            ids=np.asarray(table.column("id").to_pylist(), dtype=object),
+            is_image=np.asarray(table.column("modality").to_numpy(zero_copy_only=False) == "image", dtype=bool),
+            order=np.argsort(seq, kind="stable"),
+        )
+        ivf = IvfIndex.load(self._ann_dir()) if stamp is not None else None
+        if ivf is not None and ivf.index.d != self.dim:
+            ivf = None
+        if ivf is not None:
+            in_index = np.isin(seq, ivf.seqs, assume_unique=True)
+            gone = np.setdiff1d(ivf.seqs, seq, assume_unique=True)
+            ivf.remove(gone)
+            tail_pos = np.flatnonzero(~in_index).astype(np.int64)
+            snap.ivf, snap.in_index, snap.tail_pos = ivf, in_index, tail_pos
+            snap.tail_vectors = self._vectors_at(ds, tail_pos)
+        return snap
+
+    def _load_vectors(self, snap: _Snapshot) -> _Snapshot:
+        col = snap.dataset.to_table(columns=["vector"]).column("vector")
+        snap.vectors = _vector_matrix(col, self.dim)
+        return snap
+
+    def _vectors_at(self, ds, positions: np.ndarray) -> Vectors:
+        if len(positions) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        col = ds.take(positions.tolist(), columns=["vector"]).column("vector")
+        return _vector_matrix(col, self.dim)
+
+    def _items_uri(self) -> Path:
+        return self.root / sch.LANCE_DIR / f"{sch.ITEMS_TABLE}.lance"
+
+    def _ann_dir(self) -> Path:
+        return self.root / sch.ANN_DIR
+
+    # -- writing -------------------------------------------------------------------------------
+    @contextmanager
+    def writing(self) -> Iterator[Store]:
+        """Hold the store's write lock (one writing process at a time) for the block.
+
+        Raises:
+            StoreError: another process is writing to this store.
+        """
+        import fcntl
+
+        if self._lock_fd is not None:  # re-entrant within one Store
+            yield self
+            return
+        key = str(self.root.resolve())
+        if key in _WRITING:  # lockf does not exclude a second Store in the same process
+            raise StoreError(f"store {self.root} is being written by another Store object in this process")
+        self.root.mkdir(parents=True, exist_ok=True)
+        # POSIX record locks (lockf), not flock: they are not inherited by forked decoding
+        # workers, so a killed writer never leaves its lock held by an orphan.
+        fd = os.open(self.root / sch.LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreError(
+                f"store {self.root} is being written by another process; try again when it finishes"
+            ) from None
+        self._lock_fd = fd
+        _WRITING.add(key)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self._next_seq = None
+            yield self
+        finally:
+            _WRITING.discard(key)
+            self._lock_fd = None
+            self._next_seq = None
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _require_lock(self) -> None:
+        if self._lock_fd is None:
+            raise RuntimeError("store writes must happen inside `with store.writing():`")
+
+    def allocate_seqs(self, n: int) -> npt.NDArray[np.int64]:
+        """``n`` fresh ``seq`` labels (under the write lock)."""
+        self._require_lock()
+        if self._next_seq is None:
+            seqs = self._dataset().to_table(columns=["seq"]).column("seq").to_numpy()
+            self._next_seq = int(seqs.max()) + 1 if len(seqs) else 0
+            meta_max = read_index_meta(self._ann_dir())
+            if meta_max:  # never reuse a label an index file may still hold
+                self._next_seq = max(self._next_seq, int(meta_max.get("max_seq", -1)) + 1)
+        out = np.arange(self._next_seq, self._next_seq + n, dtype=np.int64)
+        self._next_seq += n
+        return out
+
+    def commit_items(self, rows: list[dict[str, Any]], vectors: Vectors | None, delete_ids: Iterable[str] = ()) -> None:
+        """Upsert ``rows`` (with ``vectors`` ``(len(rows), dim)``) and delete ``delete_ids``, atomically.
+
+        Rows are dicts of :data:`~clipsearch.store.schema.ITEM_COLUMNS` (``vector`` excluded);
+        one LanceDB commit, so a crash leaves either all of it or none.
+        """
+        self._require_lock()
+        delete_ids = sorted(set(delete_ids) - {r["id"] for r in rows})
+        if not rows and not delete_ids:
+            return
+        data = self._arrow_rows(rows, vectors)
+        if not rows:
+            for i in range(0, len(delete_ids), _IN_CHUNK):  # pure deletes: one commit per chunk
+                self._items.delete(f"id IN ({_sql_list(delete_ids[i : i + _IN_CHUNK])})")
+            return
+        merge = self._items.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+        if delete_ids:
+            merge = merge.when_not_matched_by_source_delete(f"id IN ({_sql_list(delete_ids)})")
+        merge.execute(data)
+
+    def _arrow_rows(self, rows: list[dict[str, Any]], vectors: Vectors | None) -> pa.Table:
+        import pyarrow as pa
+
+        schema = sch.items_schema(self.dim)
+        meta_schema = pa.schema([f for f in schema if f.name != "vector"])
+        cols = {name: [r.get(name) for r in rows] for name in meta_schema.names}
+        table = pa.Table.from_pydict(cols, schema=meta_schema)
+        vecs = (
+            np.zeros((0, self.dim), np.float32) if vectors is None else np.ascontiguousarray(vectors, dtype=np.float32)
+        )
+        if vecs.shape != (len(rows), self.dim):
+            raise ValueError(f"vectors have shape {vecs.shape}; expected ({len(rows)}, {self.dim})")
+        if not np.all(np.isfinite(vecs)):
+            raise ValueError("refusing to store vectors with NaN or infinite values")
+        flat = pa.array(vecs.reshape(-1), type=pa.float32())
+        return table.append_column(schema.field("vector"), pa.FixedSizeListArray.from_arrays(flat, self.dim))
+
+    def commit_files(self, rows: list[dict[str, Any]], delete_paths: Iterable[str] = ()) -> None:
+        """Upsert rows of the files table (``path, kind, size, mtime, sha256``) and delete paths."""
+        import pyarrow as pa
+
+        self._require_lock()
+        by_path = {r["path"]: r for r in rows}
+        delete_paths = sorted(set(delete_paths) - by_path.keys())
+        if by_path:
+            data = pa.Table.from_pylist(list(by_path.values()), schema=sch.files_schema())
+            merge = self._files.merge_insert("path").when_matched_update_all().when_not_matched_insert_all()
+            if delete_paths and len(delete_paths) <= _IN_CHUNK:
+                merge = merge.when_not_matched_by_source_delete(f"path IN ({_sql_list(delete_paths)})")
+                delete_paths = []
+            merge.execute(data)
+        for i in range(0, len(delete_paths), _IN_CHUNK):
+            self._files.delete(f"path IN ({_sql_list(delete_paths[i : i + _IN_CHUNK])})")
+
+    def file_records(self) -> dict[str, dict[str, Any]]:
+        """Every tracked input file: path -> {kind, size, mtime, sha256}."""
+        table = self._files.to_lance().to_table()
+        return {r["path"]: r for r in table.to_pylist()}
+
+    def compact(self) -> None:
+        """Merge small fragments left by many batch commits; drops versions older than a minute."""
+        from datetime import timedelta
+
+        for table in (self._items, self._files):
+            ds = table.to_lance()
+            if len(ds.get_fragments()) > 16 or ds.stats.dataset_stats()["num_deleted_rows"] > 0:
+                table.optimize(cleanup_older_than=timedelta(minutes=1))
+
+    # -- add / remove ----------------------------------------------------------------------------
+    def add(
+        self,
+        paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str] | None = None,
+        *,
+        texts: Iterable[str] | None = None,
+        **options: Any,
+    ) -> IndexSummary:
+        """Index files and folders (images, ``.txt``, ``.jsonl``, ``.csv``) and/or raw ``texts``.
+
+        Unchanged files are skipped; see :func:`clipsearch.ingest.index_paths` for ``options``
+        (``batch_size``, ``workers``, ``prune``, ``both``, ``progress``).
+
+        Returns:
+            What happened: added, updated, unchanged, failed and removed counts, and the failures.
+        """
+        from clipsearch.ingest import index_paths
+
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        return index_paths(self, list(paths or []), texts=list(texts or []), **options)
+
+    def remove(self, targets: Iterable[str | os.PathLike[str]]) -> int:
+        """Remove items by id (or unique id prefix) or by path (a file, or every item under a folder).
+
+        A path held by an image with several paths is detached from it; the image goes when its
+        last path does. Text items go with their source file.
+
+        Returns:
+            How many items were deleted or detached from a path.
+
+        Raises:
+            StoreError: a target matches nothing.
+        """
+        from clipsearch.ingest import remove_targets
+
+        if isinstance(targets, (str, os.PathLike)):
+            targets = [targets]
+        return remove_targets(self, targets)
+
+    # -- ANN maintenance ---------------------------------------------------------------------------
+    def update_index(self, *, force: bool = False) -> str:
+        """Build, extend or drop the ANN index to match the table; returns what it did.
+
+        Builds when the store reaches ``ann_threshold`` rows, retrains when it has doubled or
+        halved since training, folds in new and deleted rows when they exceed 2% of it (or
+        ``force``), drops the index below the threshold.
+        """
+        with self.writing():
+            folder = self._ann_dir()
+            n = len(self)
+            meta = read_index_meta(folder)
+            if n < self.ann_threshold:
+                if meta is not None:
+                    remove_index(folder)
+                    return "dropped"
+                return "exact"
+            ds = self._dataset()
+            if meta is None or force or n >= 2 * int(meta["trained_rows"]) or 2 * n <= int(meta["trained_rows"]):
+                table = ds.to_table(columns=["seq", "vector"])
+                seqs = table.column("seq").to_numpy().astype(np.int64)
+                vecs = _vector_matrix(table.column("vector"), self.dim)
+                ivf = build_ivf(vecs, seqs)
+                ivf.save(folder, {"dim": self.dim, "model": self.model_name})
+                return "built"
+            ivf = IvfIndex.load(folder)
+            if ivf is None:
+                remove_index(folder)
+                return self.update_index(force=True)
+            seq_all = ds.to_table(columns=["seq"]).column("seq").to_numpy().astype(np.int64)
+            gone = np.setdiff1d(ivf.seqs, seq_all, assume_unique=True)
+            new_pos = np.flatnonzero(~np.isin(seq_all, ivf.seqs, assume_unique=True))
+            if len(gone) + len(new_pos) <= max(1000, 0.02 * n) and not force:
+                return "current"
+            ivf.remove(gone)
+            ivf.add(self._vectors_at(ds, new_pos), seq_all[new_pos])
+            ivf.save(folder, {"dim": self.dim, "model": self.model_name})
+            return "updated"
+
+    def index_state(self) -> dict[str, Any]:
+        """What search will use: ``{"kind": "exact"}`` or the IVF index's settings and coverage."""
+        meta = read_index_meta(self._ann_dir())
+        n = len(self)
+        if meta is None:
+            return {"kind": "exact", "rows": n, "threshold": self.ann_threshold}
+        return {
+            "kind": "ivf_flat",
+            "rows": n,
+            "indexed": int(meta["rows"]),
+            "nlist": int(meta["nlist"]),
+            "nprobe": int(meta["nprobe"]),
+            "calibration_recall": round(float(meta.get("recall", float("nan"))), 4),
+            "threshold": self.ann_threshold,
+        }
+
+    # -- stats ---------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Counts per modality, model, dimension, size on disk and index state."""
+        images = self.count("image")
+        total = len(self)
+        return {
+            "store": str(self.root),
+            "count": total,
+            "images": images,
+            "texts": total - images,
+            "model": self.model_name,
+            "dim": self.dim,
+            "schema_version": int(self.meta["schema_version"]),
+            "created": self.meta.get("created"),
+            "files": int(self._files.count_rows()),
+            "size_bytes": _folder_size(self.root),
+            "table_version": self.version,
+            "index": self.index_state(),
+        }
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _remember(cache: dict, key: tuple[str, str], mask: np.ndarray, limit: int = 16) -> np.ndarray:
+    """Keep a filter's mask for this snapshot (repeated queries with one filter pay once)."""
+    if key not in cache and len(cache) >= limit:
+        cache.pop(next(iter(cache)))
+    cache[key] = mask
+    return mask
+
+
+def _check_modality(modality: str) -> None:
+    if modality not in MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}; use one of {', '.join(MODALITIES)}")
+
+
+def _columns_without_vector() -> list[str]:
+    return list(sch.ITEM_COLUMNS)
+
+
+def _sql_str(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _sql_list(values: Iterable[str]) -> str:
+    return ", ".join(_sql_str(v) for v in values)
+
+
+def _vector_matrix(column, dim: int) -> Vectors:
+    """A fixed_size_list<float32>[dim] Arrow column -> ``(n, dim)`` float32 array."""
+    import pyarrow as pa
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if len(column) == 0:
+        return np.zeros((0, dim), np.float32)
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(values.reshape(-1, dim), dtype=np.float32)
+
+
+def _lance_message(exc: BaseException) -> str:
+    """Lance's error text without the Rust source location it appends."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    for cut in (", /home/", ", /root/", ", /project/", ", /Users/"):
+        if cut in text:
+            text = text[: text.index(cut)]
+    return text.removeprefix("Invalid user input: ").rstrip(".")
+
+
+def glob_to_regex(pattern: str) -> str:
+    """A shell pattern as an anchored RE2 regex: ``*`` any run (``/`` too), ``?`` one char, ``[...]`` a class."""
+    import re
+
+    out, i, n = [], 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        i += 1
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[":
+            j = i
+            if j < n and pattern[j] in "!^":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 1
+            if j >= n:
+                out.append(re.escape(c))
+                continue
+            body = pattern[i:j]
+            i = j + 1
+            neg = body[:1] in ("!", "^")
+            if neg:
+                body = body[1:]
+            body = body.replace("\\", "\\\\")
+            out.append("[" + ("^" if neg else "") + body + "]")
+        else:
+            out.append(re.escape(c))
+    return "^" + "".join(out) + "$"
+
+
+def _glob_mask(paths, pattern: str) -> np.ndarray:
+    """Rows whose ``path`` or any of ``extra_paths`` matches ``pattern`` (see :func:`glob_to_regex`)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    regex = glob_to_regex(os.path.expanduser(pattern))
+    path_col = paths.column("path")
+    hit = pc.fill_null(pc.match_substring_regex(path_col, regex), False).to_numpy(zero_copy_only=False).astype(bool)
+    extra = paths.column("extra_paths").combine_chunks()
+    if len(extra) and pc.list_value_length(extra).to_numpy(zero_copy_only=False).sum():
+        flat = pc.list_flatten(extra)
+        parents = pc.list_parent_indices(extra).to_numpy()
+        m = pc.fill_null(pc.match_substring_regex(flat, regex), False).to_numpy(zero_copy_only=False).astype(bool)
+        hit[np.unique(parents[m])] = True
+    del pa
+    return hit
+
+
+def _folder_size(root: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def now() -> float:
+    return time.time()

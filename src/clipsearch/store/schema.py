@@ -1,0 +1,182 @@
+"""What a store holds on disk: the table schemas, the ``meta.json`` header and item ids.
+
+A store is a folder::
+
+    STORE/
+      meta.json        schema version, model name, dimension (written atomically)
+      lance/items.lance  one row per item: metadata and vector together
+      lance/files.lance  one row per input file seen: its size, mtime and SHA-256
+      ann/             the approximate-nearest-neighbour index, when the store is large
+      .write.lock      held (flock) by the one process writing
+
+Items are the truth; ``files`` only lets indexing skip files that have not changed since they
+were last read, so losing or rewinding it costs time (re-hashing), never correctness.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+"""Bumped whenever the layout changes; a store with a newer version is refused."""
+
+META_FILE = "meta.json"
+LANCE_DIR = "lance"
+ANN_DIR = "ann"
+LOCK_FILE = ".write.lock"
+ITEMS_TABLE = "items"
+FILES_TABLE = "files"
+
+ID_HEX = 16
+"""Hex digits in an item id (64 bits: collisions are negligible below ~10^8 items)."""
+
+# Metadata columns of the items table, in order; ``vector`` comes last.
+ITEM_COLUMNS = (
+    "id",  # stable: sha256 of the image bytes, or of modality + source + offset + text
+    "seq",  # int64 assigned once per id, in insertion order; the ANN index's label
+    "modality",  # "image" or "text"
+    "path",  # the file to show: the image, or the text file (or the image a caption belongs to)
+    "extra_paths",  # other paths holding identical image bytes
+    "source",  # the input file that produced the item (tracked for incremental indexing)
+    "text",  # the text, for text items
+    "sha256",  # of the image bytes, or of the UTF-8 text
+    "size",  # bytes of the image file, or characters of the text
+    "mtime",  # of the path when it was read (seconds since the epoch)
+    "width",  # image pixels, as displayed (after EXIF rotation)
+    "height",
+    "caption",  # from a jsonl/csv ``caption`` (or, for images, ``text``) field
+    "label",  # from a jsonl/csv ``label`` field
+    "record",  # the record in a jsonl/csv file: "#ID" or ":LINE"
+    "char_start",  # offsets of a passage in its document's text
+    "char_end",
+    "extra",  # the record's other fields, as a JSON object
+    "added",  # when the item was first written (seconds since the epoch)
+)
+
+
+def items_schema(dim: int):
+    """The Arrow schema of the items table for ``dim``-dimensional vectors."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("seq", pa.int64(), nullable=False),
+            pa.field("modality", pa.string(), nullable=False),
+            pa.field("path", pa.string()),
+            pa.field("extra_paths", pa.list_(pa.string())),
+            pa.field("source", pa.string()),
+            pa.field("text", pa.string()),
+            pa.field("sha256", pa.string()),
+            pa.field("size", pa.int64()),
+            pa.field("mtime", pa.float64()),
+            pa.field("width", pa.int32()),
+            pa.field("height", pa.int32()),
+            pa.field("caption", pa.string()),
+            pa.field("label", pa.string()),
+            pa.field("record", pa.string()),
+            pa.field("char_start", pa.int64()),
+            pa.field("char_end", pa.int64()),
+            pa.field("extra", pa.string()),
+            pa.field("added", pa.float64()),
+            pa.field("vector", pa.list_(pa.float32(), dim)),
+        ]
+    )
+
+
+def files_schema():
+    """The Arrow schema of the files table (one row per input file path)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("kind", pa.string(), nullable=False),  # "image", "text" or "table"
+            pa.field("size", pa.int64()),
+            pa.field("mtime", pa.float64()),
+            pa.field("sha256", pa.string()),
+        ]
+    )
+
+
+# -- ids -------------------------------------------------------------------------------------
+
+
+def image_id(sha256_hex: str) -> str:
+    """The id of an image item: a prefix of the SHA-256 of its bytes."""
+    return sha256_hex[:ID_HEX]
+
+
+def text_id(source: str, locator: str, text: str) -> str:
+    """The id of a text item: hashes its source file, place in it, and the text itself."""
+    h = hashlib.sha256()
+    for part in ("text", source, locator, text):
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()[:ID_HEX]
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# -- meta.json -------------------------------------------------------------------------------
+
+
+def new_meta(model: str, dim: int, modalities: tuple[str, ...], weights: str | None = None) -> dict[str, Any]:
+    from clipsearch import __version__
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": model,
+        "weights": weights,
+        "dim": int(dim),
+        "modalities": list(modalities),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "clipsearch_version": __version__,
+    }
+
+
+def read_meta(root: Path) -> dict[str, Any] | None:
+    """The store's header, or None when ``root`` has no ``meta.json``."""
+    from clipsearch.errors import StoreError
+
+    path = root / META_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StoreError(
+            f"store {root} has an unreadable {META_FILE} ({exc.msg}); it is not a clipsearch store"
+        ) from None
+    if not isinstance(meta, dict) or not {"schema_version", "model", "dim"} <= meta.keys():
+        raise StoreError(f"store {root} has a {META_FILE} without schema_version, model and dim")
+    return meta
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` so that readers see the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

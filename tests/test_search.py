@@ -1,0 +1,370 @@
+"""Search in every direction, query composition, filters, thresholds, and the search CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_store import FakeEncoder, solid_image
+
+from clipsearch.search import Query, Term, compose, parse_query
+from clipsearch.store import open_store
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CLIPSEARCH_STORE", raising=False)
+    monkeypatch.delenv("CLIPSEARCH_ANN_THRESHOLD", raising=False)
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """Four solid-colour photos, a caption table and a text file of paragraphs."""
+    root = tmp_path / "corpus"
+    for i, colour in enumerate(["red", "green", "blue", "yellow"]):
+        solid_image(root / "photos" / ("2023" if i < 2 else "2024") / f"{colour}.png", colour, noise=6, seed=i)
+    (root / "notes.txt").write_text(
+        "A red car parked outside.\n\nA calm blue sea at dawn.\n\nGreen fields and hills.\n"
+    )
+    (root / "labels.jsonl").write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"text": "yellow taxi in the rain", "label": "city"},
+                {"text": "green forest path", "label": "nature"},
+            ]
+        )
+    )
+    return root
+
+
+@pytest.fixture
+def store(tmp_path: Path, corpus: Path):
+    s = open_store(tmp_path / "store", model=FakeEncoder())
+    summary = s.add([corpus], workers=0)
+    assert summary.failed == 0 and len(s) == 9
+    return s
+
+
+# -- every direction -------------------------------------------------------------------------
+
+
+def test_image_to_image_finds_itself_first(store, corpus: Path) -> None:
+    for path in sorted((corpus / "photos").rglob("*.png")):
+        hits = store.search(path, k=3, modality="image")
+        assert hits[0].path == str(path) and hits[0].score == pytest.approx(1.0, abs=1e-5)
+        assert hits[1].score < 0.99
+
+
+def test_text_to_text_finds_itself_first(store) -> None:
+    for text in ("A calm blue sea at dawn.", "yellow taxi in the rain"):
+        hits = store.search(text, k=2, modality="text")
+        assert hits[0].text == text and hits[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_text_to_image(store, corpus: Path) -> None:
+    for colour in ("red", "green", "blue", "yellow"):
+        hits = store.search(f"a {colour} photo", k=1, modality="image")
+        assert Path(hits[0].path).name == f"{colour}.png"
+
+
+def test_image_to_text(store, corpus: Path) -> None:
+    hits = store.search(corpus / "photos" / "2024" / "blue.png", k=1, modality="text")
+    assert hits[0].text == "A calm blue sea at dawn."
+    hits = store.search(corpus / "photos" / "2023" / "red.png", k=1, modality="text")
+    assert hits[0].text == "A red car parked outside."
+
+
+def test_like_an_item_in_the_store(store, corpus: Path) -> None:
+    blue = store.search(corpus / "photos" / "2024" / "blue.png", k=1)[0]
+    hits = store.search(parse_query(like=[blue.id[:8]]), k=2)
+    assert hits[0].id == blue.id and hits[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_search_by_vector_and_pil_image(store, corpus: Path) -> None:
+    from PIL import Image
+
+    path = corpus / "photos" / "2023" / "green.png"
+    v = store.get(store.search(path, k=1)[0].id, with_vector=True).vector
+    assert store.search(v, k=1)[0].path == str(path)
+    with Image.open(path) as im:
+        assert store.search(im.convert("RGB"), k=1, modality="image")[0].path == str(path)
+
+
+# -- composition -------------------------------------------------------------------------------
+
+
+def test_parse_query_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    img = solid_image(tmp_path / "snow.jpg", "white")
+    monkeypatch.chdir(tmp_path)
+    q = parse_query(["2:dog", "+", "snow.jpg", "-", "green", "grass", "+", "id:abc123"])
+    assert q.terms == (
+        Term("text", "dog", 2.0),
+        Term("image", "snow.jpg", 1.0),
+        Term("text", "green grass", -1.0),
+        Term("item", "abc123", 1.0),
+    )
+    assert img.exists()
+    # one string is split like a shell line; words without operators are one text
+    assert parse_query('"0.5:a red car" - "snow.jpg"').terms == (
+        Term("text", "a red car", 0.5),
+        Term("image", "snow.jpg", -1.0),
+    )
+    assert parse_query(["a", "red", "car"]).terms == (Term("text", "a red car"),)
+    assert parse_query(["-", "night"], images=["x.png"]).terms == (Term("text", "night", -1.0), Term("image", "x.png"))
+    assert parse_query(["1:10:30", "meeting"]).terms == (Term("text", "10:30 meeting"),)
+    assert parse_query(["notes.txt"]).terms == (Term("text", "notes.txt"),)  # not an image file: text
+    long = "x" * 5000 + ".png"  # too long to be a file name: text, not an error
+    assert parse_query([long]).terms == (Term("text", long),)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "message"),
+    [
+        (["dog", "+"], "the query ends with '+'; put a term after it"),
+        (["dog", "+", "-", "cat"], "two operators in a row ('+' then '-'); put a term between them"),
+        (["2:"], "weight 2: has no term after it"),
+        ([], "empty query: give a text, an image (--image PATH) or an item (--like ID)"),
+        (["0:dog"], "term weight must be a non-zero number, got 0.0 for 0 x 'dog'"),
+    ],
+)
+def test_parse_query_errors(tokens: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_query(tokens)
+
+
+def test_compose_is_a_renormalised_weighted_sum_of_unit_vectors() -> None:
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((3, 8)) * np.array([[1.0], [5.0], [0.2]])  # lengths must not matter
+    w = [2.0, 1.0, -1.0]
+    units = v / np.linalg.norm(v, axis=1, keepdims=True)
+    expected = 2 * units[0] + units[1] - units[2]
+    np.testing.assert_allclose(compose(v, w), expected / np.linalg.norm(expected), rtol=1e-6)
+    assert compose(v, w).dtype == np.float32
+    with pytest.raises(
+        ValueError, match=re.escape("the query's terms cancel out (their weighted sum is zero); change a weight")
+    ):
+        compose(np.stack([v[0], v[0]]), [1.0, -1.0])
+
+
+def test_composed_query_scores_are_cosines_with_the_composed_vector(store, corpus: Path) -> None:
+    from clipsearch.search import query_vector
+
+    red = corpus / "photos" / "2023" / "red.png"
+    q = parse_query(["2:green", "+", str(red), "-", "blue"])
+    enc = store.encoder
+    red_vec = store.get(store.search(red, k=1)[0].id, with_vector=True).vector
+    green, blue = enc.encode_texts(["green", "blue"])
+    expected = compose(np.stack([green, red_vec, blue]), [2.0, 1.0, -1.0])
+    np.testing.assert_allclose(query_vector(store, q), expected, atol=1e-6)
+    hits = store.search(q, k=9)
+    vectors = {r["id"]: np.asarray(r["vector"]) for r in store.to_arrow(["id", "vector"]).to_pylist()}
+    for h in hits:
+        assert h.score == pytest.approx(float(vectors[h.id] @ expected), abs=1e-5)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    # colour arithmetic in the fake joint space: red + green - blue = yellow
+    top = store.search(parse_query([str(red), "+", "green", "-", "blue"]), k=1, modality="image")[0]
+    assert Path(top.path).name == "yellow.png"
+
+
+# -- filters and thresholds ----------------------------------------------------------------------
+
+
+def test_modality_filter(store) -> None:
+    assert {h.modality for h in store.search("red", k=20, modality="image")} == {"image"}
+    assert {h.modality for h in store.search("red", k=20, modality="text")} == {"text"}
+    assert len(store.search("red", k=20)) == 9
+    with pytest.raises(ValueError, match=re.escape("unknown modality 'video'; use one of image, text, any")):
+        store.search("red", modality="video")
+
+
+def test_where_filter_on_metadata(store) -> None:
+    hits = store.search("green", k=10, where="label = 'nature'")
+    assert [h.text for h in hits] == ["green forest path"]
+    hits = store.search("red", k=10, where="width >= 40 AND modality = 'image'")
+    assert len(hits) == 4
+    with pytest.raises(ValueError, match=re.escape("bad --where expression 'colour = 1':")):
+        store.search("red", where="colour = 1")
+
+
+def test_path_glob_filter(store, corpus: Path) -> None:
+    hits = store.search("red", k=10, path_glob="*/2024/*.png")
+    assert sorted(Path(h.path).name for h in hits) == ["blue.png", "yellow.png"]
+    assert store.search("red", k=10, path_glob="*.jsonl", modality="text")[0].label in ("city", "nature")
+    assert store.search("red", k=10, path_glob="/nowhere/*") == []
+
+
+def test_min_score_drops_weak_results(store) -> None:
+    everything = store.search("a red car parked outside", k=9)
+    cut = everything[2].score
+    hits = store.search("a red car parked outside", k=9, min_score=cut)
+    assert [h.id for h in hits] == [h.id for h in everything[:3]]
+    assert store.search("a red car parked outside", k=9, min_score=0.9999999) == [] or everything[0].score >= 0.9999999
+    with pytest.raises(ValueError, match=re.escape("min_score is a cosine between -1 and 1, got 2.0")):
+        store.search("red", min_score=2.0)
+
+
+def test_exact_flag_gives_the_same_results_on_a_small_store(store) -> None:
+    a = store.search("blue sea", k=5)
+    b = store.search("blue sea", k=5, exact=True)
+    assert [(h.id, round(h.score, 6)) for h in a] == [(h.id, round(h.score, 6)) for h in b]
+
+
+def test_bad_k_and_missing_item(store) -> None:
+    from clipsearch.errors import StoreError
+
+    with pytest.raises(ValueError, match=re.escape("k must be a positive whole number, got 0")):
+        store.search("red", k=0)
+    with pytest.raises(StoreError, match=re.escape(f"no item with id 'abcdef12' in store {store.root}")):
+        store.search(parse_query(like=["abcdef12"]))
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_store(tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    made: dict[str, FakeEncoder] = {}
+    monkeypatch.setattr(
+        "clipsearch.models.registry.load_model", lambda name, **kw: made.setdefault(name, FakeEncoder(name))
+    )
+    from typer.testing import CliRunner
+
+    from clipsearch.cli.main import app
+
+    root = tmp_path / "cli-store"
+    r = CliRunner().invoke(app, ["index", str(corpus), "--store", str(root), "--model", "fake", "-w", "0"])
+    assert r.exit_code == 0, r.output
+    return root
+
+
+def run_cli(*args: str):
+    from typer.testing import CliRunner
+
+    from clipsearch.cli.main import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_cli_search_json_and_table(cli_store: Path, corpus: Path) -> None:
+    red = corpus / "photos" / "2023" / "red.png"
+    r = run_cli("search", "--image", str(red), "--store", str(cli_store), "-k", "3", "--json")
+    assert r.exit_code == 0, r.output
+    hits = json.loads(r.stdout)
+    assert len(hits) == 3 and set(hits[0]) == {"id", "path", "text", "modality", "score"}
+    assert hits[0]["path"] == str(red) and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    r = run_cli("search", "blue", "sea", "--store", str(cli_store), "--modality", "text", "-k", "2")
+    assert r.exit_code == 0 and "A calm blue sea at dawn." in r.stdout and "score" in r.stdout
+
+
+def test_cli_composed_query_and_like(cli_store: Path, corpus: Path) -> None:
+    r = run_cli(
+        "search",
+        "2:green",
+        "+",
+        "fields",
+        "-",
+        "red",
+        "--store",
+        str(cli_store),
+        "--json",
+        "-k",
+        "1",
+        "--modality",
+        "text",
+    )
+    assert json.loads(r.stdout)[0]["text"] == "Green fields and hills."
+    first = json.loads(run_cli("search", "yellow", "--store", str(cli_store), "--json", "-k", "1").stdout)[0]
+    r = run_cli("search", "--like", first["id"], "--store", str(cli_store), "--json", "-k", "1")
+    assert json.loads(r.stdout)[0]["id"] == first["id"]
+
+
+def test_cli_min_score_message(cli_store: Path) -> None:
+    r = run_cli("search", "red", "--store", str(cli_store), "--min-score", "0.999")
+    assert r.exit_code == 0
+    assert "no result above the threshold 0.999" in r.stderr
+    r = run_cli("search", "red", "--store", str(cli_store), "--min-score", "0.999", "--json")
+    assert json.loads(r.stdout) == []
+
+
+def test_cli_errors_are_one_line(cli_store: Path, tmp_path: Path) -> None:
+    r = run_cli("search", "red", "+", "--store", str(cli_store))
+    assert r.exit_code == 2 and "the query ends with '+'; put a term after it" in r.stderr
+    r = run_cli("search", "red", "--store", str(tmp_path / "none"))
+    assert r.exit_code == 2 and "no store at" in r.stderr
+    r = run_cli("search", "red", "--store", str(cli_store), "--where", "nonsense ==")
+    assert r.exit_code == 2 and "bad --where expression 'nonsense =='" in r.stderr
+    r = run_cli("search", "--image", str(tmp_path / "missing.jpg"), "--store", str(cli_store))
+    assert r.exit_code == 2 and "missing.jpg: file not found" in r.stderr
+
+
+def test_cli_grid_writes_a_contact_sheet(cli_store: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    out = tmp_path / "sheet.png"
+    r = run_cli("search", "red", "--store", str(cli_store), "--grid", str(out), "-k", "9")
+    assert r.exit_code == 0, r.output
+    with Image.open(out) as im:
+        assert im.width >= 2 * 192 and im.height >= 2 * 192  # 4 image tiles: a 2x2 grid
+    r = run_cli("search", "red", "--store", str(cli_store), "--grid", str(tmp_path / "sheet.gif"))
+    assert r.exit_code == 2 and "--grid must end in .png, .jpg, .jpeg, .webp, not '.gif'" in r.stderr
+
+
+def test_cli_stats_table(cli_store: Path) -> None:
+    r = run_cli("stats", "--store", str(cli_store))
+    assert r.exit_code == 0
+    assert "9 (4 images, 5 texts)" in r.stdout and "fake (32-d)" in r.stdout
+
+
+# -- a real model, end to end --------------------------------------------------------------------
+
+
+def test_end_to_end_with_a_tiny_hf_clip(tiny_hf_clip: Path, tmp_path: Path, corpus: Path) -> None:
+    """The real CLI path with a real (tiny, random) CLIP: every direction finds the query itself."""
+    store_dir = tmp_path / "clip-store"
+    r = run_cli(
+        "index", str(corpus), "--store", str(store_dir), "--model", str(tiny_hf_clip), "--json", "-w", "2", "-b", "3"
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout) == {"added": 9, "updated": 0, "unchanged": 0, "failed": 0, "removed": 0}
+    for path in sorted((corpus / "photos").rglob("*.png")):
+        hits = json.loads(
+            run_cli("search", "--image", str(path), "--store", str(store_dir), "--json", "-k", "2").stdout
+        )
+        assert hits[0]["path"] == str(path) and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    hits = json.loads(
+        run_cli(
+            "search", "Green", "fields", "and", "hills.", "--store", str(store_dir), "--json", "--modality", "text"
+        ).stdout
+    )
+    assert hits[0]["text"] == "Green fields and hills." and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    # text -> image and image -> text return the right kind, best first
+    hits = json.loads(
+        run_cli("search", "a red photo", "--store", str(store_dir), "--json", "--modality", "image").stdout
+    )
+    assert len(hits) == 4 and {h["modality"] for h in hits} == {"image"}
+    red = corpus / "photos" / "2023" / "red.png"
+    hits = json.loads(
+        run_cli("search", "--image", str(red), "--store", str(store_dir), "--json", "--modality", "text").stdout
+    )
+    assert len(hits) == 5 and {h["modality"] for h in hits} == {"text"}
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    # the same query through the library gives the same ranking
+    store = open_store(store_dir)
+    assert [h.id for h in store.search(red, k=5, modality="text")] == [h["id"] for h in hits]
+    assert json.loads(run_cli("index", str(corpus), "--store", str(store_dir), "--json").stdout)["unchanged"] == 9
+
+
+def test_query_object_validation() -> None:
+    with pytest.raises(ValueError, match=re.escape("empty query")):
+        Query(())
+    with pytest.raises(
+        TypeError, match=re.escape("cannot search for a dict; give a str, Path, PIL image, vector or Query")
+    ):
+        from clipsearch.search import as_query
+
+        as_query({"a": 1})
