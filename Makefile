@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Reinstall whenever the project's requirements change.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install browser bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/clipsearch demo
 
-test: $(STAMP)
+# The browser test drives Debian's Chromium (Playwright's own browser download is unreachable).
+browser:
+	@test -x /usr/bin/chromium || { \
+		echo "installing Debian's chromium for the browser test"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 bench: $(STAMP)

@@ -12,6 +12,7 @@ _COMMANDS = {
     "localize": ("clipsearch.cli.tasks", "evaluate_localize_cmd"),
     "retrieval": ("clipsearch.cli.train", "evaluate_retrieval_cmd"),
     "qa": ("clipsearch.cli.qa", "evaluate_qa_cmd"),
+    "demo": ("clipsearch.cli.quality", "evaluate_demo_cmd"),
 }
 
 
