@@ -240,6 +240,19 @@ def _init_worker(known_ids: frozenset[str]) -> None:
     global _KNOWN_IDS
     _KNOWN_IDS = known_ids
     _die_with_parent()
+    _quiet_decoders()
+
+
+def _quiet_decoders() -> None:
+    """Silence decoder chatter in a worker: Pillow's UserWarnings and libtiff/libjpeg messages
+    written straight to file descriptor 2. Every bad file's reason is already returned to the
+    parent and reported, so this output only scrolls the progress bar away."""
+    import warnings
+
+    warnings.simplefilter("ignore")
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
 
 
 def _die_with_parent() -> None:

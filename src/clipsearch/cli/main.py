@@ -7,8 +7,13 @@ functions a Python user calls.
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import typer
+
+# Pillow warns about files the loader then refuses or repairs with a reason of its own; on a
+# terminal those warnings only bury the summary.
+warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
 
 app = typer.Typer(
     name="clipsearch",
