@@ -187,7 +187,7 @@ def test_bad_yaml_is_one_sentence(tmp_path):
 def cli(monkeypatch):
     from clipsearch.cli import tasks as cli_tasks
 
-    monkeypatch.setattr(cli_tasks, "_load", lambda model, weights: ColourEncoder())
+    monkeypatch.setattr(cli_tasks, "load_encoder", lambda model, weights=None: ColourEncoder())
     app = typer.Typer()
     cli_tasks.register(app)
     return app

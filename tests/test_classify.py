@@ -276,7 +276,7 @@ def cli(monkeypatch):
     from clipsearch.cli import tasks as cli_tasks
 
     enc = ColourEncoder(logit_scale=10.0)
-    monkeypatch.setattr(cli_tasks, "_load", lambda model, weights: enc)
+    monkeypatch.setattr(cli_tasks, "load_encoder", lambda model, weights=None: enc)
     app = typer.Typer()
     cli_tasks.register(app)
     app.command("evaluate-classify")(cli_tasks.evaluate_classify_cmd)

@@ -237,7 +237,7 @@ def test_evaluation_on_a_scene_folder(tmp_path):
 def test_cli_localize(monkeypatch, tmp_path):
     from clipsearch.cli import tasks as cli_tasks
 
-    monkeypatch.setattr(cli_tasks, "_load", lambda model, weights: RednessEncoder())
+    monkeypatch.setattr(cli_tasks, "load_encoder", lambda model, weights=None: RednessEncoder())
     app = typer.Typer()
     cli_tasks.register(app)
     app.command("evaluate-localize")(cli_tasks.evaluate_localize_cmd)

@@ -38,7 +38,28 @@ _EXPORTS = {
     "ImageRefused": "clipsearch.errors",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [
+    "ClipsearchError",
+    "Encoder",
+    "ImageRefused",
+    "ModelInfo",
+    "ModelNotAvailable",
+    "Preprocess",
+    "Store",
+    "ask",
+    "caption",
+    "classify",
+    "cosine_similarity",
+    "embed_inputs",
+    "evaluate_classification",
+    "load_image",
+    "load_model",
+    "localize",
+    "moderate",
+    "open_store",
+    "similarity_table",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from clipsearch.embed import embed_inputs

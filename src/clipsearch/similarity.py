@@ -84,6 +84,6 @@ def similarity_table(encoder: Encoder, *, texts: Sequence[str], images: Sequence
 
 def _thumbnail(im, size: int = 160):
     """A square thumbnail, the image fitted inside on white, so plots keep its aspect ratio."""
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
     return ImageOps.pad(im, (size, size), color="white")

@@ -12,6 +12,8 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import ProgressColumn, Task
+from rich.text import Text
 
 from clipsearch.errors import ClipsearchError
 
@@ -46,6 +48,45 @@ def handle_errors(func: F) -> F:
 def default_model() -> str:
     """The model a command uses when ``--model`` is not given."""
     return os.environ.get(DEFAULT_MODEL_ENV) or DEFAULT_CLI_MODEL
+
+
+def load_encoder(model: str | None, weights: str | None = None):
+    """Load ``model`` (or the default) with a spinner on stderr."""
+    from clipsearch.models.registry import load_model
+
+    name = model or default_model()
+    with err_console.status(f"loading model {name} ...", spinner="dots"):
+        return load_model(name, weights=weights)
+
+
+def progress_bar(total: int, description: str):
+    """A Rich progress bar on stderr with rate and ETA; disabled for short runs."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+        disable=total < 16,
+    )
+
+
+class RateColumn(ProgressColumn):
+    """Shows ``task.speed`` as ``12.3/s`` (Rich has byte-rate columns but none for plain counts)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.1f}/s" if speed else "-/s", style="progress.data.speed")
 
 
 ModelOption = Annotated[

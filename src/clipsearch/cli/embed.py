@@ -14,44 +14,12 @@ from clipsearch.cli.common import (
     ModelOption,
     WeightsOption,
     console,
-    default_model,
     err_console,
     fail,
     handle_errors,
+    load_encoder,
+    progress_bar,
 )
-
-
-def load(model: str | None, weights: str | None = None):
-    """Load ``model`` (or the default) with a spinner on stderr."""
-    from clipsearch.models.registry import load_model
-
-    name = model or default_model()
-    with err_console.status(f"loading model {name} ...", spinner="dots"):
-        return load_model(name, weights=weights)
-
-
-def progress_bar(total: int, description: str):
-    """A Rich progress bar on stderr with rate and ETA; disabled for short runs."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    from clipsearch.cli.rate_column import RateColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-        disable=total < 16,
-    )
 
 
 @handle_errors
@@ -79,7 +47,7 @@ def embed(
     images = expand_image_paths(paths or [])
     if not texts and not images:
         fail("nothing to embed: give image files or folders, or --text")
-    encoder = load(model, weights)
+    encoder = load_encoder(model, weights)
     total = len(texts) + len(images)
     with progress_bar(total, "embedding") as bar:
         task = bar.add_task("embedding", total=total)
@@ -138,7 +106,7 @@ def similarity(
     for p in images:
         if not p.exists():
             fail(f"no such file: {p}")
-    encoder = load(model, weights)
+    encoder = load_encoder(model, weights)
     table = similarity_table(encoder, texts=texts, images=images)
     if out is not None:
         from clipsearch.viz.heatmap import similarity_heatmap

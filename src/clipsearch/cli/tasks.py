@@ -23,6 +23,8 @@ from clipsearch.cli.common import (
     err_console,
     fail,
     handle_errors,
+    load_encoder,
+    progress_bar,
 )
 
 LabelsOption = Annotated[
@@ -65,18 +67,6 @@ MethodOption = Annotated[
     str,
     typer.Option("--method", help="'windows' (any model) or 'patches' (models with a patch grid, such as demo)."),
 ]
-
-
-def _load(model: str | None, weights: str | None):
-    from clipsearch.cli.embed import load
-
-    return load(model, weights)
-
-
-def _progress(total: int, description: str):
-    from clipsearch.cli.embed import progress_bar
-
-    return progress_bar(total, description)
 
 
 def _image_inputs(paths: Iterable[Path]) -> list[Path]:
@@ -156,9 +146,9 @@ def classify(
     images = _image_inputs(paths)
     if not images:
         fail("no image files found in the given folders")
-    encoder = _load(model, weights)
+    encoder = load_encoder(model, weights)
     clf = ZeroShotClassifier(encoder, names, templates)
-    with _progress(len(images), "classifying") as bar:
+    with progress_bar(len(images), "classifying") as bar:
         task = bar.add_task("classifying", total=len(images))
         results = clf.classify(images, top=top, batch_size=batch_size, on_progress=lambda n: bar.advance(task, n))
     if as_json:
@@ -232,8 +222,8 @@ def evaluate_classify_cmd(
     if not dataset.exists():
         fail(f"no such dataset: {dataset}")
     data = load_labelled_images(dataset, image_column=image_column, label_column=label_column)
-    encoder = _load(model, weights)
-    with _progress(len(data.items), "classifying") as bar:
+    encoder = load_encoder(model, weights)
+    with progress_bar(len(data.items), "classifying") as bar:
         task = bar.add_task("classifying", total=len(data.items))
         result = evaluate_classification(
             encoder, data, labels=_labels(labels, labels_file), templates=templates, batch_size=batch_size,
@@ -299,8 +289,8 @@ def localize(
     if not image.exists():
         fail(f"no such file: {image}")
     pil = load_one(image)
-    encoder = _load(model, weights)
-    with _progress(16, "windows") as bar:  # shown: hundreds of windows are embedded (16 = enabled)
+    encoder = load_encoder(model, weights)
+    with progress_bar(16, "windows") as bar:  # shown: hundreds of windows are embedded (16 = enabled)
         task = bar.add_task("embedding windows", total=None)
         loc = run_localize(
             encoder, pil, prompt, scales=_scales(scales, window), stride=stride, grid=grid,
@@ -376,8 +366,8 @@ def evaluate_localize_cmd(
     """
     from clipsearch.tasks.localize import evaluate_localization
 
-    encoder = _load(model, weights)
-    with _progress(n, "localising") as bar:
+    encoder = load_encoder(model, weights)
+    with progress_bar(n, "localising") as bar:
         task = bar.add_task("localising", total=n)
         result = evaluate_localization(
             encoder, scenes, n=n, seed=seed, method=method, scales=_scales(scales, window), stride=stride, grid=grid,
@@ -436,13 +426,13 @@ def caption(
         fail("no image files found in the given folders")
     if candidates is not None:
         pool: Any = read_candidates(candidates)
-        encoder = _load(model, weights)
+        encoder = load_encoder(model, weights)
     else:
         from clipsearch.store import open_store
 
         pool = open_store(store, model=model, create=False)
-        encoder = _load(model or pool.model_name, weights)
-    with _progress(len(images), "captioning") as bar:
+        encoder = load_encoder(model or pool.model_name, weights)
+    with progress_bar(len(images), "captioning") as bar:
         task = bar.add_task("captioning", total=len(images))
         results = run_caption(encoder, images, pool, k=k, batch_size=batch_size, on_progress=lambda n: bar.advance(task, n))
     if as_json:
@@ -493,9 +483,9 @@ def moderate(
     images = _image_inputs(paths)
     if not images:
         fail("no image files found in the given folders")
-    encoder = _load(model, weights)
+    encoder = load_encoder(model, weights)
     moderator = Moderator(encoder, rule_list)
-    with _progress(len(images), "moderating") as bar:
+    with progress_bar(len(images), "moderating") as bar:
         task = bar.add_task("moderating", total=len(images))
         results = moderator.moderate(images, batch_size=batch_size, on_progress=lambda n: bar.advance(task, n))
     if as_json:

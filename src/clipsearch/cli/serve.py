@@ -1,0 +1,123 @@
+"""``clipsearch serve``: the search page and JSON API over a store, on 127.0.0.1 by default."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from clipsearch.cli.common import StoreOption, err_console, fail, handle_errors
+
+TOKEN_ENV = "CLIPSEARCH_TOKEN"
+MIN_TOKEN_CHARS = 16
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse to listen beyond this machine without a token.
+
+    Raises:
+        ValueError: ``host`` is not a loopback address and there is no token, or the token is blank.
+    """
+    from clipsearch.server.limits import is_loopback
+
+    if token is not None and not token.strip():
+        raise ValueError(f"--token is empty; give a secret string (or unset ${TOKEN_ENV})")
+    if not is_loopback(host) and token is None:
+        raise ValueError(
+            f"refusing to listen on {host} without a token: anyone who can reach this machine could read the store; "
+            f"add --token SECRET (or set ${TOKEN_ENV}), or keep the default --host 127.0.0.1"
+        )
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            reason = (exc.strerror or str(exc)).lower()
+            fail(f"cannot listen on {host}:{port}: {reason}; choose another --port or --host")
+
+
+@handle_errors
+def serve(
+    store: StoreOption = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on. Anything but a loopback address needs --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port to listen on.")] = 8000,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar=TOKEN_ENV,
+            help=f"Secret that adding images needs (and, off this machine, every API call). Prefer ${TOKEN_ENV}: "
+            "command lines are visible to other users.",
+            show_default=False,
+        ),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option("--cors-origin", help="An origin (https://host:port) whose pages may call the API; repeatable. Default: none."),
+    ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option("--allowed-host", help="A Host header to answer besides localhost names; repeatable."),
+    ] = None,
+    max_body: Annotated[str, typer.Option("--max-body", help="Largest request body (uploads), e.g. 20MB.")] = "20MB",
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
+) -> None:
+    """Serve the search page and the JSON API (OpenAPI schema at /openapi.json).
+
+    Binds 127.0.0.1 unless told otherwise; listening on any other address needs a token, which
+    then guards every API call. Adding images by upload always needs the token.
+    """
+    from clipsearch.server.limits import LOCAL_HOSTS, is_loopback, parse_size
+
+    check_bind(host, token)
+    cap = parse_size(max_body)
+    levels = ("critical", "error", "warning", "info", "debug")
+    if log_level.lower() not in levels:
+        raise ValueError(f"--log-level {log_level!r} is not one of {', '.join(levels)}")
+    local = is_loopback(host)
+    if local:
+        hosts = [*LOCAL_HOSTS, host, *(allowed_host or [])]
+    else:
+        hosts = list(allowed_host) if allowed_host else ["*"]
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        err_console.print(f"[yellow]warning:[/] the token has {len(token)} characters; use at least {MIN_TOKEN_CHARS} random ones")
+
+    from clipsearch.store import open_store, resolve_store_uri
+
+    st = open_store(resolve_store_uri(store), create=False)
+    with err_console.status(f"loading model {st.model_name} ...", spinner="dots"):
+        st.encoder  # noqa: B018 - load now, so the first search is not the slow one
+    _check_port_free(host, port)
+
+    import uvicorn
+
+    from clipsearch.server import create_app
+
+    app = create_app(st, token=token, max_body=cap, cors_origins=tuple(cors_origin or ()), private=not local, allowed_hosts=hosts)
+    shown = f"[{host}]" if ":" in host else host
+    err_console.print(
+        f"serving {st.root} ({len(st):,} items, model {st.model_name}) at http://{shown}:{port}/"
+        + ("" if local else "  [yellow](every API call needs the token)[/]"),
+        highlight=False,
+        soft_wrap=True,
+    )
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        server_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=5,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``serve`` to the ``clipsearch`` app."""
+    app.command("serve")(serve)
