@@ -28,6 +28,7 @@ browser:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 test: $(STAMP) browser
+	$(VENV)/bin/ruff check src tests benchmarks
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 bench: $(STAMP)
