@@ -244,3 +244,21 @@ def test_caption_and_moderate_with_a_tiny_open_clip(tiny_open_clip):
     vt = enc.encode_texts(["a photo of a flag", "a photo of a leaf"])
     cos = enc.encode_images(images) @ vt.T
     np.testing.assert_allclose([r.scores["flag"] for r in res], rule_probabilities(cos, enc.info.logit_scale), atol=1e-5)
+
+
+def test_cli_caption_from_a_store(tiny_hf_clip, tmp_path):
+    """`caption --store` captions with the store's own model and its text items."""
+    from clipsearch.cli.main import app
+    from clipsearch.store import open_store
+
+    store_dir = tmp_path / "store"
+    store = open_store(store_dir, model=str(tiny_hf_clip))
+    store.add(texts=["a red square", "a blue square", "a dog"])
+    img = tmp_path / "r.png"
+    solid(COLOURS["red"]).save(img)
+    result = CliRunner().invoke(app, ["caption", str(img), "--store", str(store_dir), "-k", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout.splitlines()[0])
+    assert row["image"] == str(img)
+    assert len(row["captions"]) == 2
+    assert {c["text"] for c in row["captions"]} <= {"a red square", "a blue square", "a dog"}
