@@ -354,3 +354,43 @@ def test_ann_index_recall_tail_and_deletions(tmp_path: Path, monkeypatch: pytest
     # below the threshold again: back to exact search
     monkeypatch.setenv("CLIPSEARCH_ANN_THRESHOLD", "100000")
     assert open_store(tmp_path / "s").update_index() == "dropped"
+
+
+def test_hits_come_from_the_snapshot_that_was_searched(store_dir: Path) -> None:
+    """A write landing between nearest() and hits_at() (another thread) must not shift the rows."""
+    from clipsearch.store import open_store
+
+    rng = np.random.default_rng(3)
+    store = open_store(store_dir, model=FakeEncoder())
+    vecs = clustered(200, 32, 8, rng)
+    ids = put_vectors(store, vecs)
+    found = store.nearest(vecs[42], 5)
+    store.remove(ids[:100])  # the next search sees a new version with other positions
+    store.nearest(vecs[150], 1)
+    assert store.hits_at(found)[0].id == ids[42]
+
+
+def test_threads_sharing_a_store_take_turns_writing(store_dir: Path) -> None:
+    import threading
+
+    from clipsearch.store import open_store
+
+    store = open_store(store_dir, model=FakeEncoder())
+    inside, overlaps = [0], []
+    lock = threading.Lock()
+
+    def writer() -> None:
+        with store.writing():
+            with lock:
+                inside[0] += 1
+                overlaps.append(inside[0])
+            threading.Event().wait(0.05)
+            with lock:
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == [1, 1, 1, 1]

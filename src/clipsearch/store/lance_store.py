@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -270,6 +271,14 @@ def _check_compatible(root: Path, meta: dict[str, Any], model: str | Encoder | N
         )
 
 
+class Neighbours(list):
+    """``(position, score)`` pairs from :meth:`Store.nearest`, with the snapshot they index."""
+
+    def __init__(self, pairs: list[tuple[int, float]], snapshot: _Snapshot):
+        super().__init__(pairs)
+        self.snapshot = snapshot
+
+
 class Store:
     """A persistent index of images and texts with their vectors; see :func:`open_store`.
 
@@ -301,6 +310,7 @@ class Store:
         self._files = self._open_table(sch.FILES_TABLE, sch.files_schema())
         self._snapshot: _Snapshot | None = None
         self._lock_fd: int | None = None
+        self._thread_lock = threading.RLock()
         self._next_seq: int | None = None
         self.last_plan = ""  # how the last nearest() was answered: "exact", "ivf", "ivf-subset-exact"
 
@@ -461,13 +471,19 @@ class Store:
     ) -> list[tuple[int, float]]:
         """``(position, score)`` of the ``k`` nearest rows to a unit vector ``(dim,)``, best first.
 
-        Positions index the current snapshot (see :meth:`hits_at`).
+        Positions index the snapshot that was searched, which the result carries, so
+        :meth:`hits_at` reads the right rows even if another thread's write lands in between.
         """
         _check_modality(modality)
         q = np.asarray(query, dtype=np.float32).reshape(-1)
         if q.shape[0] != self.dim:
             raise ValueError(f"query vector has {q.shape[0]} dimensions; this store holds {self.dim}-d vectors")
         snap = self._current_snapshot(exact=exact)
+        return Neighbours(self._nearest_in(snap, q, k, modality, where, path_glob, exact), snap)
+
+    def _nearest_in(
+        self, snap: _Snapshot, q: np.ndarray, k: int, modality: str, where: str | None, path_glob: str | None, exact: bool
+    ) -> list[tuple[int, float]]:
         self.last_plan = "exact"
         if snap.n == 0 or k <= 0:
             return []
@@ -529,7 +545,7 @@ class Store:
 
     def hits_at(self, found: Sequence[tuple[int, float]]) -> list[Hit]:
         """Turn ``(position, score)`` pairs from :meth:`nearest` into :class:`Hit` objects."""
-        snap = self._snapshot
+        snap = found.snapshot if isinstance(found, Neighbours) else self._snapshot
         if not found or snap is None:
             return []
         positions = [p for p, _ in found]
@@ -641,11 +657,17 @@ class Store:
         Raises:
             StoreError: another process is writing to this store.
         """
+        with self._thread_lock:  # threads sharing this Store take turns; re-entrant per thread
+            if self._lock_fd is not None:
+                yield self
+                return
+            with self._process_lock():
+                yield self
+
+    @contextmanager
+    def _process_lock(self) -> Iterator[None]:
         import fcntl
 
-        if self._lock_fd is not None:  # re-entrant within one Store
-            yield self
-            return
         key = str(self.root.resolve())
         if key in _WRITING:  # lockf does not exclude a second Store in the same process
             raise StoreError(f"store {self.root} is being written by another Store object in this process")
@@ -666,7 +688,7 @@ class Store:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
             self._next_seq = None
-            yield self
+            yield
         finally:
             _WRITING.discard(key)
             self._lock_fd = None
