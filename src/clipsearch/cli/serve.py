@@ -70,8 +70,9 @@ def serve(
 ) -> None:
     """Serve the search page and the JSON API (OpenAPI schema at /openapi.json).
 
-    Binds 127.0.0.1 unless told otherwise; listening on any other address needs a token, which
-    then guards every API call. Adding images by upload always needs the token.
+    Binds 127.0.0.1 unless told otherwise. Any other address needs a token, which then guards every API call.
+
+    Adding images by upload always needs the token.
     """
     from clipsearch.server.limits import LOCAL_HOSTS, is_loopback, parse_size
 

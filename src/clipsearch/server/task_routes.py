@@ -1,0 +1,180 @@
+"""Routes for the tasks of :mod:`clipsearch.tasks`: classify, localise (JSON map or PNG overlay), ask.
+
+Each route is added only when its task module exists, so the server works before (and
+without) them; ``GET /api/config`` tells the page which ones are there.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import FastAPI, File, Form, Query, UploadFile
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from clipsearch.errors import ImageRefused
+from clipsearch.server.handlers import finite
+from clipsearch.server.schemas import (
+    ID_PATTERN,
+    MAX_LABELS,
+    MAX_TEXT,
+    OVERLAY_SIDE,
+    AskIn,
+    Format,
+    ItemIdPath,
+    Method,
+    error_responses,
+    valid_unicode,
+)
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from clipsearch.server.state import ServerState
+
+
+def add_task_routes(app: FastAPI, state: ServerState, reads: list[Any]) -> None:
+    """Routes for the tasks whose modules exist (each is skipped when its module is missing)."""
+
+    def image_from(upload: bytes | None, item_id: str | None) -> Image.Image:
+        if (upload is None) == (item_id is None):
+            raise HTTPException(422, "give either an uploaded image (field 'image') or an item id (field 'id'), not both")
+        if item_id is not None:
+            return state.item_image(item_id)
+        try:
+            from clipsearch.images import load_image
+
+            return load_image(upload, max_pixels=state.max_pixels)  # type: ignore[arg-type]
+        except ImageRefused as exc:
+            raise HTTPException(422, f"image: {exc.reason}") from None
+
+    async def read_upload(image: UploadFile | None) -> bytes | None:
+        if image is None:
+            return None
+        data = await image.read()
+        return data or None
+
+    if state.tasks["classify"] is not None:
+
+        @app.post("/api/classify", tags=["tasks"], dependencies=reads, responses=error_responses(401, 404, 413, 422, 503))
+        async def classify(
+            labels: Annotated[str, Form(min_length=1, max_length=10_000, description="labels, comma or newline separated")],
+            image: Annotated[UploadFile | None, File(description="an image to classify")] = None,
+            id: Annotated[str | None, Form(pattern=ID_PATTERN, description="or a stored image item")] = None,  # noqa: A002
+            top: Annotated[int, Form(ge=1, le=MAX_LABELS)] = 5,
+            templates: Annotated[Literal["simple", "ensemble"], Form()] = "simple",
+        ) -> dict[str, Any]:
+            """Zero-shot classification of one image among the labels: ``{"predictions": [{"label", "prob"}]}``."""
+            names = tuple(_split_labels(labels))
+            data = await read_upload(image)
+
+            def work() -> dict[str, Any]:
+                clf = state.classifier(names, templates)
+                pil = image_from(data, id)
+                probs = clf.probabilities(state.encoder.encode_images([pil]))
+                top_labels = clf.top_labels(probs, top)[0]
+                return {
+                    "id": id,
+                    "predictions": [{"label": lab, "prob": round(float(p), 6)} for lab, p in top_labels],
+                }
+
+            return await run_in_threadpool(work)
+
+    if state.tasks["localize"] is not None:
+        loc_content = {200: {"content": {"application/json": {}, "image/png": {}}, "description": "the map"}}
+
+        def localize_response(pil: Image.Image, prompt: str, method: str, fmt: str) -> Response:
+            from clipsearch.tasks.localize import localize
+
+            valid_unicode(prompt)
+            text_vector = state.text_vector(prompt)
+            enc = state.encoder
+            if method == "auto":
+                method = "patches" if hasattr(enc, "encode_patch_grid") else "windows"
+            loc = localize(enc, pil, prompt, method=method, text_vector=text_vector)
+            if fmt == "png":
+                return Response(_overlay_png(pil, loc), media_type="image/png", headers={"Cache-Control": "no-store"})
+            return JSONResponse(finite(loc.to_dict()))
+
+        @app.get(
+            "/api/items/{item_id}/localize",
+            tags=["tasks"],
+            dependencies=reads,
+            response_class=Response,
+            responses={**loc_content, **error_responses(401, 404, 422, 503)},
+        )
+        def localize_item(
+            item_id: ItemIdPath,
+            prompt: Annotated[str, Query(min_length=1, max_length=MAX_TEXT, pattern=r"\S")],
+            format: Format = "json",  # noqa: A002
+            method: Method = "auto",
+        ) -> Response:
+            """Where in a stored image is ``prompt``? A relevance map (JSON) or the map drawn over the image (PNG)."""
+            return localize_response(state.item_image(item_id), prompt, method, format)
+
+        @app.post(
+            "/api/localize",
+            tags=["tasks"],
+            dependencies=reads,
+            response_class=Response,
+            responses={**loc_content, **error_responses(401, 404, 413, 422, 503)},
+        )
+        async def localize_upload(
+            prompt: Annotated[str, Form(min_length=1, max_length=MAX_TEXT, pattern=r"\S")],
+            image: Annotated[UploadFile | None, File(description="an image")] = None,
+            id: Annotated[str | None, Form(pattern=ID_PATTERN, description="or a stored image item")] = None,  # noqa: A002
+            format: Annotated[Format, Form()] = "json",  # noqa: A002
+            method: Annotated[Method, Form()] = "auto",
+        ) -> Response:
+            """Where in this image is ``prompt``? An uploaded image or a stored one; JSON map or PNG overlay."""
+            data = await read_upload(image)
+            return await run_in_threadpool(lambda: localize_response(image_from(data, id), prompt, method, format))
+
+    if state.tasks["qa"] is not None:
+
+        @app.post("/api/ask", tags=["tasks"], dependencies=reads, responses=error_responses(401, 409, 422, 503))
+        def ask(body: AskIn) -> dict[str, Any]:
+            """Answer a question from the store's text passages: the best sentence of the top ``k``."""
+            from clipsearch.tasks.qa import StoreRetriever
+            from clipsearch.tasks.qa import ask as ask_question
+
+            if "text" not in state.modalities():
+                raise HTTPException(422, f"model {state.store.model_name!r} embeds images only; it cannot answer questions")
+            with state.model_lock, state.read_lock:
+                result = ask_question(body.question, StoreRetriever(state.store, state.store.encoder), k=body.k)
+            return finite(result.to_dict())
+
+
+def _split_labels(text: str) -> list[str]:
+    sep = "\n" if "\n" in text else ","
+    labels = [x.strip() for x in text.split(sep)]
+    labels = [x for x in labels if x]
+    if len(labels) > MAX_LABELS:
+        raise HTTPException(422, f"labels: at most {MAX_LABELS}, got {len(labels)}")
+    if len(labels) < 2:
+        raise HTTPException(422, f"labels: give at least two labels to choose between, not {len(labels)}")
+    for lab in labels:
+        valid_unicode(lab)
+    return labels
+
+
+def _overlay_png(image: Image.Image, loc: Any) -> bytes:
+    """The relevance map blended over the image (longest side <= 1024), best box outlined."""
+    from PIL import Image as PILImage
+    from PIL import ImageDraw
+
+    from clipsearch.viz.overlay import blend
+
+    scale = min(1.0, OVERLAY_SIDE / max(image.size))
+    view = image
+    if scale < 1.0:
+        view = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), PILImage.Resampling.BILINEAR)
+    out = blend(view, loc.map)
+    x0, y0, x1, y1 = (v * scale for v in loc.bbox)
+    width = max(2, round(max(view.size) / 200))
+    ImageDraw.Draw(out).rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=(0, 229, 255), width=width)
+    buf = io.BytesIO()
+    out.save(buf, format="PNG")
+    return buf.getvalue()
