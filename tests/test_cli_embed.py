@@ -152,3 +152,23 @@ def test_similarity_usage_errors(tiny_hf_clip: Path, bad: list[str]):
     result = runner.invoke(app, ["similarity", "--model", str(tiny_hf_clip), *bad])
     assert result.exit_code == 2
     assert "Traceback" not in result.output
+
+
+def test_info_reports_what_the_model_is(tiny_hf_clip: Path):
+    result = runner.invoke(app, ["info", "--model", str(tiny_hf_clip), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    model = load_model(str(tiny_hf_clip))
+    assert info["dim"] == model.dim
+    assert info["modalities"] == ["image", "text"]
+    assert info["context_length"] == model.info.context_length
+    assert info["preprocess"]["crop"] == model.info.preprocess.crop
+    table = runner.invoke(app, ["info", "--model", str(tiny_hf_clip)])
+    assert table.exit_code == 0 and "preprocess.interpolation" in table.stdout
+
+
+def test_embed_reports_truncation(tiny_hf_clip: Path):
+    long_text = " ".join(["word"] * 200)
+    result = runner.invoke(app, ["embed", "--model", str(tiny_hf_clip), "-t", long_text, "-t", "short"])
+    assert result.exit_code == 0, result.output
+    assert "1 text(s) longer than the model's context" in " ".join(result.stderr.split())

@@ -67,6 +67,13 @@ def embed(
             else:
                 row["error"] = r.error
             sys.stdout.write(json.dumps(row) + "\n")
+    truncated = encoder.count_truncated([t for t in texts if t.strip()]) if texts and encoder.supports("text") else 0
+    if truncated:
+        err_console.print(
+            f"[yellow]note:[/] {truncated} text(s) longer than the model's context of "
+            f"{encoder.info.context_length} tokens were truncated (the end-of-text token kept last)",
+            highlight=False,
+        )
     ok = sum(r.vector is not None for r in results)
     failed = [r for r in results if r.error]
     if out is not None:
@@ -143,11 +150,38 @@ def _print_table(table) -> None:
         err_console.print(f"[yellow]skipped[/] {c}: {e}", highlight=False)
 
 
+def _plain(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _short(s: str, n: int = 24) -> str:
     s = Path(s).name if "/" in s and len(s) > n else s
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
+@handle_errors
+def info(model: ModelOption = None, weights: WeightsOption = None, as_json: JsonOption = False) -> None:
+    """What a model reports about itself: dimension, modalities, context length, preprocessing."""
+    from clipsearch.models.registry import describe
+
+    described = describe(load_encoder(model, weights))
+    if as_json:
+        sys.stdout.write(json.dumps(described) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(show_header=False, title=described["name"], title_justify="left")
+    for key in ("backend", "dim", "modalities", "context_length", "logit_scale"):
+        value = described[key]
+        table.add_row(key, _plain(value))
+    for key, value in (described["preprocess"] or {}).items():
+        table.add_row(f"preprocess.{key}", _plain(value))
+    console.print(table)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(embed)
     app.command()(similarity)
+    app.command()(info)
