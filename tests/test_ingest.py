@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import pytest
 from test_store import FakeEncoder, solid_image
 
@@ -425,3 +426,35 @@ def test_cli_remove(tmp_path: Path, fake_registry) -> None:
     assert json.loads(r.stdout) == {"removed": 1}
     r = runner.invoke(app, ["remove", "deadbeef", "--store", str(store)])
     assert r.exit_code == 2 and f"nothing in store {store} has the id or path 'deadbeef'" in " ".join(r.stderr.split())
+
+
+def test_text_only_inputs_are_recognised(tmp_path: Path) -> None:
+    from clipsearch.ingest import is_text_only
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("hello\n\nworld\n")
+    (docs / "b.jsonl").write_text('{"text": "a caption"}\n')
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("image,text\nx.jpg,a caption\n")
+    Image.new("RGB", (8, 8)).save(tmp_path / "pic.png")
+    assert is_text_only([docs])
+    assert is_text_only([docs / "a.txt", docs / "b.jsonl"])
+    assert not is_text_only([docs, tmp_path / "pic.png"])
+    assert not is_text_only([pairs])
+    assert not is_text_only([tmp_path])  # the folder holds an image
+    assert not is_text_only([])
+
+
+def test_a_new_text_store_defaults_to_minilm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from clipsearch.cli.main import app
+
+    monkeypatch.delenv("CLIPSEARCH_MODEL", raising=False)
+    (tmp_path / "notes.txt").write_text("Canberra is the capital of Australia.\n\nParis is in France.\n")
+    store = tmp_path / "store"
+    result = CliRunner().invoke(app, ["index", str(tmp_path / "notes.txt"), "--store", str(store), "--json"])
+    assert result.exit_code == 0, result.output
+    stats = CliRunner().invoke(app, ["stats", "--store", str(store), "--json"])
+    assert json.loads(stats.stdout)["model"] == "minilm"

@@ -47,6 +47,42 @@ MAX_FILE_BYTES = 512 * 1024 * 1024
 _IMAGE_META_FIELDS = ("image", "caption", "label", "id")
 
 
+TEXT_MODEL = "minilm"
+"""The offline default for a new store built from text alone (a real sentence encoder)."""
+
+
+def is_text_only(paths: Iterable[str | os.PathLike[str]]) -> bool:
+    """True when ``paths`` hold text documents and no image at all (folders are walked).
+
+    A ``.jsonl``/``.csv`` table counts as text unless its first record names an ``image``.
+    """
+    kinds = []
+    for top in map(str, paths):
+        if os.path.isdir(top):
+            kinds += list(_walk(top))
+        else:
+            kinds.append((top, _kind_of(top) or "image"))  # a named file of unknown type may be an image
+    for path, kind in kinds:
+        if kind == "image" or (kind == "table" and _table_names_images(path)):
+            return False
+    return bool(kinds)
+
+
+def _table_names_images(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            first = f.readline()
+    except OSError:
+        return False
+    if path.lower().endswith(".csv"):
+        return "image" in [c.strip().strip('"').lower() for c in first.split(",")]
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "image" in record
+
+
 def default_workers() -> int:
     """Decoding processes: ``min(2, cpu count)``."""
     return max(1, min(2, os.cpu_count() or 1))

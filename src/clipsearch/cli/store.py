@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from clipsearch.cli.common import (
+    DEFAULT_MODEL_ENV,
     JsonOption,
     ModelOption,
     StoreOption,
@@ -21,15 +23,20 @@ from clipsearch.cli.common import (
 )
 
 
-def _open(store: str | None, model: str | None = None, weights: str | None = None, *, create: bool):
-    """Open the store; a new one is created with ``model`` (or the default model)."""
+def _open(
+    store: str | None, model: str | None = None, weights: str | None = None, *, create: bool, text_only: bool = False
+):
+    """Open the store; a new one is created with ``model``, else the default model (``minilm``
+    for a store built from text alone, unless $CLIPSEARCH_MODEL says otherwise)."""
     from clipsearch.store import open_store, resolve_store_uri
     from clipsearch.store.schema import read_meta
 
     root = resolve_store_uri(store)
     if read_meta(root) is not None or not create:
         return open_store(root, model=model, create=False)
-    name = model or default_model()
+    from clipsearch.ingest import TEXT_MODEL
+
+    name = model or (TEXT_MODEL if text_only and not os.environ.get(DEFAULT_MODEL_ENV) else default_model())
     with err_console.status(f"loading model {name} ...", spinner="dots"):
         return open_store(root, model=name, weights=weights, create=True)
 
@@ -66,7 +73,9 @@ def index(
     """
     import sys
 
-    st = _open(store, model, weights, create=True)
+    from clipsearch.ingest import is_text_only
+
+    st = _open(store, model, weights, create=True, text_only=model is None and is_text_only(paths))
     summary = st.add(
         paths,
         batch_size=batch_size,
