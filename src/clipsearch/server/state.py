@@ -54,7 +54,6 @@ class ServerState:
         self.files = ImageFiles()
         self.thumbnails = Thumbnails(thumbnail_dir, self.files, max_pixels=max_pixels)
         self.model_lock = threading.RLock()  # text encoding (tokenizers) and model loading
-        self.read_lock = threading.Lock()  # snapshot -> hits must see one table version
         self.write_lock = threading.Lock()  # one indexing run at a time from this process
         self._texts = _LRU(TEXT_CACHE_SIZE)
         self._classifiers = _LRU(8)
@@ -113,8 +112,8 @@ class ServerState:
         from clipsearch.search import Query, Term
 
         query = Query(tuple(Term("vector", vec, float(w)) for vec, w in terms))
-        with self.read_lock:
-            return self.store.search(query, k=k, modality=modality, min_score=min_score)
+        # Store.search reads its hits from the snapshot it searched, so no lock is needed here.
+        return self.store.search(query, k=k, modality=modality, min_score=min_score)
 
     def classifier(self, labels: tuple[str, ...], templates: str) -> Any:
         from clipsearch.tasks.classify import ZeroShotClassifier

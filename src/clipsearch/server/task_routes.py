@@ -142,7 +142,7 @@ def add_task_routes(app: FastAPI, state: ServerState, reads: list[Any]) -> None:
 
             if "text" not in state.modalities():
                 raise HTTPException(422, f"model {state.store.model_name!r} embeds images only; it cannot answer questions")
-            with state.model_lock, state.read_lock:
+            with state.model_lock:
                 result = ask_question(body.question, StoreRetriever(state.store, state.store.encoder), k=body.k)
             return finite(result.to_dict())
 
