@@ -265,7 +265,9 @@ def test_demo_model_localises_two_object_scenes():
         pytest.skip(f"the demo model is not built yet ({exc})")
     # a fixed sample (deterministic: seeded scenes, fixed weights), kept small for speed; the full
     # measurement is `clipsearch evaluate localize --model demo --n 200`
-    report = evaluate_localization(enc, n=20, seed=5)
+    from clipsearch.tasks.localize import SMALL_OBJECTS
+
+    report = evaluate_localization(enc, n=20, seed=5, **SMALL_OBJECTS)
     assert report.peak_in_box >= 0.7, report.summary()
     assert report.iou_50 >= 0.5, report.summary()
 
@@ -276,12 +278,22 @@ def test_cli_defaults_match_the_library():
     from clipsearch.cli import tasks as cli_tasks
     from clipsearch.tasks import localize as lib
 
+    from clipsearch.tasks.localize import SMALL_OBJECTS
+
     lib_defaults = inspect.signature(lib).parameters
     for command in (cli_tasks.localize, cli_tasks.evaluate_localize_cmd):
         params = inspect.signature(command).parameters
-        for name in ("stride", "grid", "box_threshold", "overhang", "method"):
+        for name in ("grid", "overhang", "method"):
             assert params[name].default == lib_defaults[name].default, (command.__name__, name)
-        assert tuple(float(x) for x in params["scales"].default.split(",")) == lib_defaults["scales"].default
+    # scales, stride and box threshold come from the library: its defaults, or SMALL_OBJECTS
+    resolved = cli_tasks._window_settings(None, None, None, None, small_objects=False)
+    assert resolved == {name: lib_defaults[name].default for name in ("scales", "stride", "box_threshold")}
+    assert cli_tasks._window_settings(None, None, None, None, small_objects=True) == {
+        **SMALL_OBJECTS, "scales": tuple(SMALL_OBJECTS["scales"])
+    }
+    assert cli_tasks._window_settings("0.5", None, 0.2, 0.4, small_objects=True) == {
+        "scales": (0.5,), "stride": 0.2, "box_threshold": 0.4
+    }
 
 
 def test_any_real_encoder_gives_a_well_formed_map(tiny_hf_clip):

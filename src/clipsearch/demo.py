@@ -131,12 +131,13 @@ def run_demo(
     if two is not None:
         from clipsearch.images import load_image
         from clipsearch.tasks import localize
+        from clipsearch.tasks.localize import SMALL_OBJECTS
         from clipsearch.viz.overlay import relevance_overlay_png
 
         target = two["objects"][0]
         prompt = f"{target['color']} {target['shape']}"
         image = load_image(gallery / two["file"])
-        loc = localize(encoder, image, prompt)
+        loc = localize(encoder, image, prompt, **SMALL_OBJECTS)
         report.relevance_map = relevance_overlay_png(image, loc, folder / "relevance_map.png", target=tuple(target["bbox"]))
         report.relevance_prompt = prompt
     return report

@@ -755,7 +755,7 @@ class _Progress:
                 TimeRemainingColumn,
             )
 
-            from clipsearch.cli.rate_column import RateColumn
+            from clipsearch.progress import RateColumn
 
             self.bar = Progress(
                 TextColumn("{task.description}"),

@@ -12,8 +12,6 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import ProgressColumn, Task
-from rich.text import Text
 
 from clipsearch.errors import ClipsearchError
 
@@ -69,6 +67,8 @@ def progress_bar(total: int, description: str):
         TimeRemainingColumn,
     )
 
+    from clipsearch.progress import RateColumn
+
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -79,14 +79,6 @@ def progress_bar(total: int, description: str):
         transient=True,
         disable=total < 16,
     )
-
-
-class RateColumn(ProgressColumn):
-    """Shows ``task.speed`` as ``12.3/s`` (Rich has byte-rate columns but none for plain counts)."""
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.1f}/s" if speed else "-/s", style="progress.data.speed")
 
 
 ModelOption = Annotated[

@@ -91,7 +91,22 @@ def _labels(labels: str | None, labels_file: Path | None) -> list[str] | None:
     return out or None
 
 
-def _scales(scales: str, window: float | None) -> tuple[float, ...]:
+def _window_settings(
+    scales: str | None, window: float | None, stride: float | None, box_threshold: float | None, small_objects: bool
+) -> dict:
+    """``scales``, ``stride`` and ``box_threshold`` for :func:`localize`: what was given, else
+    the small-object settings or the library defaults."""
+    from clipsearch.tasks.localize import DEFAULT_BOX_THRESHOLD, DEFAULT_SCALES, DEFAULT_STRIDE, SMALL_OBJECTS
+
+    base = SMALL_OBJECTS if small_objects else {"scales": DEFAULT_SCALES, "stride": DEFAULT_STRIDE, "box_threshold": DEFAULT_BOX_THRESHOLD}
+    return {
+        "scales": _scales(scales, window) if (scales is not None or window is not None) else tuple(base["scales"]),
+        "stride": base["stride"] if stride is None else stride,
+        "box_threshold": base["box_threshold"] if box_threshold is None else box_threshold,
+    }
+
+
+def _scales(scales: str | None, window: float | None) -> tuple[float, ...]:
     if window is not None:
         return (window,)
     try:
@@ -265,13 +280,16 @@ def localize(
         Path | None, typer.Option("--out", "-o", help="Save the map drawn over the image as PNG.", show_default=False)
     ] = None,
     as_json: JsonOption = False,
-    scales: ScalesOption = "0.25,0.4,0.6",
+    scales: ScalesOption = None,
     window: WindowOption = None,
-    stride: StrideOption = 1 / 3,
+    stride: StrideOption = None,
     grid: GridOption = 32,
-    box_threshold: BoxThresholdOption = 0.3,
+    box_threshold: BoxThresholdOption = None,
     overhang: OverhangOption = 0.5,
     method: MethodOption = "windows",
+    small_objects: Annotated[
+        bool, typer.Option("--small-objects", help="Smaller windows and a tighter box, for objects a few percent of the image wide.")
+    ] = False,
     model: ModelOption = None,
     weights: WeightsOption = None,
     batch_size: BatchOption = 64,
@@ -293,8 +311,8 @@ def localize(
     with progress_bar(16, "windows") as bar:  # shown: hundreds of windows are embedded (16 = enabled)
         task = bar.add_task("embedding windows", total=None)
         loc = run_localize(
-            encoder, pil, prompt, scales=_scales(scales, window), stride=stride, grid=grid,
-            box_threshold=box_threshold, overhang=overhang, method=method, batch_size=batch_size,
+            encoder, pil, prompt, **_window_settings(scales, window, stride, box_threshold, small_objects), grid=grid,
+            overhang=overhang, method=method, batch_size=batch_size,
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     if out is not None:
@@ -345,12 +363,16 @@ def evaluate_localize_cmd(
     n: Annotated[int, typer.Option("--n", min=1, help="Two-object scenes to localise.")] = 200,
     seed: Annotated[int, typer.Option("--seed", help="Scene generation and which object is prompted.")] = 0,
     method: MethodOption = "windows",
-    scales: ScalesOption = "0.25,0.4,0.6",
+    scales: ScalesOption = None,
     window: WindowOption = None,
-    stride: StrideOption = 1 / 3,
+    stride: StrideOption = None,
     grid: GridOption = 32,
-    box_threshold: BoxThresholdOption = 0.3,
+    box_threshold: BoxThresholdOption = None,
     overhang: OverhangOption = 0.5,
+    small_objects: Annotated[
+        bool,
+        typer.Option("--small-objects/--any-size", help="The small-object settings, which fit the demo world's shapes."),
+    ] = True,
     report: Annotated[
         Path | None,
         typer.Option("--report", help="Write summary.json, cases.jsonl and overlays of the first scenes into DIR.",
@@ -370,8 +392,8 @@ def evaluate_localize_cmd(
     with progress_bar(n, "localising") as bar:
         task = bar.add_task("localising", total=n)
         result = evaluate_localization(
-            encoder, scenes, n=n, seed=seed, method=method, scales=_scales(scales, window), stride=stride, grid=grid,
-            box_threshold=box_threshold, overhang=overhang, overlay_dir=report / "overlays" if report else None,
+            encoder, scenes, n=n, seed=seed, method=method, grid=grid, overhang=overhang,
+            **_window_settings(scales, window, stride, box_threshold, small_objects), overlay_dir=report / "overlays" if report else None,
             on_start=lambda total: bar.update(task, total=total), on_progress=lambda k: bar.advance(task, k),
         )
     if report is not None:

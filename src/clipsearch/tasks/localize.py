@@ -51,6 +51,15 @@ DEFAULT_BOX_THRESHOLD = 0.3  # box region: cells >= peak - 0.3 * (peak - min)
 DEFAULT_OVERHANG = 0.5  # windows may reach half their side past the image edge (filled with the mean colour)
 METHODS = ("windows", "patches")
 
+SMALL_OBJECTS = {"scales": (0.15, 0.25, 0.35), "stride": 0.25, "box_threshold": 0.12}
+"""Settings for objects a few percent of the image wide, such as the demo world's shapes.
+
+Chosen on demo-world two-object scenes with the demo model (seed 0, n=100), then measured on
+fresh scenes (seed 1, n=200): peak in the object's box 0.895, box IoU >= 0.5 0.77. The defaults
+above gave 0.78 and 0.16 there (large windows blur small objects and the box grows), but they
+fit objects that fill a good part of the frame, as in photos, where these settings give boxes
+that are too small."""
+
 
 @dataclass
 class Localization:
