@@ -1,0 +1,57 @@
+"""``clipsearch demo --no-serve`` in a temporary folder, with the bundled demo model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+
+def test_demo_no_serve_in_a_temp_folder(tmp_path: Path):
+    folder = tmp_path / "tour"
+    proc = subprocess.run(
+        [sys.executable, "-m", "clipsearch", "demo", "--dir", str(folder), "--n", "60", "--no-serve"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "COLUMNS": "160"},
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    out = proc.stdout
+    for direction in ("text -> image", "image -> image", "image -> text", "text -> text", "composed"):
+        assert direction in out, direction
+    assert "zero-shot shape classification" in out
+    assert "indexed 120 new" in out  # 60 images and their 60 captions
+    for picture in ("contact_sheet.png", "relevance_map.png"):
+        with Image.open(folder / picture) as im:
+            assert im.width > 200 and im.height > 200
+    records = [json.loads(line) for line in (folder / "gallery" / "metadata.jsonl").read_text().splitlines()]
+    assert len(records) == 60
+
+
+def test_demo_searches_find_what_they_ask_for(tmp_path: Path):
+    """The tour's first query, "a red circle", returns scenes that contain a red circle."""
+    from clipsearch.demo import run_demo
+
+    report = run_demo(tmp_path / "tour", n=120, seed=3)
+    by_file = {
+        r["file"]: r for r in map(json.loads, (report.gallery / "metadata.jsonl").read_text().splitlines())
+    }
+    red_circles = {f for f, r in by_file.items() if any((o["color"], o["shape"]) == ("red", "circle") for o in r["objects"])}
+    first = report.examples[0]
+    assert first.query == "a red circle"
+    found = [Path(h.path).name for h in first.hits]
+    relevant = min(len(red_circles), len(found))
+    assert relevant > 0
+    hits = sum(name in red_circles for name in found[:relevant])
+    assert hits >= max(1, relevant - 1), (found, sorted(red_circles))
+    # image -> text: a single-object scene's own caption is among its five nearest captions
+    image_to_text = next(e for e in report.examples if e.direction == "image -> text")
+    own_caption = by_file[Path(image_to_text.query).name]["caption"]
+    assert own_caption in [h.text for h in image_to_text.hits]
