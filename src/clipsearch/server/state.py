@@ -147,7 +147,7 @@ def add_uploads(state: ServerState, uploads: list[tuple[str, bytes]]) -> dict[st
     import hashlib
 
     from clipsearch.images import load_image, probe_image
-    from clipsearch.server.thumbnails import write_atomic
+    from clipsearch.atomic import write_atomic
 
     if "image" not in state.modalities():
         raise HTTPException(422, f"model {state.store.model_name!r} embeds text only; this store cannot hold images")

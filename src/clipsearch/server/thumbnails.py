@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from clipsearch.atomic import write_atomic
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -161,7 +161,7 @@ class Thumbnails:
             return Blob(self.media_type, path=cached)
         data = self.render(item)
         try:
-            write_atomic(cached, data)
+            write_atomic(cached, data, fsync=False)  # a cache: rebuilt if lost
         except OSError:
             return Blob(self.media_type, data=data)  # read-only store: serve it anyway
         return Blob(self.media_type, path=cached)
@@ -191,19 +191,3 @@ def encode_thumbnail(image: Image.Image, side: int, fmt: str) -> bytes:
     else:
         thumb.save(buf, format="JPEG", quality=85, optimize=True)
     return buf.getvalue()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
