@@ -18,6 +18,7 @@ from clipsearch.train import demo_world as dw
 from clipsearch.train.quality import (
     ALL_PAIRS,
     evaluate_demo_quality,
+    expected_recall_at_k,
     precision_at_k,
     recall_at_k,
     strict_accuracy,
@@ -29,6 +30,8 @@ METRIC_IDS = {
     "retrieval_r10": 0.9,
     "retrieval_true_r1": None,
     "retrieval_true_r10": None,
+    "retrieval_best_r1": None,
+    "retrieval_best_r10": None,
     "zero_shot_shape": 0.95,
     "zero_shot_color": 0.95,
     "zero_shot_pair_all": None,
@@ -80,6 +83,33 @@ def test_precision_and_recall_at_k_on_a_hand_made_matrix() -> None:
         recall_at_k(scores, relevant[:, :4], 1)
 
 
+def test_expected_recall_breaks_ties_at_random() -> None:
+    scores = np.array(
+        [
+            [0.9, 0.5, 0.5, 0.5, 0.1],  # one item above, then a three-way tie holding the hit
+            [0.5, 0.5, 0.5, 0.5, 0.5],  # five-way tie, two hits
+            [0.9, 0.8, 0.1, 0.0, 0.0],  # no tie: the plain recall
+            [0.0, 0.0, 0.0, 0.0, 0.0],
+        ]
+    )
+    relevant = np.array(
+        [
+            [False, False, True, False, False],
+            [True, True, False, False, False],
+            [False, True, False, False, False],
+            [False, False, False, False, False],  # nothing relevant: left out
+        ]
+    )
+    r1 = expected_recall_at_k(scores, relevant, 1)
+    np.testing.assert_allclose(r1[:3], [0.0, 2 / 5, 0.0])
+    r2 = expected_recall_at_k(scores, relevant, 2)
+    np.testing.assert_allclose(r2[:3], [1 / 3, 1 - (3 / 5) * (2 / 4), 1.0])
+    np.testing.assert_allclose(expected_recall_at_k(scores, relevant, 4)[:3], [1.0, 1.0, 1.0])
+    assert math.isnan(r1[3])
+    # without ties it is recall_at_k
+    np.testing.assert_array_equal(expected_recall_at_k(scores[2:3], relevant[2:3], 1), recall_at_k(scores[2:3], relevant[2:3], 1))
+
+
 def test_strict_accuracy_counts_ties_as_wrong() -> None:
     logits = np.array([[3.0, 1.0, 2.0], [1.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
     np.testing.assert_array_equal(strict_accuracy(logits, [0, 0, 2]), [True, False, False])
@@ -120,6 +150,7 @@ def _check_structure(result: dict, sizes: dict) -> None:
     # a caption true of its own image makes the lenient recall at least the strict one
     for k in (1, 10):
         assert result["metrics"][f"retrieval_true_r{k}"]["value"] >= result["metrics"][f"retrieval_r{k}"]["value"]
+        assert result["metrics"][f"retrieval_best_r{k}"]["value"] >= 0.5  # tiny galleries: few captions tie
 
 
 def test_tiny_model_run_is_well_formed_and_deterministic(tiny_encoder) -> None:

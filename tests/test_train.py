@@ -70,12 +70,77 @@ def test_loss_errors() -> None:
         ValueError, match=re.escape("targets must be true on the diagonal: every caption matches its own image")
     ):
         contrastive_loss(x, x, torch.tensor(0.0), torch.tensor([[True, False], [False, False]]))
-    with pytest.raises(ValueError, match=re.escape("targets must be (2, 2) for a batch of 2; got (3, 3)")):
+    with pytest.raises(ValueError, match=re.escape("targets must be (2, 2) for 2 images and 2 captions; got (3, 3)")):
         contrastive_loss(x, x, torch.tensor(0.0), torch.ones(3, 3))
-    with pytest.raises(
-        ValueError, match=re.escape("image_emb and text_emb must both be (n, d); got (2, 2) and (3, 2)")
-    ):
+    with pytest.raises(ValueError, match=re.escape("every caption needs its image: got 2 images for 3 captions")):
         contrastive_loss(x, torch.ones(3, 2), torch.tensor(0.0))
+    with pytest.raises(ValueError, match=re.escape("must be (m, d) and (n, d); got (2, 2) and (2, 3)")):
+        contrastive_loss(x, torch.ones(2, 3), torch.tensor(0.0))
+    with pytest.raises(ValueError, match=re.escape("targets are required when images (3) outnumber captions (2)")):
+        contrastive_loss(torch.ones(3, 2), x, torch.tensor(0.0))
+
+
+def test_loss_with_extra_negative_images_by_hand() -> None:
+    # two captions, three images: image 2 has no caption of its own (a hard negative)
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    txt = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    scale = torch.tensor(0.0)  # logits = img @ txt.T = [[1, 0], [0, 1], [0.6, 0.8]]
+    lsm3 = lambda a, *rest: a - math.log(math.exp(a) + sum(math.exp(b) for b in rest))  # noqa: E731
+    targets = torch.tensor([[True, False], [False, True], [False, False]])
+    i2t = -(lsm3(1.0, 0.0) + lsm3(1.0, 0.0)) / 2  # row 2 has no positive: left out of the mean
+    t2i = -(lsm3(1.0, 0.0, 0.6) + lsm3(1.0, 0.0, 0.8)) / 2  # each caption against all three images
+    assert float(contrastive_loss(img, txt, scale, targets)) == pytest.approx((i2t + t2i) / 2, abs=1e-6)
+    # caption 1 also true of image 2: it becomes a positive of column 1 and a row of its own
+    targets[2, 1] = True
+    i2t = -(lsm3(1.0, 0.0) + lsm3(1.0, 0.0) + lsm3(0.8, 0.6)) / 3
+    t2i = -(lsm3(1.0, 0.0, 0.6) + 0.5 * lsm3(1.0, 0.0, 0.8) + 0.5 * lsm3(0.8, 0.0, 1.0)) / 2
+    assert float(contrastive_loss(img, txt, scale, targets)) == pytest.approx((i2t + t2i) / 2, abs=1e-6)
+
+
+# -- binding twins ---------------------------------------------------------------------------------
+def test_binding_twin_keeps_the_layout_and_changes_only_the_binding() -> None:
+    from clipsearch.train import demo_world as dw
+
+    rng = np.random.default_rng(0)
+    pool = data.caption_pool(0, 500)
+    falsified = swaps = 0
+    for k in range(300):
+        caption, claim = pool[k]
+        scene = dw.sample_scene(rng, "train", claim)
+        twin = dw.binding_twin(rng, scene)
+        assert twin is not None
+        before = [(o.color, o.shape) for o in scene.objects]
+        after = [(o.color, o.shape) for o in twin.objects]
+        assert sorted(before) != sorted(after), caption  # some object has a new colour-shape pair
+        assert [(o.shape, o.size, o.position) for o in twin.objects] == [
+            (o.shape, o.size, o.position) for o in scene.objects
+        ]
+        assert twin.background == scene.background
+        assert all(dw.pair_allowed(c, s, "train") for c, s in after)  # held-out pairs stay out
+        swapped = sorted(c for c, _ in before) == sorted(c for c, _ in after)
+        recoloured = sum(b != a for b, a in zip(before, after)) == 1  # when no allowed swap exists
+        assert swapped or recoloured, (before, after)
+        swaps += swapped
+        falsified += not dw.claim_holds(claim, twin.to_record())
+    assert falsified > 0.7 * 300  # most captions are false of the twin of their own scene
+    assert swaps > 0.4 * 300  # most multi-colour scenes get their colours swapped
+
+
+def test_twin_batches_hold_captionless_negatives(tiny_dual) -> None:
+    pool = data.caption_pool(0, 64)
+    src = data.DemoWorldBatches(tiny_dual.preprocess, 16, seed=0, pool=pool, sides=(32, 64), twins=0.25)
+    b = src.batch(0)
+    assert len(b.captions) == 12 and b.pixels.shape[0] == 16 and b.targets.shape == (16, 12)
+    assert b.targets[:12].diagonal().all()
+    twin_of = np.arange(4)  # twins follow in the order of the scenes they were made from
+    assert not b.targets[12 + twin_of, twin_of].all()  # some caption is false of its own scene's twin
+    np.testing.assert_array_equal(src.batch(0).pixels, b.pixels)  # still a function of (seed, step)
+    assert float(_loss(tiny_dual, b)) > 0
+    # without twins the stream is the one earlier models were trained on
+    plain = data.DemoWorldBatches(tiny_dual.preprocess, 16, seed=0, pool=pool, sides=(32, 64)).batch(0)
+    assert plain.targets.shape == (16, 16)
+    with pytest.raises(ValueError, match=re.escape("twins is a share of the batch in [0, 0.5], got 0.8")):
+        data.DemoWorldBatches(tiny_dual.preprocess, 16, seed=0, twins=0.8)
 
 
 # -- model -------------------------------------------------------------------------------------
@@ -311,7 +376,7 @@ def test_resume_continues_exactly(tmp_path: Path, tiny_sbert: Path) -> None:
     from typer.testing import CliRunner
 
     runner = CliRunner()
-    base = ["--steps", "4", "--caption-pool", "40", "--eval-every", "100"]
+    base = ["--steps", "4", "--caption-pool", "40", "--eval-every", "100", "--twins", "0.25"]
     full = runner.invoke(_app(), _train_args("demo-world", tmp_path / "full", tiny_sbert, *base))
     assert full.exit_code == 0, full.output
     # a tiny time limit stops after the first step; --resume runs the rest
@@ -368,6 +433,10 @@ def test_train_option_errors(tmp_path: Path, tiny_sbert: Path) -> None:
     )
     assert result.exit_code == 2
     assert "unknown image tower 'mlp'; use one of cnn, resnet18, vit" in result.output
+    (tmp_path / "p.csv").write_text("image,caption\na.png,x\n")
+    result = CliRunner().invoke(_app(), _train_args(str(tmp_path / "p.csv"), tmp_path / "m", tiny_sbert, "--twins", "0.2"))
+    assert result.exit_code == 2
+    assert "--twins needs pairs 'demo-world': twins are drawn from the generator's scenes" in result.output
 
 
 def test_train_text_tower_and_skip_undecodable_images(tmp_path: Path, tiny_sbert: Path) -> None:
@@ -400,3 +469,49 @@ def load_file_tensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def test_claim_likelihood_matches_caption_frequencies() -> None:
+    from clipsearch.train import demo_world as dw
+
+    def obj(color: str, shape: str, size: str = "large", position: str = "center") -> dw.SceneObject:
+        return dw.SceneObject(shape, color, size, position)
+
+    bg = dw.Background("plain", "white")
+    scenes = {
+        "alone": [obj("red", "star")],
+        "with a circle": [obj("red", "star"), obj("blue", "circle", "small", "top left")],
+        "two red stars": [obj("red", "star"), obj("red", "star", "small", "top left")],
+        "of three": [obj("red", "star"), obj("blue", "circle", "small", "top left"), obj("green", "ring", position="left")],
+        "none": [obj("blue", "star")],
+    }
+    claim = {"objects": [{"color": "red", "shape": "star"}], "count": None, "background": None}
+    rng = np.random.default_rng(0)
+    draws = 20000
+    freq, lik = {}, {}
+    for name, objects in scenes.items():
+        scene = dw.Scene(objects, bg, "train")
+        freq[name] = sum(dw.caption_scene(rng, scene)[1] == claim for _ in range(draws)) / draws
+        lik[name] = dw.claim_likelihood(claim, scene.to_record())
+    assert lik["none"] == 0.0 and freq["none"] == 0.0
+    assert lik["alone"] == pytest.approx(1.0) and lik["with a circle"] == pytest.approx(0.3 * 0.5)
+    # ratios between scenes are what ranking needs; the claim-only factor cancels
+    for name in ("with a circle", "two red stars", "of three"):
+        assert freq[name] / freq["alone"] == pytest.approx(lik[name] / lik["alone"], rel=0.15), name
+
+
+def test_soft_targets_weigh_positives_by_caption_likelihood(tiny_dual) -> None:
+    pool = data.caption_pool(0, 64)
+    hard = data.DemoWorldBatches(tiny_dual.preprocess, 16, seed=0, pool=pool, sides=(32, 64), twins=0.25).batch(1)
+    soft_src = data.DemoWorldBatches(
+        tiny_dual.preprocess, 16, seed=0, pool=pool, sides=(32, 64), twins=0.25, soft_targets=True
+    )
+    soft = soft_src.batch(1)
+    np.testing.assert_array_equal(soft.pixels, hard.pixels)  # the same scenes, other weights
+    assert soft.targets.dtype == np.float32 and soft.targets.shape == hard.targets.shape
+    np.testing.assert_array_equal(soft.targets > 0, hard.targets)  # positive exactly where the caption is true
+    assert len(np.unique(np.round(soft.targets[soft.targets > 0], 4))) > 1  # and not all weighted alike
+    assert float(_loss(tiny_dual, soft)) > 0
+    for step in range(2, 8):  # every caption keeps its own scene, even one the generator would word otherwise
+        targets = soft_src.batch(step).targets
+        assert np.isfinite(targets).all() and (np.diagonal(targets[:12]) > 0).all()

@@ -35,6 +35,7 @@ IMAGE_COLUMNS = ("image", "file", "path", "filepath")
 CAPTION_COLUMNS = ("caption", "text")
 TRAIN_RENDER_SIDES = (96, 256)  # on-the-fly training scenes: image sides in pixels (cheap to draw)
 JPEG_PROB = 0.5  # share of on-the-fly training scenes that go through a JPEG round trip
+MIN_LIKELIHOOD = 0.01  # soft targets: the weight floor of a true caption the generator would not write
 
 
 @dataclass
@@ -45,9 +46,9 @@ class Pair:
 
 @dataclass
 class Batch:
-    pixels: npt.NDArray[np.float32]  # (n, 3, S, S) model input
-    captions: list[str]  # n captions; caption i belongs to image i
-    targets: npt.NDArray[np.bool_]  # (n, n): targets[i, j] when caption j matches image i
+    pixels: npt.NDArray[np.float32]  # (m, 3, S, S) model input, m >= n
+    captions: list[str]  # n captions; caption i belongs to image i (images past n have none)
+    targets: npt.NDArray  # (m, n) bool, or float weights: targets[i, j] > 0 when caption j matches image i
     step: int
     refused: dict[str, str] = field(default_factory=dict)  # image path -> reason, left out of this batch
 
@@ -166,12 +167,23 @@ class DemoWorldBatches:
 
     Args:
         preprocess: the model's preprocessing.
-        batch_size: scenes per batch.
+        batch_size: images per batch.
         seed: the data seed.
         pool: ``(caption, claim)`` pairs to draw captions from (:func:`caption_pool`); each use
             gets a new scene that satisfies the claim. ``None``: a fresh scene and caption each time.
         sides: smallest and largest image side of the rendered scenes.
         jpeg_prob: share of scenes that go through a JPEG round trip.
+        twins: share of the batch's images that are binding twins
+            (:func:`~clipsearch.train.demo_world.binding_twin`) of captioned scenes: the same
+            layout with colours bound to other shapes. They carry no caption of their own and
+            are hard negatives for the captions they falsify; a caption still true of a twin
+            counts it as a positive.
+        soft_targets: weigh each (image, caption) positive by how likely the generator is to
+            caption that scene so (:func:`~clipsearch.train.demo_world.claim_likelihood`),
+            instead of 1 for every scene the caption is true of. A caption such as "a red
+            star" then prefers a lone red star to a red star among two other objects, as the
+            generator's own captions do; 0/1 targets teach that every scene it is true of is
+            equally likely.
     """
 
     def __init__(
@@ -182,40 +194,73 @@ class DemoWorldBatches:
         pool: list[tuple[str, dict]] | None = None,
         sides: tuple[int, int] = TRAIN_RENDER_SIDES,
         jpeg_prob: float = JPEG_PROB,
+        twins: float = 0.0,
+        soft_targets: bool = False,
     ):
         if batch_size < 2:
             raise ValueError(f"batch_size must be at least 2 for a contrastive loss, got {batch_size}")
+        if not 0.0 <= twins <= 0.5:
+            raise ValueError(f"twins is a share of the batch in [0, 0.5], got {twins}")
         self.preprocess = preprocess
         self.batch_size = batch_size
         self.seed = seed
         self.pool = pool
         self.sides = sides
         self.jpeg_prob = jpeg_prob
+        self.n_twins = min(int(round(twins * batch_size)), batch_size - 2)
+        self.soft_targets = soft_targets
         self.steps_per_epoch = None  # infinite
 
-    def batch(self, step: int) -> Batch:
+    def _maybe_jpeg(self, rng: np.random.Generator, img: Any) -> Any:
         from PIL import Image
 
+        if rng.random() < self.jpeg_prob:
+            return Image.open(io.BytesIO(dw.encode_image(img, "jpeg"))).convert("RGB")
+        return img
+
+    def batch(self, step: int) -> Batch:
         rng = np.random.default_rng([self.seed, 1, step])
-        images, captions, records = [], [], []
-        for _ in range(self.batch_size):
+        n_captioned = self.batch_size - self.n_twins
+        images, captions, records, twin_images, twin_records = [], [], [], [], []
+        for i in range(n_captioned):
             size = dw.sample_canvas_size(rng, *self.sides)
-            if self.pool is None:
-                img, rec = dw.render_scene(rng, "train", size)
-                claim, caption = rec["claim"], rec["caption"]
-            else:
-                caption, claim = self.pool[int(rng.integers(len(self.pool)))]
-                img, rec = dw.render_scene(rng, "train", size, claim=claim, caption=False)
-            if rng.random() < self.jpeg_prob:
-                img = Image.open(io.BytesIO(dw.encode_image(img, "jpeg"))).convert("RGB")
-            images.append(img)
+            caption, claim = self.pool[int(rng.integers(len(self.pool)))] if self.pool is not None else (None, None)
+            if i >= self.n_twins:
+                img, rec = dw.render_scene(rng, "train", size, claim=claim, caption=self.pool is None)
+                images.append(self._maybe_jpeg(rng, img))
+                captions.append(caption or rec["caption"])
+                records.append((claim or rec["claim"], rec))
+                continue
+            scene = dw.sample_scene(rng, "train", claim)
+            draw_seed = int(rng.integers(2**63))  # the twin is drawn with the identical layout
+            img = dw.draw_scene(np.random.default_rng(draw_seed), scene, *size)
+            if caption is None:
+                caption, claim, _ = dw.caption_scene(rng, scene)
+            images.append(self._maybe_jpeg(rng, img))
             captions.append(caption)
-            records.append((claim, rec))
+            records.append((claim, scene.to_record()))
+            twin = dw.binding_twin(rng, scene)
+            if twin is not None:
+                twin_img = dw.draw_scene(np.random.default_rng(draw_seed), twin, *size)
+                twin_images.append(self._maybe_jpeg(rng, twin_img))
+                twin_records.append(twin.to_record())
+        all_records = [rec for _, rec in records] + twin_records
         targets = np.array(
-            [[dw.claim_holds(records[j][0], records[i][1]) for j in range(len(records))] for i in range(len(records))],
-            dtype=bool,
-        )
-        return Batch(_pixels(images, self.preprocess), captions, targets, step)
+            [[dw.claim_holds(claim, rec) for claim, _ in records] for rec in all_records], dtype=bool
+        )  # (images, captions)
+        if self.soft_targets:
+            likelihood = np.array(
+                [[dw.claim_likelihood(claim, rec) for claim, _ in records] for rec in all_records], dtype=np.float32
+            )
+            # A pooled caption's scene is drawn to make the claim true, not to be captioned so:
+            # "a blue background" can get a striped blue one, which the generator would have
+            # called striped. Such true pairs keep a small weight instead of none.
+            likelihood = np.where(targets, np.maximum(likelihood, MIN_LIKELIHOOD), 0.0)
+            # Divided by each caption's mean over the batch's images (an estimate of how likely
+            # the caption is at all): the loss's column normalisation then gives the posterior
+            # over images, and its row normalisation the likelihood ratio over captions.
+            targets = (likelihood / likelihood.mean(axis=0, keepdims=True)).astype(np.float32)
+        return Batch(_pixels(images + twin_images, self.preprocess), captions, targets, step)
 
 
 def demo_eval_set(

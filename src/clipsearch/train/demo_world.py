@@ -35,7 +35,7 @@ import io
 import itertools
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -310,6 +310,38 @@ def sample_scene(rng: np.random.Generator, split: str, claim: dict | None = None
     # Object order in the record is the drawing order; shuffle so claimed objects are not first.
     order = rng.permutation(len(objects))
     return Scene([objects[i] for i in order], background, split)
+
+
+def binding_twin(rng: np.random.Generator, scene: Scene) -> Scene | None:
+    """A copy of ``scene`` whose colours are bound to other shapes: a hard negative for training.
+
+    With two or more colours among the objects, the colours are permuted among the objects so
+    that at least one (colour, shape) pair changes ("a red star and a blue circle" becomes "a
+    blue star and a red circle"): every colour and shape is still present, in the same places,
+    so only the binding tells the two apart. Otherwise one object takes another colour that
+    contrasts with the background. Sizes, positions and the background are kept, and every
+    new pair is allowed in the scene's split (held-out pairs stay out of train images).
+
+    Returns:
+        The twin, or ``None`` when no allowed change exists.
+    """
+    objs = scene.objects
+    bg = scene.background.color
+    colors = [o.color for o in objs]
+    if len(set(colors)) > 1:
+        for _ in range(8):
+            perm = [colors[i] for i in rng.permutation(len(objs))]
+            pairs = [(c, o.shape) for c, o in zip(perm, objs)]
+            changed = sorted(pairs) != sorted((o.color, o.shape) for o in objs)
+            if changed and all(pair_allowed(c, s, scene.split) for c, s in pairs):
+                return Scene([replace(o, color=c, bbox=None) for c, o in zip(perm, objs)], scene.background, scene.split)
+    k = int(rng.integers(len(objs)))
+    options = [c for c, _ in _allowed_pairs(scene.split, bg, None, objs[k].shape) if c != objs[k].color]
+    if not options:
+        return None
+    twin = [replace(o, bbox=None) for o in objs]
+    twin[k] = replace(objs[k], color=_pick(rng, options), bbox=None)
+    return Scene(twin, scene.background, scene.split)
 
 
 def _background_params(rng: np.random.Generator, kind: str) -> dict[str, Any]:
@@ -598,6 +630,51 @@ def claim_holds(claim: dict[str, Any], record: dict[str, Any]) -> bool:
     if len(wanted) == 1:
         return True
     return any(len(set(chosen)) == len(chosen) for chosen in itertools.product(*fits))
+
+
+def claim_likelihood(claim: dict[str, Any], record: dict[str, Any], phrasing: str = "train") -> float:
+    """How likely :func:`caption_scene` is to make ``claim`` for the scene ``record``, up to a
+    factor that depends on the claim alone.
+
+    It follows the choices :func:`caption_scene` makes that depend on the scene: how many of
+    its n objects are named (all of them with probability 0.7 when n > 1, else k of n with
+    0.3 / (n - 1) each), which ones in which order (every ordering of a matching selection
+    counts), the "{count} shapes" template (0.15 of full mentions with train phrasing) and
+    whether the background's kind is named. What it leaves out (which attributes are named,
+    word choice, template) has the same probability for every scene, so ratios between scenes
+    are exact: ranking scenes by it is the Bayes-optimal answer to "which scene is this
+    caption of?". Zero when the claim is false of the scene.
+    """
+    objects = record["objects"]
+    n = len(objects)
+    count = claim.get("count")
+    if count is not None and count != n:
+        return 0.0
+    p = 1.0
+    bg = claim.get("background")
+    if bg:
+        if any(record["background"].get(key) != value for key, value in bg.items()):
+            return 0.0
+        if record["background"]["kind"] == "plain":
+            p *= 0.5  # a plain background's kind is named half the time
+        elif "kind" not in bg:
+            return 0.0  # a patterned background always has its kind named
+    wanted = claim.get("objects") or []
+    k = len(wanted)
+    if k > n:
+        return 0.0
+    fits = [[j for j, o in enumerate(objects) if all(o[key] == v for key, v in w.items())] for w in wanted]
+    orderings = sum(1 for chosen in itertools.product(*fits) if len(set(chosen)) == len(chosen))
+    if orderings == 0:
+        return 0.0
+    if n == 1:
+        p_k = 1.0
+    elif k == n:
+        full_count = 0.15 if phrasing == "train" else 0.0
+        p_k = 0.7 * (full_count if count is not None else 1.0 - full_count)
+    else:
+        p_k = 0.3 / (n - 1)
+    return p * p_k * orderings * math.factorial(n - k) / math.factorial(n)
 
 
 # -- writing a world to disk -------------------------------------------------------------------

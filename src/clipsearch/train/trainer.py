@@ -40,8 +40,10 @@ OPTIMIZER_FILE = "optimizer.pt"
 # Options that decide the result; a resumed run must repeat them exactly.
 RESUME_KEYS = (
     "pairs", "base", "image_tower", "text_tower", "freeze_text", "batch_size", "lr", "weight_decay",
-    "warmup", "seed", "caption_pool", "image_size", "embed_dim", "pool", "epochs",
+    "warmup", "seed", "caption_pool", "image_size", "embed_dim", "pool", "epochs", "twins",
+    "soft_targets",
 )  # fmt: skip
+RESUME_DEFAULTS = {"twins": 0.0, "soft_targets": False}  # options added later: what checkpoints without them were trained with
 
 
 @dataclass
@@ -69,6 +71,8 @@ class TrainOptions:
     threads: int | None = None  # torch threads for the training step
     workers: int = 0  # processes that render / decode batches ahead of the training step
     caption_pool: int = 20000  # demo-world: distinct captions drawn once; 0 = fresh captions
+    twins: float = 0.0  # demo-world: share of each batch's images that are binding twins (hard negatives)
+    soft_targets: bool = False  # demo-world: weigh positives by the generator's caption likelihood
     image_size: int | None = None  # model input side; default per image tower
     embed_dim: int = 256
     pool: str = "attention"
@@ -117,6 +121,12 @@ def _resolve_defaults(opts: TrainOptions) -> TrainOptions:
         raise ValueError(f"minutes must be positive, got {opts.minutes}")
     if opts.caption_pool < 0:
         raise ValueError(f"caption_pool must be 0 or more, got {opts.caption_pool}")
+    if not 0.0 <= opts.twins <= 0.5:
+        raise ValueError(f"twins is a share of the batch in [0, 0.5], got {opts.twins}")
+    if opts.twins and opts.pairs != "demo-world":
+        raise ValueError("--twins needs pairs 'demo-world': twins are drawn from the generator's scenes")
+    if opts.soft_targets and opts.pairs != "demo-world":
+        raise ValueError("--soft-targets needs pairs 'demo-world': the weights come from the generator's scenes")
     return opts
 
 
@@ -285,7 +295,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
         differ = {
             k: (saved["options"].get(k), getattr(opts, k))
             for k in RESUME_KEYS
-            if saved["options"].get(k) != getattr(opts, k)
+            if saved["options"].get(k, RESUME_DEFAULTS.get(k)) != getattr(opts, k)
         }
         if differ:
             detail = ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in differ.items())
@@ -307,7 +317,9 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
         if opts.epochs is not None:
             raise ValueError("pairs 'demo-world' has no epochs: give --steps N instead of --epochs")
         pool = caption_pool(opts.seed, opts.caption_pool) if opts.caption_pool else None
-        source: Any = DemoWorldBatches(preprocess, opts.batch_size, opts.seed, pool)
+        source: Any = DemoWorldBatches(
+            preprocess, opts.batch_size, opts.seed, pool, twins=opts.twins, soft_targets=opts.soft_targets
+        )
         steps = opts.steps
     else:
         pairs = read_pairs(opts.pairs)
@@ -396,7 +408,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
             with torch.no_grad():
                 model.logit_scale.clamp_(0.0, max_log_scale)
             step += 1
-            seen_images += len(batch.captions)
+            seen_images += len(batch.pixels)
             window.append(float(loss.detach()))
             scale = float(model.logit_scale.detach().exp())
             rate = seen_images / max(1e-9, time.perf_counter() - t_seen)
