@@ -515,3 +515,27 @@ def test_soft_targets_weigh_positives_by_caption_likelihood(tiny_dual) -> None:
     for step in range(2, 8):  # every caption keeps its own scene, even one the generator would word otherwise
         targets = soft_src.batch(step).targets
         assert np.isfinite(targets).all() and (np.diagonal(targets[:12]) > 0).all()
+
+
+def test_training_does_not_depend_on_the_hash_seed(tmp_path: Path, tiny_sbert: Path) -> None:
+    """Two processes with different PYTHONHASHSEED (set orders differ) train the same weights."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    extra = ("--steps", "3", "--caption-pool", "200", "--twins", "0.25", "--soft-targets", "--workers", "1")
+    for hash_seed in ("1", "2"):
+        args = _train_args("demo-world", tmp_path / hash_seed, tiny_sbert, *extra)
+        proc = subprocess.run(
+            [sys.executable, "-m", "clipsearch", *args],
+            env=os.environ | {"PYTHONHASHSEED": hash_seed},
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    a = load_file(str(tmp_path / "1" / "model.safetensors"))
+    b = load_file(str(tmp_path / "2" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

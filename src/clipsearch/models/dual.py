@@ -366,7 +366,9 @@ def _build_module_classes() -> Any:  # noqa: C901 - one closure that defines the
             """Fill the cache for ``texts`` (longest first, so batches pad little)."""
             self.enable_text_cache()
             assert self.text_cache is not None
-            todo = sorted({t for t in texts if t not in self.text_cache}, key=len, reverse=True)
+            # Ties broken by the text: a set's order changes with Python's hash seed, and other
+            # batches would round the float16 states differently from run to run.
+            todo = sorted({t for t in texts if t not in self.text_cache}, key=lambda t: (-len(t), t))
             bar = None
             if progress and todo:
                 from tqdm import tqdm
