@@ -225,7 +225,7 @@ class DemoWorldBatches:
         for i in range(n_captioned):
             size = dw.sample_canvas_size(rng, *self.sides)
             caption, claim = self.pool[int(rng.integers(len(self.pool)))] if self.pool is not None else (None, None)
-            if i >= self.n_twins:
+            if i >= self.n_twins:  # render_scene draws from rng as batches without twins always did
                 img, rec = dw.render_scene(rng, "train", size, claim=claim, caption=self.pool is None)
                 images.append(self._maybe_jpeg(rng, img))
                 captions.append(caption or rec["caption"])

@@ -608,6 +608,22 @@ def object_query(color: str, shape: str, phrasing: str = "train", variant: int =
     return templates[variant % len(templates)].format(obj=_article(f"{color} {shape}"))
 
 
+def _orderings(claim: dict[str, Any], record: dict[str, Any]) -> int:
+    """In how many orders the claimed objects map onto distinct scene objects that match every
+    attribute they name; 0 when a claimed count or background does not match either."""
+    objects = record["objects"]
+    if claim.get("count") is not None and claim["count"] != len(objects):
+        return 0
+    bg = claim.get("background")
+    if bg and any(record["background"].get(key) != value for key, value in bg.items()):
+        return 0
+    wanted = claim.get("objects") or []
+    if len(wanted) > len(objects):
+        return 0
+    fits = [[j for j, o in enumerate(objects) if all(o[key] == v for key, v in w.items())] for w in wanted]
+    return sum(1 for chosen in itertools.product(*fits) if len(set(chosen)) == len(chosen))
+
+
 def claim_holds(claim: dict[str, Any], record: dict[str, Any]) -> bool:
     """Whether a caption's claim is true of a scene record (``objects`` and ``background``).
 
@@ -615,21 +631,7 @@ def claim_holds(claim: dict[str, Any], record: dict[str, Any]) -> bool:
     claimed count must equal the number of objects; a claimed background must match on the
     attributes it names.
     """
-    objects = record["objects"]
-    if claim.get("count") is not None and claim["count"] != len(objects):
-        return False
-    bg = claim.get("background")
-    if bg and any(record["background"].get(key) != value for key, value in bg.items()):
-        return False
-    wanted = claim.get("objects") or []
-    if len(wanted) > len(objects):
-        return False
-    fits = [[j for j, o in enumerate(objects) if all(o[key] == v for key, v in w.items())] for w in wanted]
-    if not all(fits):
-        return False
-    if len(wanted) == 1:
-        return True
-    return any(len(set(chosen)) == len(chosen) for chosen in itertools.product(*fits))
+    return _orderings(claim, record) > 0
 
 
 def claim_likelihood(claim: dict[str, Any], record: dict[str, Any], phrasing: str = "train") -> float:
@@ -645,33 +647,22 @@ def claim_likelihood(claim: dict[str, Any], record: dict[str, Any], phrasing: st
     are exact: ranking scenes by it is the Bayes-optimal answer to "which scene is this
     caption of?". Zero when the claim is false of the scene.
     """
-    objects = record["objects"]
-    n = len(objects)
-    count = claim.get("count")
-    if count is not None and count != n:
+    orderings = _orderings(claim, record)
+    if orderings == 0:
         return 0.0
     p = 1.0
     bg = claim.get("background")
     if bg:
-        if any(record["background"].get(key) != value for key, value in bg.items()):
-            return 0.0
         if record["background"]["kind"] == "plain":
             p *= 0.5  # a plain background's kind is named half the time
         elif "kind" not in bg:
             return 0.0  # a patterned background always has its kind named
-    wanted = claim.get("objects") or []
-    k = len(wanted)
-    if k > n:
-        return 0.0
-    fits = [[j for j, o in enumerate(objects) if all(o[key] == v for key, v in w.items())] for w in wanted]
-    orderings = sum(1 for chosen in itertools.product(*fits) if len(set(chosen)) == len(chosen))
-    if orderings == 0:
-        return 0.0
+    n, k = len(record["objects"]), len(claim.get("objects") or [])
     if n == 1:
         p_k = 1.0
     elif k == n:
         full_count = 0.15 if phrasing == "train" else 0.0
-        p_k = 0.7 * (full_count if count is not None else 1.0 - full_count)
+        p_k = 0.7 * (full_count if claim.get("count") is not None else 1.0 - full_count)
     else:
         p_k = 0.3 / (n - 1)
     return p * p_k * orderings * math.factorial(n - k) / math.factorial(n)

@@ -99,6 +99,7 @@ def _log(message: str) -> None:
 
 def _resolve_defaults(opts: TrainOptions) -> TrainOptions:
     from clipsearch.models.dual import DEFAULT_IMAGE_SIZE, IMAGE_TOWERS
+    from clipsearch.train.data import DEMO_WORLD
 
     if opts.image_tower not in IMAGE_TOWERS:
         raise ValueError(f"unknown image tower {opts.image_tower!r}; use one of {', '.join(IMAGE_TOWERS)}")
@@ -125,9 +126,9 @@ def _resolve_defaults(opts: TrainOptions) -> TrainOptions:
         raise ValueError(f"caption_pool must be 0 or more, got {opts.caption_pool}")
     if not 0.0 <= opts.twins <= 0.5:
         raise ValueError(f"twins is a share of the batch in [0, 0.5], got {opts.twins}")
-    if opts.twins and opts.pairs != "demo-world":
+    if opts.twins and opts.pairs != DEMO_WORLD:
         raise ValueError("--twins needs pairs 'demo-world': twins are drawn from the generator's scenes")
-    if opts.soft_targets and opts.pairs != "demo-world":
+    if opts.soft_targets and opts.pairs != DEMO_WORLD:
         raise ValueError("--soft-targets needs pairs 'demo-world': the weights come from the generator's scenes")
     return opts
 
