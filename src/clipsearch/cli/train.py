@@ -54,6 +54,8 @@ def train_cmd(
     caption_pool: Annotated[int, typer.Option("--caption-pool", min=0, help="demo-world: distinct captions drawn once (0: a fresh caption per scene).")] = 20000,
     twins: Annotated[float, typer.Option("--twins", min=0.0, max=0.5, help="demo-world: share of each batch's images that are binding twins (same layout, colours on other shapes), as hard negatives.")] = 0.0,
     soft_targets: Annotated[bool, typer.Option("--soft-targets", help="demo-world: weigh each positive by how likely the generator is to caption that scene so, instead of 1 for every scene a caption is true of.")] = False,
+    negatives: Annotated[bool, typer.Option("--negatives", help="demo-world: add each caption's binding-swapped twin ('a blue star and a red circle' for 'a red star and a blue circle') as a hard-negative caption.")] = False,
+    text_layers: Annotated[int, typer.Option("--text-layers", min=0, help="Trainable transformer layers in the text head, before pooling (lets the text side bind colours to shapes).")] = 0,
     image_size: Annotated[int | None, typer.Option("--image-size", min=8, help="Model input side in pixels (default: 64 cnn/vit, 128 resnet18).")] = None,
     embed_dim: Annotated[int, typer.Option("--embed-dim", min=2, help="Joint space dimension.")] = 256,
     pool: Annotated[str, typer.Option("--pool", help="Image grid pooling: attention or mean.")] = "attention",
@@ -72,8 +74,8 @@ def train_cmd(
             freeze_text=freeze_text, steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
             eval_pairs=eval_pairs, eval_every=eval_every, eval_size=eval_size, resume=resume, minutes=minutes,
             threads=threads, workers=workers, caption_pool=caption_pool, twins=twins, soft_targets=soft_targets,
-            image_size=image_size,
-            embed_dim=embed_dim, pool=pool, progress=progress,
+            negatives=negatives, text_layers=text_layers, image_size=image_size, embed_dim=embed_dim, pool=pool,
+            progress=progress,
         )
     )  # fmt: skip
     state = "finished" if result.finished else "stopped early (--resume continues)"

@@ -72,6 +72,7 @@ class DualConfig:
     text_head_dim: int = 256  # width of the attention-pooling head
     text_head_queries: int = 4  # learned queries that pool the tokens
     text_head_heads: int = 4  # attention heads per query
+    text_head_layers: int = 0  # trainable transformer layers over the token states before pooling
     context_length: int = 64  # text tokens, special tokens included
     logit_scale_init: float = math.log(1 / 0.07)  # CLIP's initial temperature
 
@@ -288,6 +289,11 @@ def _build_module_classes() -> Any:  # noqa: C901 - one closure that defines the
         """Learned queries attend over the tower's token states, plus a mean-pooled path.
 
         ``(n, T, H)`` token states with an ``(n, T)`` validity mask -> ``(n, D)``.
+
+        With ``text_head_layers`` > 0, trainable transformer layers first mix the (projected)
+        token states. Pooled frozen states are close to a bag of words: "a red star and a blue
+        circle" and "a blue star and a red circle" land at cosine 0.998 in a head without them,
+        so no image side can tell the two apart.
         """
 
         def __init__(self, cfg: DualConfig):
@@ -299,9 +305,21 @@ def _build_module_classes() -> Any:  # noqa: C901 - one closure that defines the
             self.attn = nn.MultiheadAttention(d, cfg.text_head_heads, batch_first=True)
             self.out = nn.Sequential(nn.LayerNorm(q * d), nn.Linear(q * d, cfg.embed_dim))
             self.mean_proj = nn.Linear(cfg.text_width, cfg.embed_dim)
+            self.mix = None
+            if cfg.text_head_layers:
+                layer = nn.TransformerEncoderLayer(
+                    d, cfg.text_head_heads, 2 * d, dropout=0.0, batch_first=True, norm_first=True
+                )
+                self.mix = nn.TransformerEncoder(layer, cfg.text_head_layers, enable_nested_tensor=False)
+                for block in self.mix.layers:  # each residual layer starts as the identity
+                    for lin in (block.self_attn.out_proj, block.linear2):
+                        nn.init.zeros_(lin.weight)
+                        nn.init.zeros_(lin.bias)
 
         def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             x = self.inp(self.norm(hidden))
+            if self.mix is not None:
+                x = self.mix(x, src_key_padding_mask=~mask)
             q = self.queries[None].expand(hidden.shape[0], -1, -1)
             a, _ = self.attn(q, x, x, key_padding_mask=~mask, need_weights=False)
             m = mask[..., None].to(hidden.dtype)

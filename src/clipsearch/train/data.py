@@ -47,10 +47,11 @@ class Pair:
 @dataclass
 class Batch:
     pixels: npt.NDArray[np.float32]  # (m, 3, S, S) model input, m >= n
-    captions: list[str]  # n captions; caption i belongs to image i (images past n have none)
+    captions: list[str]  # n captions; caption i < n_pairs belongs to image i, later ones are negatives
     targets: npt.NDArray  # (m, n) bool, or float weights: targets[i, j] > 0 when caption j matches image i
     step: int
     refused: dict[str, str] = field(default_factory=dict)  # image path -> reason, left out of this batch
+    n_pairs: int | None = None  # images and captions that are pairs; None: min(m, n)
 
 
 def read_pairs(source: str | Path) -> list[Pair]:
@@ -145,21 +146,62 @@ class PairBatches:
         return Batch(_pixels(images, self.preprocess), captions, pair_targets(captions, keys), step, refused)
 
 
-def caption_pool(seed: int, size: int, split: str = "train") -> list[tuple[str, dict]]:
-    """``size`` distinct ``(caption, claim)`` pairs from random scenes of ``split`` (no drawing)."""
+def _pool_draws(seed: int, size: int, split: str) -> Iterator[tuple[str, dict, dw.Scene, dict]]:
+    """Random scenes of ``split`` and a caption of each, until ``size`` distinct captions came.
+
+    Yields ``(caption, claim, scene, state)`` for each first use of a caption text, where
+    ``state`` is the random state :func:`~clipsearch.train.demo_world.caption_scene` started
+    from (to caption another scene with the same choices of words).
+    """
     if size < 1:
         raise ValueError(f"caption pool size must be at least 1, got {size}")
     rng = np.random.default_rng([seed, 7, dw.SPLIT_STREAMS[split]])
-    pool: dict[str, dict] = {}
+    seen: set[str] = set()
     attempts = 0
-    while len(pool) < size:
+    while len(seen) < size:
         attempts += 1
         if attempts > 50 * size:
-            raise ValueError(f"could not draw {size} distinct captions (got {len(pool)})")
+            raise ValueError(f"could not draw {size} distinct captions (got {len(seen)})")
         scene = dw.sample_scene(rng, split)
+        state = rng.bit_generator.state
         text, claim, _ = dw.caption_scene(rng, scene)
-        pool.setdefault(text, claim)
-    return list(pool.items())
+        if text not in seen:
+            seen.add(text)
+            yield text, claim, scene, state
+
+
+def caption_pool(seed: int, size: int, split: str = "train") -> list[tuple[str, dict]]:
+    """``size`` distinct ``(caption, claim)`` pairs from random scenes of ``split`` (no drawing)."""
+    return [(text, claim) for text, claim, _, _ in _pool_draws(seed, size, split)]
+
+
+def binding_negatives(seed: int, size: int, split: str = "train") -> dict[str, tuple[str, dict]]:
+    """Hard-negative captions for the captions of :func:`caption_pool` (same arguments).
+
+    The negative of a caption describes its scene's binding twin
+    (:func:`~clipsearch.train.demo_world.binding_twin`: the same layout with the colours bound
+    to other shapes) in the same words, so "a red star above a blue circle" gets "a blue star
+    above a red circle". Only negatives that are false of the caption's own scene are kept;
+    captions that name no colour, for example, get none.
+
+    Returns:
+        ``{caption: (negative caption, its claim)}`` for the captions that have one.
+    """
+    negatives = {}
+    for k, (text, _, scene, state) in enumerate(_pool_draws(seed, size, split)):
+        rng = np.random.default_rng([seed, 8, dw.SPLIT_STREAMS[split], k])
+        record = scene.to_record()
+        for _ in range(4):  # a partial caption may name only objects the twin left alone
+            twin = dw.binding_twin(rng, scene)
+            if twin is None:
+                break
+            words = np.random.Generator(np.random.PCG64())
+            words.bit_generator.state = state  # the same choices of objects, attributes and words
+            negative, claim, _ = dw.caption_scene(words, scene, recolor=[o.color for o in twin.objects])
+            if negative != text and not dw.claim_holds(claim, record):
+                negatives[text] = (negative, claim)
+                break
+    return negatives
 
 
 class DemoWorldBatches:
@@ -184,6 +226,9 @@ class DemoWorldBatches:
             star" then prefers a lone red star to a red star among two other objects, as the
             generator's own captions do; 0/1 targets teach that every scene it is true of is
             equally likely.
+        negatives: hard-negative captions (:func:`binding_negatives`) by pooled caption; each
+            caption of the batch that has one adds it as a caption without an image. It is a
+            positive of any image of the batch it is true of.
     """
 
     def __init__(
@@ -196,6 +241,7 @@ class DemoWorldBatches:
         jpeg_prob: float = JPEG_PROB,
         twins: float = 0.0,
         soft_targets: bool = False,
+        negatives: dict[str, tuple[str, dict]] | None = None,
     ):
         if batch_size < 2:
             raise ValueError(f"batch_size must be at least 2 for a contrastive loss, got {batch_size}")
@@ -209,6 +255,7 @@ class DemoWorldBatches:
         self.jpeg_prob = jpeg_prob
         self.n_twins = min(int(round(twins * batch_size)), batch_size - 2)
         self.soft_targets = soft_targets
+        self.negatives = negatives or {}
         self.steps_per_epoch = None  # infinite
 
     def _maybe_jpeg(self, rng: np.random.Generator, img: Any) -> Any:
@@ -244,13 +291,18 @@ class DemoWorldBatches:
                 twin_img = dw.draw_scene(np.random.default_rng(draw_seed), twin, *size)
                 twin_images.append(self._maybe_jpeg(rng, twin_img))
                 twin_records.append(twin.to_record())
+        n_pairs = len(captions)
+        claims = [claim for claim, _ in records]
+        for caption in captions[:n_pairs]:
+            if caption in self.negatives:
+                negative, claim = self.negatives[caption]
+                captions.append(negative)
+                claims.append(claim)
         all_records = [rec for _, rec in records] + twin_records
-        targets = np.array(
-            [[dw.claim_holds(claim, rec) for claim, _ in records] for rec in all_records], dtype=bool
-        )  # (images, captions)
+        targets = np.array([[dw.claim_holds(claim, rec) for claim in claims] for rec in all_records], dtype=bool)
         if self.soft_targets:
             likelihood = np.array(
-                [[dw.claim_likelihood(claim, rec) for claim, _ in records] for rec in all_records], dtype=np.float32
+                [[dw.claim_likelihood(claim, rec) for claim in claims] for rec in all_records], dtype=np.float32
             )
             # A pooled caption's scene is drawn to make the claim true, not to be captioned so:
             # "a blue background" can get a striped blue one, which the generator would have
@@ -259,8 +311,9 @@ class DemoWorldBatches:
             # Divided by each caption's mean over the batch's images (an estimate of how likely
             # the caption is at all): the loss's column normalisation then gives the posterior
             # over images, and its row normalisation the likelihood ratio over captions.
-            targets = (likelihood / likelihood.mean(axis=0, keepdims=True)).astype(np.float32)
-        return Batch(_pixels(images + twin_images, self.preprocess), captions, targets, step)
+            mean = likelihood.mean(axis=0, keepdims=True)
+            targets = np.divide(likelihood, mean, out=np.zeros_like(likelihood), where=mean > 0).astype(np.float32)
+        return Batch(_pixels(images + twin_images, self.preprocess), captions, targets, step, n_pairs=n_pairs)
 
 
 def demo_eval_set(

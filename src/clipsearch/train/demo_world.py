@@ -35,6 +35,7 @@ import io
 import itertools
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -505,14 +506,18 @@ def _article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
-def object_phrase(rng: np.random.Generator, obj: dict[str, str]) -> str:
+def object_phrase(rng: np.random.Generator, obj: dict[str, str], say_color: str | None = None) -> str:
     """Words for one (partial) object description such as ``{"color": "red", "shape": "star"}``,
-    with an article: "a small red star in the top left corner"."""
+    with an article: "a small red star in the top left corner".
+
+    ``say_color`` names another colour in place of the object's with the same random draws.
+    """
     words = []
     if obj.get("size"):
         words.append(_pick(rng, SIZE_WORDS[obj["size"]]))
     if obj.get("color"):
-        words.append(_pick(rng, COLOR_WORDS[obj["color"]]))
+        word = _pick(rng, COLOR_WORDS[obj["color"]])
+        words.append(word if say_color in (None, obj["color"]) else COLOR_WORDS[say_color][0])
     words.append(obj.get("shape") or _pick(rng, ("shape", "object")))
     phrase = _article(" ".join(words))
     if obj.get("position"):
@@ -530,7 +535,7 @@ def _join(rng: np.random.Generator, phrases: list[str]) -> str:
 
 
 def caption_scene(
-    rng: np.random.Generator, scene: Scene, phrasing: str | None = None
+    rng: np.random.Generator, scene: Scene, phrasing: str | None = None, recolor: Sequence[str] | None = None
 ) -> tuple[str, dict[str, Any], str]:
     """A random caption of ``scene``, true of it, and the claim it makes.
 
@@ -544,6 +549,9 @@ def caption_scene(
         rng: the source of all randomness.
         scene: the scene to describe.
         phrasing: "train" or "eval" to force the template family; ``None``: by split.
+        recolor: a colour per object of the scene to name instead of its own, with the very
+            same random choices: the caption of a recoloured scene (such as its
+            :func:`binding_twin`) in the same words. The claim names these colours too.
 
     Returns:
         ``(caption, claim, phrasing)``; the claim is ``{"objects": [partial attribute dicts],
@@ -554,9 +562,13 @@ def caption_scene(
     if phrasing not in SPLITS:
         raise ValueError(f"unknown phrasing {phrasing!r}; use one of {', '.join(SPLITS)}")
     n = len(scene.objects)
+    if recolor is not None and len(recolor) != n:
+        raise ValueError(f"recolor needs a colour for each of the {n} objects, got {len(recolor)}")
     mention_all = n == 1 or rng.random() < 0.7
     k = n if mention_all else int(rng.integers(1, n))
-    chosen = [scene.objects[i] for i in rng.permutation(n)[:k]]
+    order = rng.permutation(n)[:k]
+    chosen = [scene.objects[i] for i in order]
+    said = [recolor[i] for i in order] if recolor is not None else [o.color for o in chosen]
     claimed = []
     for obj in chosen:
         part: dict[str, str] = {}
@@ -570,7 +582,8 @@ def caption_scene(
         if rng.random() < 0.35:
             part["position"] = obj.position
         claimed.append(part)
-    objs = _join(rng, [object_phrase(rng, p) for p in claimed])
+    objs = _join(rng, [object_phrase(rng, p, c) for p, c in zip(claimed, said)])
+    claimed = [p | {"color": c} if "color" in p else p for p, c in zip(claimed, said)]
 
     templates = TRAIN_TEMPLATES if phrasing == "train" else EVAL_TEMPLATES
     template = _pick(rng, templates)

@@ -1,7 +1,7 @@
 """CLIP's symmetric contrastive loss, with a learned temperature and several positives per row.
 
-For a batch of n images and n texts (unit vectors), plus optionally extra images that are
-only negatives, the logits are ``s * image @ text.T`` with ``s = exp(logit_scale)`` clamped
+For a batch of n image-caption pairs (unit vectors), plus optionally extra images or extra
+captions that are only negatives, the logits are ``s * image @ text.T`` with ``s = exp(logit_scale)`` clamped
 at :data:`MAX_LOGIT_SCALE`. The loss is the mean of two cross-entropies: each image against all texts (rows) and each text
 against all images (columns). With a target matrix ``T`` (``T[i, j]`` true when text j
 describes image i, the diagonal always true), each row's (column's) target distribution is
@@ -36,21 +36,25 @@ def contrastive_loss(
     text_emb: "torch.Tensor",
     logit_scale: "torch.Tensor",
     targets: "torch.Tensor | None" = None,
+    n_pairs: int | None = None,
 ) -> "torch.Tensor":
     """Symmetric cross-entropy over the image x text similarity matrix.
 
     Args:
-        image_emb: ``(m, d)`` image vectors, L2-normalised, ``m >= n``; images past the first n
-            carry no caption of their own (hard negatives such as binding twins).
-        text_emb: ``(n, d)`` text vectors, L2-normalised; row i is the caption of image i.
+        image_emb: ``(m, d)`` image vectors, L2-normalised. The first ``n_pairs`` have their own
+            caption; the rest are hard negatives without one (such as binding twins).
+        text_emb: ``(n, d)`` text vectors, L2-normalised; row i < ``n_pairs`` is the caption
+            of image i, the rest are hard-negative captions without an image of their own
+            (such as the same caption with its colours bound to other shapes).
         logit_scale: scalar parameter; the logits are multiplied by ``min(exp(logit_scale), 100)``.
-        targets: optional ``(m, n)`` bool or 0/1 matrix, ``targets[i, j]`` true when text j
-            matches image i. ``None``: the identity (needs ``m == n``).
+        targets: optional ``(m, n)`` bool, 0/1 or non-negative weight matrix, ``targets[i, j] > 0``
+            when text j matches image i. ``None``: the identity (needs ``m == n``).
+        n_pairs: how many leading images and texts are pairs; default ``min(m, n)``.
 
     Returns:
-        A scalar tensor: ``(CE(image -> text) + CE(text -> image)) / 2``. The image -> text
-        mean is over the images with at least one matching text; the text -> image mean is
-        over all n texts, each against all m images.
+        A scalar tensor: ``(CE(image -> text) + CE(text -> image)) / 2``. Each image's row is
+        a softmax over all n texts and each text's column one over all m images; a row (column)
+        without a positive only acts through the other direction and is left out of its mean.
     """
     import torch
 
@@ -59,24 +63,26 @@ def contrastive_loss(
             f"image_emb and text_emb must be (m, d) and (n, d); got {tuple(image_emb.shape)} and {tuple(text_emb.shape)}"
         )
     m, n = image_emb.shape[0], text_emb.shape[0]
-    if m < n:
-        raise ValueError(f"every caption needs its image: got {m} images for {n} captions")
+    n_pairs = min(m, n) if n_pairs is None else int(n_pairs)
+    if not 1 <= n_pairs <= min(m, n):
+        raise ValueError(f"n_pairs must be between 1 and {min(m, n)} for {m} images and {n} texts, got {n_pairs}")
     logits = scale_from_param(logit_scale) * image_emb @ text_emb.T  # (m images, n texts)
     if targets is None:
         if m != n:
-            raise ValueError(f"targets are required when images ({m}) outnumber captions ({n})")
+            raise ValueError(f"targets are required when there are {m} images and {n} texts")
         labels = torch.arange(n, device=logits.device)
         return (
             torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.T, labels)
         ) / 2
     if tuple(targets.shape) != (m, n):
-        raise ValueError(f"targets must be ({m}, {n}) for {m} images and {n} captions; got {tuple(targets.shape)}")
+        raise ValueError(f"targets must be ({m}, {n}) for {m} images and {n} texts; got {tuple(targets.shape)}")
     t = targets.to(logits.dtype)
-    if bool((t[:n].diagonal() <= 0).any()):
+    if bool((t[:n_pairs, :n_pairs].diagonal() <= 0).any()):
         raise ValueError("targets must be true on the diagonal: every caption matches its own image")
-    has_text = t.sum(dim=1) > 0  # images without a matching caption only act as negatives
-    row_targets = t[has_text] / t[has_text].sum(dim=1, keepdim=True)
-    col_targets = t / t.sum(dim=0, keepdim=True)
-    loss_i2t = -(row_targets * torch.log_softmax(logits[has_text], dim=1)).sum(dim=1).mean()
-    loss_t2i = -(col_targets * torch.log_softmax(logits, dim=0)).sum(dim=0).mean()
+    rows = t.sum(dim=1) > 0  # images without a matching caption only act as negatives
+    cols = t.sum(dim=0) > 0  # captions that match no image only act as negatives
+    row_targets = t[rows] / t[rows].sum(dim=1, keepdim=True)
+    col_targets = t[:, cols] / t[:, cols].sum(dim=0, keepdim=True)
+    loss_i2t = -(row_targets * torch.log_softmax(logits[rows], dim=1)).sum(dim=1).mean()
+    loss_t2i = -(col_targets * torch.log_softmax(logits[:, cols], dim=0)).sum(dim=0).mean()
     return (loss_i2t + loss_t2i) / 2

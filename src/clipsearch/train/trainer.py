@@ -12,11 +12,13 @@ Output folder::
     OUT/history.jsonl                                   loss, temperature, lr, eval per log step
     OUT/training_curves.png
 
-Determinism: the model is initialised after ``torch.manual_seed(seed)`` and batch k is a pure
-function of ``(seed, k)``, and a resumed run continues exactly where the checkpoint stopped.
-Small runs give bit-identical weights across processes and hash seeds (tested); two launches of
-the full demo-model recipe (20k cached captions, a worker process) were measured to drift
-apart, for a reason not yet found.
+Determinism: the model is initialised after ``torch.manual_seed(seed)``, batch k is a pure
+function of ``(seed, k)``, a resumed run continues exactly where the checkpoint stopped, and the
+frozen text tower's states are cached in batches that depend only on the set of captions. That
+last point mattered: the tower's float16 states shift a little with the texts that share a
+padded batch (22 of 3000 demo captions), and batching ties in a set's hash order made two
+launches of the full demo recipe drift apart. Since the fix, launches of the full-size recipe
+under different hash seeds give bit-identical weights (measured over 40 steps; tested small).
 """
 
 from __future__ import annotations
@@ -43,9 +45,9 @@ OPTIMIZER_FILE = "optimizer.pt"
 RESUME_KEYS = (
     "pairs", "base", "image_tower", "text_tower", "freeze_text", "batch_size", "lr", "weight_decay",
     "warmup", "seed", "caption_pool", "image_size", "embed_dim", "pool", "epochs", "twins",
-    "soft_targets",
+    "soft_targets", "negatives", "text_layers",
 )  # fmt: skip
-RESUME_DEFAULTS = {"twins": 0.0, "soft_targets": False}  # options added later: what checkpoints without them were trained with
+RESUME_DEFAULTS = {"twins": 0.0, "soft_targets": False, "negatives": False, "text_layers": 0}  # options added later: what checkpoints without them were trained with
 
 
 @dataclass
@@ -75,6 +77,8 @@ class TrainOptions:
     caption_pool: int = 20000  # demo-world: distinct captions drawn once; 0 = fresh captions
     twins: float = 0.0  # demo-world: share of each batch's images that are binding twins (hard negatives)
     soft_targets: bool = False  # demo-world: weigh positives by the generator's caption likelihood
+    negatives: bool = False  # demo-world: add each caption's binding-swapped twin as a hard-negative caption
+    text_layers: int = 0  # dual models: trainable transformer layers in the text head
     image_size: int | None = None  # model input side; default per image tower
     embed_dim: int = 256
     pool: str = "attention"
@@ -130,6 +134,12 @@ def _resolve_defaults(opts: TrainOptions) -> TrainOptions:
         raise ValueError("--twins needs pairs 'demo-world': twins are drawn from the generator's scenes")
     if opts.soft_targets and opts.pairs != DEMO_WORLD:
         raise ValueError("--soft-targets needs pairs 'demo-world': the weights come from the generator's scenes")
+    if opts.negatives and (opts.pairs != DEMO_WORLD or not opts.caption_pool):
+        raise ValueError("--negatives needs pairs 'demo-world' and a caption pool: negatives are drawn with it")
+    if opts.text_layers < 0:
+        raise ValueError(f"text_layers must be 0 or more, got {opts.text_layers}")
+    if opts.text_layers and opts.base:
+        raise ValueError("--text-layers builds a dual encoder's text head; a --base CLIP model has its own")
     return opts
 
 
@@ -154,6 +164,7 @@ def build_model(opts: TrainOptions) -> Any:
         pool=opts.pool,
         text_tower=opts.text_tower,
         text_trainable=not opts.freeze_text,
+        text_head_layers=opts.text_layers,
     )
     return build_dual(cfg)
 
@@ -276,6 +287,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
         DEMO_WORLD,
         DemoWorldBatches,
         PairBatches,
+        binding_negatives,
         caption_pool,
         iterate_batches,
         read_pairs,
@@ -320,20 +332,23 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
         if opts.epochs is not None:
             raise ValueError("pairs 'demo-world' has no epochs: give --steps N instead of --epochs")
         pool = caption_pool(opts.seed, opts.caption_pool) if opts.caption_pool else None
+        negatives = binding_negatives(opts.seed, opts.caption_pool) if opts.negatives else {}
         source: Any = DemoWorldBatches(
-            preprocess, opts.batch_size, opts.seed, pool, twins=opts.twins, soft_targets=opts.soft_targets
-        )
+            preprocess, opts.batch_size, opts.seed, pool, twins=opts.twins, soft_targets=opts.soft_targets,
+            negatives=negatives,
+        )  # fmt: skip
         steps = opts.steps
     else:
         pairs = read_pairs(opts.pairs)
         source = PairBatches(pairs, preprocess, opts.batch_size, opts.seed)
         steps = opts.steps if opts.steps is not None else (opts.epochs or 10) * source.steps_per_epoch
-        pool = None
+        pool, negatives = None, {}
     warmup = opts.warmup if opts.warmup is not None else min(300, max(1, steps // 10))
 
     if getattr(model, "kind", "") == "dual" and opts.freeze_text:
         model.enable_text_cache()
         texts = [c for c, _ in pool] if pool else ([] if demo else sorted({p.caption for p in pairs}))
+        texts += [negative for negative, _ in negatives.values()]
         if texts:
             t0 = time.perf_counter()
             model.precompute_text(texts, progress=opts.progress)
@@ -403,7 +418,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
             pixels = torch.from_numpy(batch.pixels)
             img = model.encode_image(pixels)
             txt = model.encode_text(model.text_inputs(batch.captions))
-            loss = contrastive_loss(img, txt, model.logit_scale, torch.from_numpy(batch.targets))
+            loss = contrastive_loss(img, txt, model.logit_scale, torch.from_numpy(batch.targets), batch.n_pairs)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
