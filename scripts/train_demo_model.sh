@@ -4,8 +4,8 @@
 # Trains our dual encoder (a small CNN with coordinate channels and an 8x8 grid of joint-space
 # embeddings; frozen all-MiniLM-L6-v2 under an attention-pooling head) on demo-world scenes
 # drawn on the fly, evaluates it on a fresh eval-split world, and copies the weights into
-# src/clipsearch/models/demo_weights/. Same seed -> same batches; two full-size launches here
-# still ended in different weights (cause not found), so a rebuild repeats the recipe, not the bytes.
+# src/clipsearch/models/demo_weights/. Same seed -> same batches and, since the text cache is
+# batched independently of the hash seed, the same weights (see clipsearch/train/trainer.py).
 #
 # One torch thread for the training step and one process drawing scenes ahead of it: on 2
 # cores this measured 104 img/s with other jobs running, against 31 img/s for 2 threads plus
