@@ -5,12 +5,15 @@ These are what ``/openapi.json`` documents; the routes live in :mod:`clipsearch.
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from typing import Annotated, Any, Literal
 
 from fastapi import Path as PathParam
 from fastapi.security import HTTPBearer
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
+from clipsearch.store.lance_store import Item
 from clipsearch.store.schema import ID_HEX
 
 ID_PATTERN = rf"^[0-9a-f]{{{ID_HEX}}}$"
@@ -120,27 +123,23 @@ class ResultOut(BaseModel):
     score: float
 
 
-class ItemOut(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    id: str
-    modality: str
-    path: str | None = None
-    extra_paths: list[str] = Field(default_factory=list)
-    source: str | None = None
-    text: str | None = None
-    sha256: str | None = None
-    size: int | None = None
-    mtime: float | None = None
-    width: int | None = None
-    height: int | None = None
-    caption: str | None = None
-    label: str | None = None
-    record: str | None = None
-    char_start: int | None = None
-    char_end: int | None = None
-    extra: dict[str, Any] = Field(default_factory=dict)
-    added: float | None = None
-    seq: int | None = None
+def _item_model() -> type[BaseModel]:
+    """The JSON shape of a stored :class:`~clipsearch.store.lance_store.Item` (its vector left
+    out), built from the dataclass so the API documents whatever fields the store has."""
+    hints = typing.get_type_hints(Item)
+    columns: dict[str, Any] = {}
+    for f in dataclasses.fields(Item):
+        if f.name == "vector":
+            continue
+        if f.default_factory is not dataclasses.MISSING:
+            default = Field(default_factory=f.default_factory)
+        else:
+            default = ... if f.default is dataclasses.MISSING else f.default
+        columns[f.name] = (hints[f.name], default)
+    return create_model("ItemOut", __config__=ConfigDict(extra="allow"), **columns)
+
+
+ItemOut = _item_model()
 
 
 class AddedOut(BaseModel):
