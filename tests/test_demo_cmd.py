@@ -33,6 +33,16 @@ def test_demo_no_serve_in_a_temp_folder(tmp_path: Path):
             assert im.width > 200 and im.height > 200
     records = [json.loads(line) for line in (folder / "gallery" / "metadata.jsonl").read_text().splitlines()]
     assert len(records) == 60
+    # --rerank re-scores images by their grid cells; with modality left at "any" it searches images
+    proc = subprocess.run(
+        [sys.executable, "-m", "clipsearch", "search", "a red circle", "--store", str(folder / "store"),
+         "-k", "5", "--rerank", "20", "--json"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    hits = json.loads(proc.stdout)
+    assert len(hits) == 5 and {h["modality"] for h in hits} == {"image"}
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
 
 
 def test_demo_searches_find_what_they_ask_for(tmp_path: Path):

@@ -40,6 +40,8 @@ METRIC_IDS = {
     "phrasing_eval_p5": 0.8,
     "phrasing_train_p5": None,
     "phrasing_gap": 0.05,
+    "phrasing_eval_p5_rerank": None,  # models with a grid only
+    "phrasing_train_p5_rerank": None,
 }
 
 
@@ -177,6 +179,22 @@ def test_sizes_are_checked(tiny_encoder) -> None:
         evaluate_demo_quality(encoder, n_single=0)
 
 
+def test_grid_reranked_rescores_only_the_best_by_vector() -> None:
+    from clipsearch.similarity import grid_scores
+    from clipsearch.train.quality import grid_reranked
+
+    rng = np.random.default_rng(0)
+    sims = rng.uniform(-1, 1, (3, 6)).astype(np.float32)
+    grids = rng.standard_normal((6, 2, 2, 4)).astype(np.float32)
+    grids /= np.linalg.norm(grids, axis=-1, keepdims=True)
+    queries = rng.standard_normal((3, 4)).astype(np.float32)
+    out = grid_reranked(sims, grids, queries, depth=2)
+    for row, q, o in zip(sims, queries, out):
+        top = np.argsort(-row)[:2]
+        np.testing.assert_allclose(o[top], grid_scores(row[top], grids[top], q), atol=1e-6)
+        assert np.isneginf(np.delete(o, top)).all()  # the rest rank after every re-scored scene
+
+
 class ColourOracle(Encoder):
     """Sees only colours: an image is the share of its pixels near each object colour, a text
     the colour words it names; shapes are invisible to it."""
@@ -202,6 +220,7 @@ def test_an_oracle_for_colour_scores_on_colour_and_not_on_shape() -> None:
     sizes = dict(n_gallery=10, n_scenes=5, n_single=22)
     result = evaluate_demo_quality(ColourOracle(), seed=1, **sizes)
     m = {k: v["value"] for k, v in result["metrics"].items()}
+    assert "phrasing_eval_p5_rerank" not in m  # no grid cells to re-rank with
     assert m["zero_shot_color"] >= 0.9  # dark dots on black backgrounds fool it now and then
     assert m["zero_shot_shape"] == 0.0  # every shape prompt embeds to zero: all ties, all wrong
     assert result["details"]["zero_shot"]["color_accuracy_by_color"].keys() == set(dw.COLORS)

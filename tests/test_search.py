@@ -368,3 +368,70 @@ def test_query_object_validation() -> None:
         from clipsearch.search import as_query
 
         as_query({"a": 1})
+
+
+# -- grid re-ranking -------------------------------------------------------------------------------
+class GridFakeEncoder(FakeEncoder):
+    """FakeEncoder with a 2x2 grid: each cell holds its quadrant's colour, as a text names it."""
+
+    def encode_patch_grid(self, images):
+        x = self.preprocess_images(images)  # (n, 3, 16, 16)
+        quads = [x[:, :, :8, :8], x[:, :, :8, 8:], x[:, :, 8:, :8], x[:, :, 8:, 8:]]
+        colour = np.stack([q.mean(axis=(2, 3)) for q in quads], axis=1)  # (n, 4, 3)
+        cells = np.zeros((len(x), 4, 32), np.float32)
+        cells[:, :, :12] = np.tile(colour, (1, 1, 4))
+        cells /= np.linalg.norm(cells, axis=-1, keepdims=True)
+        return cells.reshape(len(x), 2, 2, 32)
+
+
+def test_grid_scores_by_hand() -> None:
+    from clipsearch.similarity import grid_scores
+
+    grids = np.zeros((2, 1, 2, 2), np.float32)
+    grids[0, 0] = [[1, 0], [0, 1]]  # one cell on the query, one off it
+    grids[1, 0] = [[0.6, 0.8], [0.8, 0.6]]  # both cells half on it
+    scores = grid_scores([0.5, 0.7], grids, np.array([1.0, 0.0]))
+    np.testing.assert_allclose(scores, [(0.5 + 1.0) / 2, (0.7 + 0.8) / 2], atol=1e-6)
+    assert scores.dtype == np.float32
+    with pytest.raises(ValueError, match=re.escape("grids must be (n, gh, gw, d) for 3 scores, got (2, 1, 2, 2)")):
+        grid_scores([0.5, 0.7, 0.1], grids, np.array([1.0, 0.0]))
+
+
+def test_rerank_rescores_the_best_images_by_their_grid(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from clipsearch.similarity import grid_scores
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    # a red half scores well for "red" by its cells, a dull reddish grey by its mean
+    for i, (top, bottom) in enumerate([((230, 20, 20), (0, 0, 0)), ((230, 20, 20), (20, 20, 230)),
+                                       ((120, 95, 90), (120, 95, 90)), ((20, 20, 230), (20, 230, 20))]):  # fmt: skip
+        arr = np.zeros((32, 32, 3), np.uint8)
+        arr[:16], arr[16:] = top, bottom
+        Image.fromarray(arr).save(root / f"{i}.png")
+    enc = GridFakeEncoder()
+    store = open_store(tmp_path / "store", model=enc)
+    assert store.add([root], workers=0).failed == 0
+    plain = store.search("red", k=4, modality="image")
+    reranked = store.search("red", k=2, modality="image", rerank=3)
+    # the 3 best by vector, re-scored by the same rule the library documents, best first
+    q = enc.encode_texts(["red"])[0]
+    images = [Image.open(h.path).convert("RGB") for h in plain[:3]]
+    expected = grid_scores([h.score for h in plain[:3]], enc.encode_patch_grid(images), q)
+    order = np.argsort(-expected, kind="stable")[:2]
+    assert [h.id for h in reranked] == [plain[i].id for i in order]
+    np.testing.assert_allclose([h.score for h in reranked], expected[order], atol=1e-5)
+    assert [h.id for h in reranked] != [h.id for h in plain[:2]]  # the grid changed the order
+    assert Path(plain[0].path).name == "2.png" and Path(reranked[0].path).name == "0.png"  # red half first
+    # an image gone from disk keeps its vector score instead of failing the search
+    Path(plain[0].path).unlink()
+    again = {h.id: h.score for h in store.search("red", k=3, modality="image", rerank=3)}
+    assert again[plain[0].id] == pytest.approx(plain[0].score)
+    # what cannot be reranked says so
+    with pytest.raises(ValueError, match="search with modality 'image', not 'any'"):
+        store.search("red", k=2, rerank=3)
+    plain_store = open_store(tmp_path / "store2", model=FakeEncoder())
+    plain_store.add([root], workers=0)
+    with pytest.raises(ValueError, match="has no grid of cell embeddings to rerank with"):
+        plain_store.search("red", k=2, modality="image", rerank=3)

@@ -262,17 +262,58 @@ def search_store(
     path_glob: str | None = None,
     min_score: float | None = None,
     exact: bool = False,
+    rerank: int = 0,
 ) -> list[Hit]:
     """Search ``store``; see :meth:`clipsearch.store.Store.search` for the arguments."""
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be a positive whole number, got {k!r}")
     if min_score is not None and not (-1.0 <= float(min_score) <= 1.0):
         raise ValueError(f"min_score is a cosine between -1 and 1, got {min_score!r}")
+    if not isinstance(rerank, int) or isinstance(rerank, bool) or rerank < 0:
+        raise ValueError(f"rerank is a number of results (0: off), got {rerank!r}")
+    if rerank and modality != "image":
+        raise ValueError(f"rerank re-scores images by their grid cells; search with modality 'image', not {modality!r}")
+    if rerank and not hasattr(store.encoder, "encode_patch_grid"):
+        raise ValueError(
+            f"model {store.encoder.name!r} has no grid of cell embeddings to rerank with; "
+            "the demo model and dual encoders from `clipsearch train` have one"
+        )
     q = query_vector(store, query)
-    found = store.nearest(q, k, modality=modality, where=where, path_glob=path_glob, exact=exact)
+    found = store.nearest(q, max(k, rerank), modality=modality, where=where, path_glob=path_glob, exact=exact)
+    hits = store.hits_at(found)
+    if rerank:
+        hits = rerank_by_grid(store.encoder, hits, q)[:k]
     if min_score is not None:
-        found = [(p, s) for p, s in found if s >= float(min_score)]
-    return store.hits_at(found)
+        hits = [h for h in hits if h.score >= float(min_score)]
+    return hits
+
+
+def rerank_by_grid(encoder: Any, hits: Sequence[Hit], query: npt.NDArray[np.float32]) -> list[Hit]:
+    """``hits`` (images) re-scored by :func:`clipsearch.similarity.grid_scores`, best first.
+
+    Each image is read again and run through the model for its grid. One that can no longer
+    be read keeps its vector score.
+    """
+    from dataclasses import replace
+
+    from clipsearch.errors import ImageRefused
+    from clipsearch.images import load_image
+    from clipsearch.similarity import grid_scores
+
+    pre = encoder.info.preprocess
+    draft = pre.crop if pre is not None else None  # decoding larger than the model's input is wasted
+    readable, images = [], []
+    for i, h in enumerate(hits):
+        try:
+            images.append(load_image(h.path, draft=draft))
+        except (ImageRefused, OSError):
+            continue
+        readable.append(i)
+    scores = np.array([h.score for h in hits], dtype=np.float32)
+    if readable:
+        scores[readable] = grid_scores(scores[readable], encoder.encode_patch_grid(images), query)
+    order = np.argsort(-scores, kind="stable")
+    return [replace(hits[i], score=float(scores[i])) for i in order]
 
 
 def image_hits(hits: Sequence[Hit]) -> list[Hit]:

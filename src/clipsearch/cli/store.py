@@ -133,6 +133,14 @@ def search(
         float | None, typer.Option("--min-score", help="Drop results whose cosine is below this.")
     ] = None,
     exact: Annotated[bool, typer.Option("--exact", help="Scan every vector even when an ANN index exists.")] = False,
+    rerank: Annotated[
+        int,
+        typer.Option(
+            "--rerank", min=0, max=10_000,
+            help="Re-score the best N images by their best-matching grid cell too: finds one object among "
+            "several more precisely (models with a grid, e.g. demo; images only).",
+        ),
+    ] = 0,  # fmt: skip
     grid: Annotated[
         Path | None, typer.Option("--grid", help="Save a contact sheet of the image results to this .png/.jpg.")
     ] = None,
@@ -149,7 +157,11 @@ def search(
     st = _open(store, create=False)
     if len(st) == 0:
         fail(f"store {st.root} is empty; index something first: clipsearch index PATH --store {st.root}")
-    hits = st.search(q, k=k, modality=modality, where=where, path_glob=path_glob, min_score=min_score, exact=exact)
+    if rerank and modality == "any":
+        modality = "image"  # only images have grid cells
+    hits = st.search(
+        q, k=k, modality=modality, where=where, path_glob=path_glob, min_score=min_score, exact=exact, rerank=rerank
+    )
     if as_json:
         print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False))
     if not hits:

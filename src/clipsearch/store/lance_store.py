@@ -435,6 +435,7 @@ class Store:
         path_glob: str | None = None,
         min_score: float | None = None,
         exact: bool = False,
+        rerank: int = 0,
     ) -> list[Hit]:
         """The ``k`` items most similar to ``query``, best first.
 
@@ -449,6 +450,9 @@ class Store:
                 shell pattern; ``*`` also crosses ``/``.
             min_score: drop results whose cosine is below this.
             exact: scan every vector even when an ANN index exists.
+            rerank: re-score the best ``max(k, rerank)`` images by their best-matching grid
+                cell as well (:func:`clipsearch.similarity.grid_scores`): finds one object among
+                several more precisely. Needs ``modality="image"`` and a model with a grid.
 
         Returns:
             Up to ``k`` :class:`Hit` objects; fewer when filters or ``min_score`` leave fewer.
@@ -456,8 +460,9 @@ class Store:
         from clipsearch.search import search_store
 
         return search_store(
-            self, query, k=k, modality=modality, where=where, path_glob=path_glob, min_score=min_score, exact=exact
-        )
+            self, query, k=k, modality=modality, where=where, path_glob=path_glob, min_score=min_score, exact=exact,
+            rerank=rerank,
+        )  # fmt: skip
 
     def nearest(
         self,
