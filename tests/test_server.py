@@ -201,6 +201,32 @@ def test_modality_and_min_score_filter(client: TestClient) -> None:
     assert kept == [h for h in everything if h["score"] >= cut]
 
 
+def test_search_rerank_by_grid_cells(client: TestClient, collection: Path, tiny_sbert: Path, tmp_path: Path) -> None:
+    import torch
+
+    from clipsearch.models import dual
+
+    # the tiny CLIP has no grid of cell embeddings: a clear 422, and the server stays up
+    response = client.get("/api/search", params={"q": "a red circle", "k": 3, "rerank": 5})
+    assert response.status_code == 422 and "no grid of cell embeddings" in response.json()["detail"]
+    # a dual encoder has one: GET and POST give the library's re-ranked images
+    torch.manual_seed(0)
+    cfg = dual.DualConfig(image_size=16, cnn_widths=(8, 16), cnn_blocks=(0, 1), embed_dim=16, text_tower=str(tiny_sbert),
+                          text_head_dim=16, text_head_queries=2, text_head_heads=2)  # fmt: skip
+    folder = dual.save_model(dual.build_dual(cfg).eval(), tmp_path / "tiny_dual")
+    store = build_store(folder, tmp_path / "store", collection)
+    grid_client = client_for(create_app(store, token=TOKEN))
+    hits = grid_client.get("/api/search", params={"q": "a red circle", "k": 4, "rerank": 8}).json()
+    expected = [h.to_dict() for h in store.search("a red circle", k=4, modality="image", rerank=8)]
+    assert [h["id"] for h in hits] == [h["id"] for h in expected] and {h["modality"] for h in hits} == {"image"}
+    np.testing.assert_allclose([h["score"] for h in hits], [h["score"] for h in expected], atol=1e-5)
+    posted = grid_client.post("/api/search", json={"q": "a red circle", "k": 4, "rerank": 8}).json()
+    assert [h["id"] for h in posted] == [h["id"] for h in hits]
+    response = grid_client.get("/api/search", params={"q": "a red circle", "modality": "text", "rerank": 8})
+    assert response.status_code == 422 and "only images have grid cells" in response.json()["detail"]
+    assert grid_client.get("/api/search", params={"q": "x", "rerank": -1}).status_code == 422
+
+
 def test_post_search_with_an_uploaded_image_finds_that_image_first(client: TestClient, store, collection: Path) -> None:
     data = (collection / "hopper.jpg").read_bytes()
     response = client.post("/api/search", files={"image": ("query.jpg", data, "image/jpeg")}, data={"k": "3"})

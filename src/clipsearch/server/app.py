@@ -212,10 +212,13 @@ def create_app(
         k: Annotated[int, Query(ge=1, le=MAX_K, description="results wanted")] = 10,
         modality: Annotated[Modality, Query(description="what to return")] = "any",
         min_score: Annotated[float | None, Query(ge=-1.0, le=1.0, description="drop results below this cosine")] = None,
+        rerank: Annotated[int, Query(ge=0, le=MAX_K, description="re-score the best N images by their best grid cell too")] = 0,
     ) -> list[dict[str, Any]]:
         """The ``k`` items nearest the text ``q``, best first."""
         t0 = time.perf_counter()
-        hits = state.search([(state.text_vector(valid_unicode(q)), 1.0)], k=k, modality=modality, min_score=min_score)
+        hits = state.search(
+            [(state.text_vector(valid_unicode(q)), 1.0)], k=k, modality=modality, min_score=min_score, rerank=rerank
+        )
         response.headers["Server-Timing"] = f"search;dur={(time.perf_counter() - t0) * 1000:.1f}"
         return [h.to_dict() for h in hits]
 
@@ -444,7 +447,7 @@ def _run_search(state: ServerState, spec: SearchForm, image: bytes | None) -> li
         terms.append((state.image_vector(pil), spec.image_weight))
     if not terms:
         raise HTTPException(422, "empty query: give q, terms, or an image")
-    return state.search(terms, k=spec.k, modality=spec.modality, min_score=spec.min_score)
+    return state.search(terms, k=spec.k, modality=spec.modality, min_score=spec.min_score, rerank=spec.rerank)
 
 
 # -- responses ----------------------------------------------------------------------------------------

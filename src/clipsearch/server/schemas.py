@@ -90,8 +90,9 @@ class SearchIn(BaseModel):
     k: int = Field(10, ge=1, le=MAX_K)
     modality: Modality = "any"
     min_score: float | None = Field(None, ge=-1.0, le=1.0)
+    rerank: int = Field(0, ge=0, le=MAX_K, description="re-score the best N images by their best grid cell too")
 
-    @field_validator("k", mode="before")
+    @field_validator("k", "rerank", mode="before")
     @classmethod
     def _no_bool(cls, value: Any) -> Any:
         if isinstance(value, bool):

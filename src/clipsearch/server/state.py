@@ -108,12 +108,28 @@ class ServerState:
         except ImageRefused as exc:
             raise ImageUnavailable(f"the image file of item {item_id} cannot be read: {exc.reason}") from None
 
-    def search(self, terms: list[tuple[np.ndarray, float]], *, k: int, modality: str, min_score: float | None) -> list[Hit]:
+    def search(
+        self, terms: list[tuple[np.ndarray, float]], *, k: int, modality: str, min_score: float | None, rerank: int = 0
+    ) -> list[Hit]:
+        """Hits for weighted query vectors; ``rerank`` > 0 searches images (only they have grid
+        cells) and needs a model with a grid.
+
+        Raises:
+            HTTPException: 422 when the model has no grid to rerank with, or ``rerank`` is asked
+                of a text search.
+        """
+        from fastapi import HTTPException
+
         from clipsearch.search import Query, Term
 
         query = Query(tuple(Term("vector", vec, float(w)) for vec, w in terms))
+        if rerank and modality == "any":
+            modality = "image"
+        if rerank and (modality != "image" or not hasattr(self.store.encoder, "encode_patch_grid")):
+            why = "only images have grid cells" if modality != "image" else "this model has no grid of cell embeddings"
+            raise HTTPException(422, f"rerank: {why}")
         # Store.search reads its hits from the snapshot it searched, so no lock is needed here.
-        return self.store.search(query, k=k, modality=modality, min_score=min_score)
+        return self.store.search(query, k=k, modality=modality, min_score=min_score, rerank=rerank)
 
     def classifier(self, labels: tuple[str, ...], templates: str) -> Any:
         from clipsearch.tasks.classify import ZeroShotClassifier
