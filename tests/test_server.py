@@ -169,6 +169,7 @@ def test_health_config_and_stats(client: TestClient, store) -> None:
         "localize": True,
         "ask": True,
         "add": True,
+        "rerank": False,  # the tiny CLIP has no grid of cell embeddings
     }
     assert config["auth"] == {"reads": False, "writes": "token"}
     assert config["max_k"] == 1000
@@ -209,6 +210,7 @@ def test_search_rerank_by_grid_cells(client: TestClient, collection: Path, tiny_
     # the tiny CLIP has no grid of cell embeddings: a clear 422, and the server stays up
     response = client.get("/api/search", params={"q": "a red circle", "k": 3, "rerank": 5})
     assert response.status_code == 422 and "no grid of cell embeddings" in response.json()["detail"]
+    assert client.get("/api/config").json()["features"]["rerank"] is False  # the page hides its toggle
     # a dual encoder has one: GET and POST give the library's re-ranked images
     torch.manual_seed(0)
     cfg = dual.DualConfig(image_size=16, cnn_widths=(8, 16), cnn_blocks=(0, 1), embed_dim=16, text_tower=str(tiny_sbert),
@@ -222,6 +224,10 @@ def test_search_rerank_by_grid_cells(client: TestClient, collection: Path, tiny_
     np.testing.assert_allclose([h["score"] for h in hits], [h["score"] for h in expected], atol=1e-5)
     posted = grid_client.post("/api/search", json={"q": "a red circle", "k": 4, "rerank": 8}).json()
     assert [h["id"] for h in posted] == [h["id"] for h in hits]
+    form = grid_client.post("/api/search", data={"q": "a red circle", "k": "4", "rerank": "8"},
+                            files={"image": ("red.png", png_bytes(shape_image((220, 30, 30), "circle")), "image/png")})  # fmt: skip
+    assert form.status_code == 200 and {h["modality"] for h in form.json()} == {"image"}
+    assert grid_client.get("/api/config").json()["features"]["rerank"] is True
     response = grid_client.get("/api/search", params={"q": "a red circle", "modality": "text", "rerank": 8})
     assert response.status_code == 422 and "only images have grid cells" in response.json()["detail"]
     assert grid_client.get("/api/search", params={"q": "x", "rerank": -1}).status_code == 422

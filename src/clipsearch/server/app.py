@@ -187,6 +187,7 @@ def create_app(
                 "localize": both and state.tasks["localize"] is not None,
                 "ask": "text" in mods and state.tasks["qa"] is not None,
                 "add": state.token is not None and "image" in mods,
+                "rerank": both and state.has_grid(),
             },
             "max_k": MAX_K,
             "max_body": max_body,
@@ -381,7 +382,7 @@ def create_app(
 # -- search helpers ------------------------------------------------------------------------------
 
 
-_FORM_FIELDS = ("q", "text_weight", "terms", "k", "modality", "min_score", "image_weight")
+_FORM_FIELDS = tuple(SearchForm.model_fields)  # every field of the JSON body, plus image_weight
 
 
 async def _read_search_request(request: Request) -> tuple[SearchForm, bytes | None]:

@@ -108,6 +108,10 @@ class ServerState:
         except ImageRefused as exc:
             raise ImageUnavailable(f"the image file of item {item_id} cannot be read: {exc.reason}") from None
 
+    def has_grid(self) -> bool:
+        """Whether the model embeds grid cells (what ``rerank`` needs)."""
+        return hasattr(self.store.encoder, "encode_patch_grid")
+
     def search(
         self, terms: list[tuple[np.ndarray, float]], *, k: int, modality: str, min_score: float | None, rerank: int = 0
     ) -> list[Hit]:
@@ -125,7 +129,7 @@ class ServerState:
         query = Query(tuple(Term("vector", vec, float(w)) for vec, w in terms))
         if rerank and modality == "any":
             modality = "image"
-        if rerank and (modality != "image" or not hasattr(self.store.encoder, "encode_patch_grid")):
+        if rerank and (modality != "image" or not self.has_grid()):
             why = "only images have grid cells" if modality != "image" else "this model has no grid of cell embeddings"
             raise HTTPException(422, f"rerank: {why}")
         # Store.search reads its hits from the snapshot it searched, so no lock is needed here.

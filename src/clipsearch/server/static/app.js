@@ -4,6 +4,7 @@
 
 (() => {
   const K = 60;
+  const RERANK = 50; // images re-scored by their grid cells when "Exact objects" is on
   const $ = (sel) => document.querySelector(sel);
   const state = {
     config: null,
@@ -121,9 +122,12 @@
         if (q) form.append("q", q);
         form.append("k", String(K));
         form.append("modality", state.modality);
+        if (reranking()) form.append("rerank", String(RERANK));
         res = await api("/api/search", { method: "POST", body: form });
       } else {
-        res = await api(`/api/search?${new URLSearchParams({ q, k: K, modality: state.modality })}`);
+        const params = { q, k: K, modality: state.modality };
+        if (reranking()) params.rerank = RERANK;
+        res = await api(`/api/search?${new URLSearchParams(params)}`);
       }
       const hits = await res.json();
       if (seq !== state.seq) return;
@@ -238,12 +242,19 @@
     syncUrl("");
   }
 
+  // Grid re-ranking scores images only; the server searches images when it is on.
+  function reranking() {
+    return !$("#rerank-label").hidden && $("#rerank").checked && state.modality !== "text";
+  }
+
   function syncUrl(q) {
     const url = new URL(window.location.href);
     if (q) url.searchParams.set("q", q);
     else url.searchParams.delete("q");
     if (state.modality !== "any") url.searchParams.set("modality", state.modality);
     else url.searchParams.delete("modality");
+    if (reranking()) url.searchParams.set("rerank", "1");
+    else url.searchParams.delete("rerank");
     history.replaceState(null, "", url);
   }
 
@@ -468,6 +479,7 @@
     $("#where-form").addEventListener("submit", showWhere);
     $("#overlay-toggle").addEventListener("change", (ev) => { $("#viewer-overlay").hidden = !ev.target.checked; });
     $("#classify-form").addEventListener("submit", classify);
+    $("#rerank").addEventListener("change", () => { if ($("#q").value.trim() || state.image) search(); });
     $("#add-files").addEventListener("change", (ev) => addImages(Array.from(ev.target.files)));
     document.addEventListener("keydown", (ev) => {
       if (ev.key === "/" && document.activeElement !== $("#q") && !document.querySelector("dialog[open]")) {
@@ -486,10 +498,12 @@
     const f = state.config.features;
     $("#pick-image").hidden = !f.search_by_image;
     $("#add-button").hidden = !f.add;
+    $("#rerank-label").hidden = !f.rerank;
     loadStats();
 
     const params = new URLSearchParams(window.location.search);
     if (["image", "text", "any"].includes(params.get("modality"))) setModality(params.get("modality"));
+    $("#rerank").checked = params.get("rerank") === "1";
     if (params.get("q")) {
       $("#q").value = params.get("q");
       search();
