@@ -94,6 +94,7 @@ def test_search_page_in_a_real_browser(served, browser) -> None:
     page.goto(url + "/")
     page.wait_for_selector("#hero-stats:not(:empty)")
     assert "9 images · 3 texts" in page.inner_text("#hero-stats")
+    assert page.is_hidden("#rerank-label")  # a CLIP checkpoint has no grid cells to rerank with
     shot("empty-page")
     page.fill("#q", "a red circle")
     page.press("#q", "Enter")
