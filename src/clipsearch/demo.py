@@ -105,10 +105,11 @@ def run_demo(
         ("text -> text", "a little green triangle", dict(modality="text"), ""),
         ("composed", '"2:heart" + "yellow" - "red"', dict(modality="image"), "weights and negation: yellow hearts, not red"),
     ]
-    if hasattr(encoder, "encode_patch_grid"):
+    from clipsearch.search import has_grid, parse_query
+
+    if has_grid(encoder):
         examples.insert(1, ("text -> image, --rerank 50", "a red circle", dict(modality="image", rerank=50),
                             "the best 50 by vector, re-scored by their best grid cell: one object among several"))  # fmt: skip
-    from clipsearch.search import parse_query
 
     for direction, text, opts, note in examples:
         query: Any = Path(text) if direction.startswith("image") else text

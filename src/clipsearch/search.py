@@ -273,7 +273,7 @@ def search_store(
         raise ValueError(f"rerank is a number of results (0: off), got {rerank!r}")
     if rerank and modality != "image":
         raise ValueError(f"rerank re-scores images by their grid cells; search with modality 'image', not {modality!r}")
-    if rerank and not hasattr(store.encoder, "encode_patch_grid"):
+    if rerank and not has_grid(store.encoder):
         raise ValueError(
             f"model {store.encoder.name!r} has no grid of cell embeddings to rerank with; "
             "the demo model and dual encoders from `clipsearch train` have one"
@@ -286,6 +286,11 @@ def search_store(
     if min_score is not None:
         hits = [h for h in hits if h.score >= float(min_score)]
     return hits
+
+
+def has_grid(encoder: Any) -> bool:
+    """Whether ``encoder`` embeds a grid of cells (``encode_patch_grid``), which ``rerank`` needs."""
+    return hasattr(encoder, "encode_patch_grid")
 
 
 def rerank_by_grid(encoder: Any, hits: Sequence[Hit], query: npt.NDArray[np.float32]) -> list[Hit]:

@@ -110,7 +110,9 @@ class ServerState:
 
     def has_grid(self) -> bool:
         """Whether the model embeds grid cells (what ``rerank`` needs)."""
-        return hasattr(self.store.encoder, "encode_patch_grid")
+        from clipsearch.search import has_grid
+
+        return has_grid(self.store.encoder)
 
     def search(
         self, terms: list[tuple[np.ndarray, float]], *, k: int, modality: str, min_score: float | None, rerank: int = 0

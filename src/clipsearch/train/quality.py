@@ -354,25 +354,18 @@ def evaluate_demo_quality(
         metrics.append(
             Metric(f"retrieval_r{k}", sec, f"R@{k} text->image, own image", _mean(recall_at_k(sims, own, k)), target)
         )
-    for k in (1, 10):
-        metrics.append(
-            Metric(
-                f"retrieval_true_r{k}", sec, f"R@{k} text->image, caption true",
-                _mean(recall_at_k(sims, true_rel, k)),
-            )
-        )  # fmt: skip
     # The best any model can do on the own-image recall: rank by how likely the generator is
     # to write each caption for each scene (many captions fit several scenes equally well).
     likelihood = np.array(
         [[dw.claim_likelihood(q["claim"], g, q.get("phrasing", "train")) for g in gallery] for q in gallery]
     )
-    for k in (1, 10):
-        metrics.append(
-            Metric(
-                f"retrieval_best_r{k}", sec, f"R@{k} own image, best possible",
-                _mean(expected_recall_at_k(likelihood, own, k)),
-            )
-        )  # fmt: skip
+    reported = (
+        ("true", "R@{k} text->image, caption true", lambda k: recall_at_k(sims, true_rel, k)),
+        ("best", "R@{k} own image, best possible", lambda k: expected_recall_at_k(likelihood, own, k)),
+    )
+    for kind, name, recall in reported:
+        for k in (1, 10):
+            metrics.append(Metric(f"retrieval_{kind}_r{k}", sec, name.format(k=k), _mean(recall(k))))
     details["retrieval"] = {
         "queries": n_gallery,
         "distinct_captions": len(set(captions)),
