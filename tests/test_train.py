@@ -501,6 +501,44 @@ def test_train_from_a_tiny_hf_clip_base(tmp_path: Path, tiny_hf_clip: Path) -> N
     assert not np.allclose(before, encoder.encode_texts(["a star"]))  # the weights moved
 
 
+def test_train_from_a_dual_encoder_base_starts_from_its_weights(tmp_path: Path, tiny_sbert: Path) -> None:
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    common = ["--steps", "2", "--caption-pool", "40", "--eval-every", "100", "--batch-size", "8", "--no-progress",
+              "--threads", "1"]  # fmt: skip
+    first = runner.invoke(_app(), _train_args("demo-world", tmp_path / "m1", tiny_sbert, "--steps", "2",
+                                              "--caption-pool", "40", "--embed-dim", "32"))  # fmt: skip
+    assert first.exit_code == 0, first.output
+    # No tower options: the architecture (image size 16, embed dim 32, the tiny text tower) comes from m1.
+    # A vanishing learning rate leaves the weights where they started, so they must be m1's.
+    still = runner.invoke(_app(), ["train", "--pairs", "demo-world", "--out", str(tmp_path / "m2"),
+                                   "--base", str(tmp_path / "m1"), "--lr", "1e-12", "--seed", "1", *common])  # fmt: skip
+    assert still.exit_code == 0, still.output
+    a = load_file(str(tmp_path / "m1" / "model.safetensors"))
+    b = load_file(str(tmp_path / "m2" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        if "running_" not in k and "num_batches_tracked" not in k:  # batch-norm statistics follow the batches
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    state = json.loads((tmp_path / "m2" / "checkpoint" / "trainer_state.json").read_text())
+    assert (state["options"]["image_size"], state["options"]["embed_dim"]) == (16, 32)
+    assert state["options"]["freeze_text"] is True  # as m1 was trained
+    # with the default learning rate (3e-4 for a dual-encoder base) the weights move
+    moved = runner.invoke(_app(), ["train", "--pairs", "demo-world", "--out", str(tmp_path / "m3"),
+                                   "--base", str(tmp_path / "m1"), "--soft-targets", *common])  # fmt: skip
+    assert moved.exit_code == 0, moved.output
+    state = json.loads((tmp_path / "m3" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["options"]["lr"] == 3e-4
+    c = load_file(str(tmp_path / "m3" / "model.safetensors"))
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    bad = runner.invoke(_app(), ["train", "--pairs", "demo-world", "--out", str(tmp_path / "m4"),
+                                 "--base", str(tmp_path / "m1"), "--text-layers", "2", *common])  # fmt: skip
+    assert bad.exit_code == 2
+    assert "--text-layers comes from the base model, which has 0; leave it out" in bad.output.replace("\n", "")
+
+
 def test_train_option_errors(tmp_path: Path, tiny_sbert: Path) -> None:
     from typer.testing import CliRunner
 

@@ -352,6 +352,12 @@ def _build_module_classes() -> Any:  # noqa: C901 - one closure that defines the
             self.text_tower.train(mode and self.cfg.text_trainable)  # a frozen tower never drops out
             return self
 
+        def set_text_trainable(self, trainable: bool) -> None:
+            """Fine-tune the text tower from now on, or freeze it (``cfg.text_trainable`` follows)."""
+            self.cfg.text_trainable = bool(trainable)
+            self.text_tower.requires_grad_(self.cfg.text_trainable)
+            self.train(self.training)
+
         # images
         def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
             """``(n, 3, S, S)`` -> ``(n, D)``."""

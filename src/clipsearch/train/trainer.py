@@ -47,6 +47,7 @@ RESUME_KEYS = (
     "warmup", "seed", "caption_pool", "image_size", "embed_dim", "pool", "epochs", "twins",
     "soft_targets", "negatives", "text_layers",
 )  # fmt: skip
+DUAL_BASE_LR = 3e-4  # default peak lr to fine-tune a dual encoder (a seventh of training from scratch)
 RESUME_DEFAULTS = {"twins": 0.0, "soft_targets": False, "negatives": False, "text_layers": 0}  # options added later: what checkpoints without them were trained with
 
 
@@ -56,14 +57,14 @@ class TrainOptions:
 
     pairs: str  # folder with metadata.jsonl, .csv/.jsonl file, or "demo-world"
     out: str  # output folder
-    base: str | None = None  # fine-tune this HF CLIP checkpoint instead of building towers
+    base: str | None = None  # fine-tune this HF CLIP checkpoint, or a dual-encoder folder from clipsearch train
     image_tower: str = "cnn"  # "cnn", "resnet18" or "vit"
     text_tower: str = "minilm"  # text encoder for the "dual" kind
     freeze_text: bool | None = None  # keep the text tower fixed; default: frozen towers, trainable --base
     steps: int | None = None  # optimizer steps (required for demo-world)
     epochs: int | None = None  # passes over file pairs (when steps is not given; default 10)
     batch_size: int = 128
-    lr: float | None = None  # peak learning rate; default 2e-3 (towers) or 1e-5 (--base)
+    lr: float | None = None  # peak learning rate; default 2e-3 (towers), 1e-5 (CLIP --base), 3e-4 (dual-encoder --base)
     weight_decay: float = 0.05
     warmup: int | None = None  # warm-up steps; default min(300, steps // 10)
     seed: int = 0
@@ -107,10 +108,20 @@ def _resolve_defaults(opts: TrainOptions) -> TrainOptions:
 
     if opts.image_tower not in IMAGE_TOWERS:
         raise ValueError(f"unknown image tower {opts.image_tower!r}; use one of {', '.join(IMAGE_TOWERS)}")
+    base_cfg = dual_base_config(opts.base) if opts.base else None
+    if base_cfg is not None:
+        if opts.text_layers not in (0, base_cfg["text_head_layers"]):
+            raise ValueError(
+                f"--text-layers comes from the base model, which has {base_cfg['text_head_layers']}; leave it out"
+            )
+        # The architecture is the base model's: record it, so the saved options and --resume tell the truth.
+        opts.image_tower, opts.image_size = base_cfg["image_tower"], base_cfg["image_size"]
+        opts.embed_dim, opts.pool = base_cfg["embed_dim"], base_cfg["pool"]
+        opts.text_tower, opts.text_layers = base_cfg["text_tower"], base_cfg["text_head_layers"]
     if opts.lr is None:
-        opts.lr = 1e-5 if opts.base else 2e-3
+        opts.lr = 2e-3 if not opts.base else (DUAL_BASE_LR if base_cfg is not None else 1e-5)
     if opts.freeze_text is None:
-        opts.freeze_text = not opts.base
+        opts.freeze_text = not base_cfg["text_trainable"] if base_cfg is not None else not opts.base
     if opts.image_size is None:
         opts.image_size = DEFAULT_IMAGE_SIZE[opts.image_tower]
     for name in ("batch_size", "eval_every", "eval_size"):
@@ -151,10 +162,28 @@ def lr_factor(step: int, steps: int, warmup: int) -> float:
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def build_model(opts: TrainOptions) -> Any:
-    """A fresh model for ``opts`` (seed torch first for a fixed initialisation)."""
-    from clipsearch.models.dual import DualConfig, build_dual, build_hf_clip
+def dual_base_config(base: str) -> dict[str, Any] | None:
+    """The :class:`~clipsearch.models.dual.DualConfig` fields of a ``--base`` that is a
+    dual-encoder folder written by ``clipsearch train``; ``None`` for anything else (a CLIP
+    checkpoint folder or hub id)."""
+    from clipsearch.models.dual import CONFIG_FILE, read_config
 
+    folder = Path(base).expanduser()
+    if not (folder / CONFIG_FILE).is_file():
+        return None
+    meta = read_config(folder)
+    return dict(meta["config"]) if meta["kind"] == "dual" else None
+
+
+def build_model(opts: TrainOptions) -> Any:
+    """A fresh model for ``opts`` (seed torch first for a fixed initialisation), or the
+    ``--base`` model to fine-tune."""
+    from clipsearch.models.dual import DualConfig, build_dual, build_hf_clip, load_module
+
+    if opts.base and dual_base_config(opts.base) is not None:
+        model = load_module(Path(opts.base).expanduser())
+        model.set_text_trainable(not opts.freeze_text)
+        return model
     if opts.base:
         return build_hf_clip(opts.base, freeze_text=opts.freeze_text)
     cfg = DualConfig(
@@ -321,7 +350,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
 
     torch.manual_seed(opts.seed)
     model = load_module(ckpt) if saved else build_model(opts)
-    if saved and opts.base and opts.freeze_text:
+    if saved and getattr(model, "kind", "") == "hf_clip" and opts.freeze_text:
         model.clip.text_model.requires_grad_(False)
     preprocess = model.preprocess
 
