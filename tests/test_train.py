@@ -144,6 +144,63 @@ def test_binding_twin_keeps_the_layout_and_changes_only_the_binding() -> None:
     assert swaps > 0.4 * 300  # most multi-colour scenes get their colours swapped
 
 
+def test_contrast_twin_falsifies_its_caption_by_one_named_change() -> None:
+    from clipsearch.train import demo_world as dw
+
+    rng = np.random.default_rng(0)
+    pool = data.caption_pool(0, 600)
+    kinds: dict[str, int] = {}
+    for caption, claim in pool:
+        scene = dw.sample_scene(rng, "train", claim)
+        twin = dw.contrast_twin(rng, scene, claim)
+        named = {key for part in claim["objects"] for key in part}
+        if twin is None:
+            # a size or position can always be changed, unless two objects fit the claimed one
+            twice = any(
+                sum(all(getattr(o, key) == v for key, v in part.items()) for o in scene.objects) > 1
+                for part in claim["objects"]
+            )
+            assert twice or not named & {"size", "position"}, caption
+            continue
+        assert not dw.claim_holds(claim, twin.to_record()), caption
+        assert twin.background == scene.background and len(twin.objects) == len(scene.objects)
+        assert all(dw.pair_allowed(o.color, o.shape, "train") for o in twin.objects)  # held-out pairs stay out
+        diff = {
+            key
+            for a, b in zip(scene.objects, twin.objects)
+            for key in ("color", "size", "position")
+            if getattr(a, key) != getattr(b, key)
+        }
+        assert [o.shape for o in twin.objects] == [o.shape for o in scene.objects]
+        assert len(diff) == 1, (caption, diff)  # one kind of change ...
+        kind = diff.pop()
+        assert kind in named, (caption, kind)  # ... to something the caption names
+        if kind != "color":
+            assert sum(getattr(a, kind) != getattr(b, kind) for a, b in zip(scene.objects, twin.objects)) == 1
+        if kind == "position":
+            assert len({o.position for o in twin.objects}) == len(twin.objects)  # moved to a free cell
+        kinds[kind] = kinds.get(kind, 0) + 1
+    assert sum(kinds.values()) > 0.8 * len(pool)
+    assert min(kinds.get(k, 0) for k in ("color", "size", "position")) > 0.1 * len(pool), kinds
+    assert dw.contrast_twin(rng, scene, {"objects": [{"shape": scene.objects[0].shape}]}) is None
+
+
+def test_contrast_twin_batches(tiny_dual) -> None:
+    pool = data.caption_pool(0, 64)
+    src = data.DemoWorldBatches(
+        tiny_dual.preprocess, 16, seed=0, pool=pool, sides=(32, 64), twins=0.25, twin_kind="contrast"
+    )
+    b = src.batch(0)
+    assert len(b.captions) == 12 and b.targets.shape == (b.pixels.shape[0], 12)
+    n_twins = b.pixels.shape[0] - 12
+    assert 1 <= n_twins <= 4
+    if n_twins == 4:  # every captioned scene got its twin: each caption is false of its own scene's twin
+        assert not b.targets[12 + np.arange(4), np.arange(4)].any()
+    assert not b.targets[12:].all()
+    with pytest.raises(ValueError, match="unknown twin kind 'colour'; use one of binding, contrast"):
+        data.DemoWorldBatches(tiny_dual.preprocess, 16, seed=0, twins=0.25, twin_kind="colour")
+
+
 def test_twin_batches_hold_captionless_negatives(tiny_dual) -> None:
     pool = data.caption_pool(0, 64)
     src = data.DemoWorldBatches(tiny_dual.preprocess, 16, seed=0, pool=pool, sides=(32, 64), twins=0.25)

@@ -52,7 +52,8 @@ def train_cmd(
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="Torch threads for the training step.")] = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Processes preparing batches ahead of the training step.")] = 0,
     caption_pool: Annotated[int, typer.Option("--caption-pool", min=0, help="demo-world: distinct captions drawn once (0: a fresh caption per scene).")] = 20000,
-    twins: Annotated[float, typer.Option("--twins", min=0.0, max=0.5, help="demo-world: share of each batch's images that are binding twins (same layout, colours on other shapes), as hard negatives.")] = 0.0,
+    twins: Annotated[float, typer.Option("--twins", min=0.0, max=0.5, help="demo-world: share of each batch's images that are twins of captioned scenes (same layout), as hard negatives.")] = 0.0,
+    twin_kind: Annotated[str, typer.Option("--twin-kind", help="demo-world: what a twin changes: 'binding' (colours on other shapes) or 'contrast' (a position, size or binding its scene's caption names, so the caption is false of it).")] = "binding",
     soft_targets: Annotated[bool, typer.Option("--soft-targets", help="demo-world: weigh each positive by how likely the generator is to caption that scene so, instead of 1 for every scene a caption is true of.")] = False,
     negatives: Annotated[bool, typer.Option("--negatives", help="demo-world: add each caption's binding-swapped twin ('a blue star and a red circle' for 'a red star and a blue circle') as a hard-negative caption.")] = False,
     text_layers: Annotated[int, typer.Option("--text-layers", min=0, help="Trainable transformer layers in the text head, before pooling (lets the text side bind colours to shapes).")] = 0,
@@ -73,9 +74,9 @@ def train_cmd(
             pairs=pairs, out=str(out), base=base, image_tower=image_tower, text_tower=text_tower,
             freeze_text=freeze_text, steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
             eval_pairs=eval_pairs, eval_every=eval_every, eval_size=eval_size, resume=resume, minutes=minutes,
-            threads=threads, workers=workers, caption_pool=caption_pool, twins=twins, soft_targets=soft_targets,
-            negatives=negatives, text_layers=text_layers, image_size=image_size, embed_dim=embed_dim, pool=pool,
-            progress=progress,
+            threads=threads, workers=workers, caption_pool=caption_pool, twins=twins, twin_kind=twin_kind,
+            soft_targets=soft_targets, negatives=negatives, text_layers=text_layers, image_size=image_size,
+            embed_dim=embed_dim, pool=pool, progress=progress,
         )
     )  # fmt: skip
     state = "finished" if result.finished else "stopped early (--resume continues)"

@@ -35,6 +35,7 @@ IMAGE_COLUMNS = ("image", "file", "path", "filepath")
 CAPTION_COLUMNS = ("caption", "text")
 TRAIN_RENDER_SIDES = (96, 256)  # on-the-fly training scenes: image sides in pixels (cheap to draw)
 JPEG_PROB = 0.5  # share of on-the-fly training scenes that go through a JPEG round trip
+TWIN_KINDS = ("binding", "contrast")  # what DemoWorldBatches' twins change
 MIN_LIKELIHOOD = 0.01  # soft targets: the weight floor of a true caption the generator would not write
 
 
@@ -220,6 +221,9 @@ class DemoWorldBatches:
             layout with colours bound to other shapes. They carry no caption of their own and
             are hard negatives for the captions they falsify; a caption still true of a twin
             counts it as a positive.
+        twin_kind: "binding" (:func:`~clipsearch.train.demo_world.binding_twin`) or
+            "contrast" (:func:`~clipsearch.train.demo_world.contrast_twin`: a twin of which
+            its scene's caption is false, changed in a position, size or binding it names).
         soft_targets: weigh each (image, caption) positive by how likely the generator is to
             caption that scene so (:func:`~clipsearch.train.demo_world.claim_likelihood`),
             instead of 1 for every scene the caption is true of. A caption such as "a red
@@ -240,6 +244,7 @@ class DemoWorldBatches:
         sides: tuple[int, int] = TRAIN_RENDER_SIDES,
         jpeg_prob: float = JPEG_PROB,
         twins: float = 0.0,
+        twin_kind: str = "binding",
         soft_targets: bool = False,
         negatives: dict[str, tuple[str, dict]] | None = None,
     ):
@@ -247,6 +252,8 @@ class DemoWorldBatches:
             raise ValueError(f"batch_size must be at least 2 for a contrastive loss, got {batch_size}")
         if not 0.0 <= twins <= 0.5:
             raise ValueError(f"twins is a share of the batch in [0, 0.5], got {twins}")
+        if twin_kind not in TWIN_KINDS:
+            raise ValueError(f"unknown twin kind {twin_kind!r}; use one of {', '.join(TWIN_KINDS)}")
         self.preprocess = preprocess
         self.batch_size = batch_size
         self.seed = seed
@@ -254,6 +261,7 @@ class DemoWorldBatches:
         self.sides = sides
         self.jpeg_prob = jpeg_prob
         self.n_twins = min(int(round(twins * batch_size)), batch_size - 2)
+        self.twin_kind = twin_kind
         self.soft_targets = soft_targets
         self.negatives = negatives or {}
         self.steps_per_epoch = None  # infinite
@@ -286,7 +294,7 @@ class DemoWorldBatches:
             images.append(self._maybe_jpeg(rng, img))
             captions.append(caption)
             records.append((claim, scene.to_record()))
-            twin = dw.binding_twin(rng, scene)
+            twin = dw.binding_twin(rng, scene) if self.twin_kind == "binding" else dw.contrast_twin(rng, scene, claim)
             if twin is not None:
                 twin_img = dw.draw_scene(np.random.default_rng(draw_seed), twin, *size)
                 twin_images.append(self._maybe_jpeg(rng, twin_img))

@@ -345,6 +345,49 @@ def binding_twin(rng: np.random.Generator, scene: Scene) -> Scene | None:
     return Scene(twin, scene.background, scene.split)
 
 
+TWIN_CHANGES = ("position", "size", "binding")
+"""What :func:`contrast_twin` may change, each only when the claim names it."""
+
+
+def contrast_twin(rng: np.random.Generator, scene: Scene, claim: dict[str, Any]) -> Scene | None:
+    """A copy of ``scene`` of which ``claim`` is false, changed in one thing the claim names.
+
+    Random batches almost never hold two scenes that only a position, a size or the binding
+    of colours to shapes tells apart, so a contrastive loss over them never needs those
+    words. This twin, drawn with the identical layout, is such a scene for its own caption:
+    a claimed object moved to a free cell of the 3x3 grid, given the other size, or the
+    colours bound to other shapes (:func:`binding_twin`). The kinds the claim names are tried
+    in random order; held-out pairs stay out of train images.
+
+    Args:
+        rng: the source of all randomness.
+        scene: the captioned scene.
+        claim: its caption's claim (:func:`caption_scene`), true of ``scene``.
+
+    Returns:
+        The twin, or ``None`` when no such change makes the claim false.
+    """
+    parts = claim.get("objects") or []
+    named = {key for part in parts for key in part}
+    kinds = [k for k in TWIN_CHANGES if (k == "binding" and "color" in named) or k in named]
+    for kind in [kinds[i] for i in rng.permutation(len(kinds))]:
+        tries = range(4) if kind == "binding" else rng.permutation(len(scene.objects))  # every object once
+        for k in tries:
+            if kind == "binding":
+                twin = binding_twin(rng, scene)
+            else:
+                objs = [replace(o, bbox=None) for o in scene.objects]
+                if kind == "size":
+                    objs[k] = replace(objs[k], size=SIZES[1 - SIZES.index(objs[k].size)])
+                else:
+                    free = [p for p in POSITIONS if p not in {o.position for o in objs}]
+                    objs[k] = replace(objs[k], position=_pick(rng, free))
+                twin = Scene(objs, scene.background, scene.split)
+            if twin is not None and not claim_holds(claim, twin.to_record()):
+                return twin
+    return None
+
+
 def _background_params(rng: np.random.Generator, kind: str) -> dict[str, Any]:
     if kind == "plain":
         return {}

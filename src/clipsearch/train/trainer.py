@@ -45,10 +45,10 @@ OPTIMIZER_FILE = "optimizer.pt"
 RESUME_KEYS = (
     "pairs", "base", "image_tower", "text_tower", "freeze_text", "batch_size", "lr", "weight_decay",
     "warmup", "seed", "caption_pool", "image_size", "embed_dim", "pool", "epochs", "twins",
-    "soft_targets", "negatives", "text_layers",
+    "soft_targets", "negatives", "text_layers", "twin_kind",
 )  # fmt: skip
 DUAL_BASE_LR = 3e-4  # default peak lr to fine-tune a dual encoder (a seventh of training from scratch)
-RESUME_DEFAULTS = {"twins": 0.0, "soft_targets": False, "negatives": False, "text_layers": 0}  # options added later: what checkpoints without them were trained with
+RESUME_DEFAULTS = {"twin_kind": "binding", "twins": 0.0, "soft_targets": False, "negatives": False, "text_layers": 0}  # options added later: what checkpoints without them were trained with
 
 
 @dataclass
@@ -77,6 +77,7 @@ class TrainOptions:
     workers: int = 0  # processes that render / decode batches ahead of the training step
     caption_pool: int = 20000  # demo-world: distinct captions drawn once; 0 = fresh captions
     twins: float = 0.0  # demo-world: share of each batch's images that are binding twins (hard negatives)
+    twin_kind: str = "binding"  # demo-world: "binding" twins, or "contrast" twins that falsify their caption
     soft_targets: bool = False  # demo-world: weigh positives by the generator's caption likelihood
     negatives: bool = False  # demo-world: add each caption's binding-swapped twin as a hard-negative caption
     text_layers: int = 0  # dual models: trainable transformer layers in the text head
@@ -104,7 +105,7 @@ def _log(message: str) -> None:
 
 def _resolve_defaults(opts: TrainOptions) -> TrainOptions:
     from clipsearch.models.dual import DEFAULT_IMAGE_SIZE, IMAGE_TOWERS
-    from clipsearch.train.data import DEMO_WORLD
+    from clipsearch.train.data import DEMO_WORLD, TWIN_KINDS
 
     if opts.image_tower not in IMAGE_TOWERS:
         raise ValueError(f"unknown image tower {opts.image_tower!r}; use one of {', '.join(IMAGE_TOWERS)}")
@@ -141,6 +142,8 @@ def _resolve_defaults(opts: TrainOptions) -> TrainOptions:
         raise ValueError(f"caption_pool must be 0 or more, got {opts.caption_pool}")
     if not 0.0 <= opts.twins <= 0.5:
         raise ValueError(f"twins is a share of the batch in [0, 0.5], got {opts.twins}")
+    if opts.twin_kind not in TWIN_KINDS:
+        raise ValueError(f"unknown twin kind {opts.twin_kind!r}; use one of {', '.join(TWIN_KINDS)}")
     if opts.twins and opts.pairs != DEMO_WORLD:
         raise ValueError("--twins needs pairs 'demo-world': twins are drawn from the generator's scenes")
     if opts.soft_targets and opts.pairs != DEMO_WORLD:
@@ -363,8 +366,8 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
         pool = caption_pool(opts.seed, opts.caption_pool) if opts.caption_pool else None
         negatives = binding_negatives(opts.seed, opts.caption_pool) if opts.negatives else {}
         source: Any = DemoWorldBatches(
-            preprocess, opts.batch_size, opts.seed, pool, twins=opts.twins, soft_targets=opts.soft_targets,
-            negatives=negatives,
+            preprocess, opts.batch_size, opts.seed, pool, twins=opts.twins, twin_kind=opts.twin_kind,
+            soft_targets=opts.soft_targets, negatives=negatives,
         )  # fmt: skip
         steps = opts.steps
     else:
