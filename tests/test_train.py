@@ -201,6 +201,34 @@ def test_contrast_twin_batches(tiny_dual) -> None:
         data.DemoWorldBatches(tiny_dual.preprocess, 16, seed=0, twins=0.25, twin_kind="colour")
 
 
+def test_object_query_batches(tiny_dual) -> None:
+    from clipsearch.train import demo_world as dw
+
+    pool = data.caption_pool(0, 64)
+    kw = dict(seed=0, pool=pool, sides=(32, 64), twins=0.25, twin_kind="contrast")
+    plain = data.DemoWorldBatches(tiny_dual.preprocess, 16, **kw).batch(3)
+    b = data.DemoWorldBatches(tiny_dual.preprocess, 16, object_queries=5, **kw).batch(3)
+    np.testing.assert_array_equal(b.pixels, plain.pixels)  # the queries come from a stream of their own
+    n = len(plain.captions)
+    assert b.captions[:n] == plain.captions and len(b.captions) == n + 5
+    allowed = set(data.object_query_texts())
+    assert len(allowed) == 3 * (88 - len(dw.HELD_OUT_PAIRS))
+    assert len(b.records) == len(b.pixels)
+    pairs = [{(o["color"], o["shape"]) for o in rec["objects"]} for rec in b.records]
+    for j, query in enumerate(b.captions[n:], start=n):
+        assert query in allowed
+        color, shape = next((c, s) for c in dw.COLORS for s in dw.SHAPES if f" {c} {s}" in query)
+        # a query matches exactly the images (captioned or twins) that hold such an object
+        holds = [(color, shape) in p for p in pairs]
+        np.testing.assert_array_equal(b.targets[:, j], holds)
+        assert any(holds[: b.n_pairs])  # asked about a pair the captioned scenes hold
+    soft = data.DemoWorldBatches(tiny_dual.preprocess, 16, object_queries=5, soft_targets=True, **kw).batch(3)
+    np.testing.assert_array_equal(soft.targets[:, n:] > 0, b.targets[:, n:])
+    for col in soft.targets[:, n:].T:  # equal weights per query column even with soft targets
+        np.testing.assert_allclose(col[col > 0], col[col > 0][0])
+    assert float(_loss(tiny_dual, b).detach()) > 0
+
+
 def test_twin_batches_hold_captionless_negatives(tiny_dual) -> None:
     pool = data.caption_pool(0, 64)
     src = data.DemoWorldBatches(tiny_dual.preprocess, 16, seed=0, pool=pool, sides=(32, 64), twins=0.25)
@@ -614,6 +642,16 @@ def test_train_option_errors(tmp_path: Path, tiny_sbert: Path) -> None:
     result = CliRunner().invoke(_app(), _train_args(str(tmp_path / "p.csv"), tmp_path / "m", tiny_sbert, "--negatives"))
     assert result.exit_code == 2
     assert "--negatives needs pairs 'demo-world' and a caption pool" in result.output
+    result = CliRunner().invoke(
+        _app(), _train_args(str(tmp_path / "p.csv"), tmp_path / "m", tiny_sbert, "--object-queries", "8")
+    )
+    assert result.exit_code == 2
+    assert "--object-queries needs pairs 'demo-world'" in result.output
+    result = CliRunner().invoke(
+        _app(), _train_args("demo-world", tmp_path / "m", tiny_sbert, "--steps", "2", "--twin-kind", "colour")
+    )
+    assert result.exit_code == 2
+    assert "unknown twin kind 'colour'; use one of binding, contrast" in result.output
 
 
 def test_train_text_tower_and_skip_undecodable_images(tmp_path: Path, tiny_sbert: Path) -> None:

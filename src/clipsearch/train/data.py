@@ -53,6 +53,7 @@ class Batch:
     step: int
     refused: dict[str, str] = field(default_factory=dict)  # image path -> reason, left out of this batch
     n_pairs: int | None = None  # images and captions that are pairs; None: min(m, n)
+    records: list[dict[str, Any]] | None = None  # demo world: the scene record of each image
 
 
 def read_pairs(source: str | Path) -> list[Pair]:
@@ -205,6 +206,18 @@ def binding_negatives(seed: int, size: int, split: str = "train") -> dict[str, t
     return negatives
 
 
+def object_query_texts() -> list[str]:
+    """Every single-object query :class:`DemoWorldBatches` may add: the train phrasings of each
+    (colour, shape) pair allowed in train scenes (held-out pairs are never queried)."""
+    return [
+        dw.object_query(c, s, "train", v)
+        for s in dw.SHAPES
+        for c in dw.COLORS
+        if dw.pair_allowed(c, s, "train")
+        for v in range(len(dw.TRAIN_QUERY_TEMPLATES))
+    ]
+
+
 class DemoWorldBatches:
     """Fresh demo-world scenes for every batch; batch ``step`` uses ``rng([seed, 1, step])``.
 
@@ -233,6 +246,11 @@ class DemoWorldBatches:
         negatives: hard-negative captions (:func:`binding_negatives`) by pooled caption; each
             caption of the batch that has one adds it as a caption without an image. It is a
             positive of any image of the batch it is true of.
+        object_queries: how many single-object queries in train phrasings ("a photo of a red
+            star", :func:`object_query_texts`) to add per batch as captions without an image,
+            for (colour, shape) pairs its captioned scenes hold. Each is a positive of every
+            image holding such an object (0/1, also with ``soft_targets``), so a twin with the
+            colours bound to other shapes is a hard negative of a query whose words bind trivially.
     """
 
     def __init__(
@@ -247,6 +265,7 @@ class DemoWorldBatches:
         twin_kind: str = "binding",
         soft_targets: bool = False,
         negatives: dict[str, tuple[str, dict]] | None = None,
+        object_queries: int = 0,
     ):
         if batch_size < 2:
             raise ValueError(f"batch_size must be at least 2 for a contrastive loss, got {batch_size}")
@@ -262,6 +281,7 @@ class DemoWorldBatches:
         self.jpeg_prob = jpeg_prob
         self.n_twins = min(int(round(twins * batch_size)), batch_size - 2)
         self.twin_kind = twin_kind
+        self.object_queries = object_queries
         self.soft_targets = soft_targets
         self.negatives = negatives or {}
         self.steps_per_epoch = None  # infinite
@@ -272,6 +292,20 @@ class DemoWorldBatches:
         if rng.random() < self.jpeg_prob:
             return Image.open(io.BytesIO(dw.encode_image(img, "jpeg"))).convert("RGB")
         return img
+
+    def _object_queries(self, step: int, records: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+        """Up to ``object_queries`` single-object queries for (colour, shape) pairs the batch's
+        captioned scenes hold, from their own random stream (the images do not change)."""
+        if not self.object_queries:
+            return []
+        rng = np.random.default_rng([self.seed, 9, step])
+        present = sorted({(o["color"], o["shape"]) for rec in records for o in rec["objects"]})
+        chosen = [present[i] for i in rng.permutation(len(present))[: self.object_queries]]
+        n_templates = len(dw.TRAIN_QUERY_TEMPLATES)
+        return [
+            (dw.object_query(c, s, "train", int(rng.integers(n_templates))), {"objects": [{"color": c, "shape": s}]})
+            for c, s in chosen
+        ]
 
     def batch(self, step: int) -> Batch:
         rng = np.random.default_rng([self.seed, 1, step])
@@ -306,8 +340,13 @@ class DemoWorldBatches:
                 negative, claim = self.negatives[caption]
                 captions.append(negative)
                 claims.append(claim)
+        n_before_queries = len(captions)
+        for query, claim in self._object_queries(step, [rec for _, rec in records]):
+            captions.append(query)
+            claims.append(claim)
         all_records = [rec for _, rec in records] + twin_records
         targets = np.array([[dw.claim_holds(claim, rec) for claim in claims] for rec in all_records], dtype=bool)
+        holds = targets
         if self.soft_targets:
             likelihood = np.array(
                 [[dw.claim_likelihood(claim, rec) for claim in claims] for rec in all_records], dtype=np.float32
@@ -319,9 +358,13 @@ class DemoWorldBatches:
             # Divided by each caption's mean over the batch's images (an estimate of how likely
             # the caption is at all): the loss's column normalisation then gives the posterior
             # over images, and its row normalisation the likelihood ratio over captions.
+            # An object query is not a caption the generator writes: every scene holding the
+            # object is as good an answer ("contains", as the search it stands for).
+            likelihood[:, n_before_queries:] = holds[:, n_before_queries:]
             mean = likelihood.mean(axis=0, keepdims=True)
             targets = np.divide(likelihood, mean, out=np.zeros_like(likelihood), where=mean > 0).astype(np.float32)
-        return Batch(_pixels(images + twin_images, self.preprocess), captions, targets, step, n_pairs=n_pairs)
+        pixels = _pixels(images + twin_images, self.preprocess)
+        return Batch(pixels, captions, targets, step, n_pairs=n_pairs, records=all_records)
 
 
 def demo_eval_set(

@@ -45,10 +45,10 @@ OPTIMIZER_FILE = "optimizer.pt"
 RESUME_KEYS = (
     "pairs", "base", "image_tower", "text_tower", "freeze_text", "batch_size", "lr", "weight_decay",
     "warmup", "seed", "caption_pool", "image_size", "embed_dim", "pool", "epochs", "twins",
-    "soft_targets", "negatives", "text_layers", "twin_kind",
+    "soft_targets", "negatives", "text_layers", "twin_kind", "object_queries",
 )  # fmt: skip
 DUAL_BASE_LR = 3e-4  # default peak lr to fine-tune a dual encoder (a seventh of training from scratch)
-RESUME_DEFAULTS = {"twin_kind": "binding", "twins": 0.0, "soft_targets": False, "negatives": False, "text_layers": 0}  # options added later: what checkpoints without them were trained with
+RESUME_DEFAULTS = {"object_queries": 0, "twin_kind": "binding", "twins": 0.0, "soft_targets": False, "negatives": False, "text_layers": 0}  # options added later: what checkpoints without them were trained with
 
 
 @dataclass
@@ -80,6 +80,7 @@ class TrainOptions:
     twin_kind: str = "binding"  # demo-world: "binding" twins, or "contrast" twins that falsify their caption
     soft_targets: bool = False  # demo-world: weigh positives by the generator's caption likelihood
     negatives: bool = False  # demo-world: add each caption's binding-swapped twin as a hard-negative caption
+    object_queries: int = 0  # demo-world: single-object queries per batch, as captions without an image
     text_layers: int = 0  # dual models: trainable transformer layers in the text head
     image_size: int | None = None  # model input side; default per image tower
     embed_dim: int = 256
@@ -150,6 +151,10 @@ def _resolve_defaults(opts: TrainOptions) -> TrainOptions:
         raise ValueError("--soft-targets needs pairs 'demo-world': the weights come from the generator's scenes")
     if opts.negatives and (opts.pairs != DEMO_WORLD or not opts.caption_pool):
         raise ValueError("--negatives needs pairs 'demo-world' and a caption pool: negatives are drawn with it")
+    if opts.object_queries < 0:
+        raise ValueError(f"object_queries must be 0 or more, got {opts.object_queries}")
+    if opts.object_queries and opts.pairs != DEMO_WORLD:
+        raise ValueError("--object-queries needs pairs 'demo-world': which scenes hold an object comes from the generator")
     if opts.text_layers < 0:
         raise ValueError(f"text_layers must be 0 or more, got {opts.text_layers}")
     if opts.text_layers and opts.base:
@@ -322,6 +327,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
         binding_negatives,
         caption_pool,
         iterate_batches,
+        object_query_texts,
         read_pairs,
     )
     from clipsearch.train.loss import MAX_LOGIT_SCALE, contrastive_loss
@@ -367,7 +373,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
         negatives = binding_negatives(opts.seed, opts.caption_pool) if opts.negatives else {}
         source: Any = DemoWorldBatches(
             preprocess, opts.batch_size, opts.seed, pool, twins=opts.twins, twin_kind=opts.twin_kind,
-            soft_targets=opts.soft_targets, negatives=negatives,
+            soft_targets=opts.soft_targets, negatives=negatives, object_queries=opts.object_queries,
         )  # fmt: skip
         steps = opts.steps
     else:
@@ -381,6 +387,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
         model.enable_text_cache()
         texts = [c for c, _ in pool] if pool else ([] if demo else sorted({p.caption for p in pairs}))
         texts += [negative for negative, _ in negatives.values()]
+        texts += object_query_texts() if opts.object_queries else []
         if texts:
             t0 = time.perf_counter()
             model.precompute_text(texts, progress=opts.progress)
