@@ -365,6 +365,32 @@ def test_text_head_layers_round_trip(tiny_sbert: Path, tmp_path: Path) -> None:
     np.testing.assert_array_equal(original, dual.load_dual(tmp_path / "m").encode_texts(texts))
 
 
+def test_pool_positions_start_at_zero_learn_and_round_trip(tiny_sbert: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    torch.manual_seed(0)
+    model = dual.build_dual(_tiny_cfg(tiny_sbert)).eval()
+    images = [Image.new("RGB", (40, 30), c) for c in ("red", "navy")]
+    before = dual.encoder_from_module(model, name="a").encode_images(images)
+    model.image.enable_pool_positions()  # added to a trained model: nothing changes at first
+    g = model.cfg.image_size // dual.grid_stride(model.cfg)
+    assert model.cfg.pool_positions and model.image.cell_places.shape == (model.cfg.embed_dim, g, g)
+    np.testing.assert_allclose(dual.encoder_from_module(model, name="b").encode_images(images), before, atol=1e-6)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    _loss(model, _demo_batch(model)).backward()
+    assert float(model.image.cell_places.grad.abs().sum()) > 0  # the loss reaches it
+    opt.step()
+    model.eval()
+    dual.save_model(model, tmp_path / "m")
+    assert json.loads((tmp_path / "m" / dual.CONFIG_FILE).read_text())["config"]["pool_positions"] is True
+    moved = dual.encoder_from_module(model, name="c").encode_images(images)
+    assert not np.allclose(moved, before, atol=1e-4)
+    np.testing.assert_array_equal(moved, dual.load_dual(tmp_path / "m").encode_images(images))
+    with pytest.raises(ValueError, match="pool_positions needs the attention pool"):
+        dual.build_dual(_tiny_cfg(tiny_sbert, pool="mean", pool_positions=True))
+
+
 def test_packaged_minilm_is_referenced_not_copied(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = dual.build_dual(_tiny_cfg("minilm"))
@@ -612,10 +638,12 @@ def test_train_from_a_dual_encoder_base_starts_from_its_weights(tmp_path: Path, 
     assert state["options"]["freeze_text"] is True  # as m1 was trained
     # with the default learning rate (3e-4 for a dual-encoder base) the weights move
     moved = runner.invoke(_app(), ["train", "--pairs", "demo-world", "--out", str(tmp_path / "m3"),
-                                   "--base", str(tmp_path / "m1"), "--soft-targets", *common])  # fmt: skip
+                                   "--base", str(tmp_path / "m1"), "--soft-targets", "--pool-positions",
+                                   *common])  # fmt: skip
     assert moved.exit_code == 0, moved.output
     state = json.loads((tmp_path / "m3" / "checkpoint" / "trainer_state.json").read_text())
     assert state["options"]["lr"] == 3e-4
+    assert json.loads((tmp_path / "m3" / "clipsearch_model.json").read_text())["config"]["pool_positions"] is True
     c = load_file(str(tmp_path / "m3" / "model.safetensors"))
     assert any(not torch.equal(a[k], c[k]) for k in a)
     bad = runner.invoke(_app(), ["train", "--pairs", "demo-world", "--out", str(tmp_path / "m4"),

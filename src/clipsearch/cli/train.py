@@ -54,6 +54,7 @@ def train_cmd(
     caption_pool: Annotated[int, typer.Option("--caption-pool", min=0, help="demo-world: distinct captions drawn once (0: a fresh caption per scene).")] = 20000,
     twins: Annotated[float, typer.Option("--twins", min=0.0, max=0.5, help="demo-world: share of each batch's images that are twins of captioned scenes (same layout), as hard negatives.")] = 0.0,
     object_queries: Annotated[int, typer.Option("--object-queries", min=0, help="demo-world: single-object queries in train phrasings ('a photo of a red star') added to each batch for pairs its scenes hold, matching every image that holds such an object.")] = 0,
+    pool_positions: Annotated[bool, typer.Option("--pool-positions", help="Dual encoders: the attention pool adds a learned embedding of each grid cell's place, so the image vector can tell where its objects are (added at zero to a --base that lacks it).")] = False,
     twin_kind: Annotated[str, typer.Option("--twin-kind", help="demo-world: what a twin changes: 'binding' (colours on other shapes) or 'contrast' (a position, size or binding its scene's caption names, so the caption is false of it).")] = "binding",
     soft_targets: Annotated[bool, typer.Option("--soft-targets", help="demo-world: weigh each positive by how likely the generator is to caption that scene so, instead of 1 for every scene a caption is true of.")] = False,
     negatives: Annotated[bool, typer.Option("--negatives", help="demo-world: add each caption's binding-swapped twin ('a blue star and a red circle' for 'a red star and a blue circle') as a hard-negative caption.")] = False,
@@ -77,7 +78,8 @@ def train_cmd(
             eval_pairs=eval_pairs, eval_every=eval_every, eval_size=eval_size, resume=resume, minutes=minutes,
             threads=threads, workers=workers, caption_pool=caption_pool, twins=twins, twin_kind=twin_kind,
             soft_targets=soft_targets, negatives=negatives, object_queries=object_queries,
-            text_layers=text_layers, image_size=image_size, embed_dim=embed_dim, pool=pool, progress=progress,
+            text_layers=text_layers, image_size=image_size, embed_dim=embed_dim, pool=pool,
+            pool_positions=pool_positions, progress=progress,
         )
     )  # fmt: skip
     state = "finished" if result.finished else "stopped early (--resume continues)"

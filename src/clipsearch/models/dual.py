@@ -61,6 +61,7 @@ class DualConfig:
     image_size: int = 64  # square model input (images are squashed to it), pixels
     embed_dim: int = 256  # joint space dimension
     pool: str = "attention"  # grid -> image vector: "attention" (learned cell weights) or "mean"
+    pool_positions: bool = False  # attention pool: add a learned embedding of each cell's place (the grid keeps none)
     cnn_widths: tuple[int, ...] = (16, 32, 64, 128)  # channels per stage; each stage after the first halves the grid
     cnn_blocks: tuple[int, ...] = (0, 1, 1, 1)  # residual blocks per stage
     vit_width: int = 192  # ViT tower: token width
@@ -93,6 +94,8 @@ class DualConfig:
             raise ValueError(f"unknown image tower {self.image_tower!r}; use one of {', '.join(IMAGE_TOWERS)}")
         if self.pool not in POOLS:
             raise ValueError(f"unknown pool {self.pool!r}; use one of {', '.join(POOLS)}")
+        if self.pool_positions and self.pool != "attention":
+            raise ValueError("pool_positions needs the attention pool: under a mean every place weighs the same")
         if len(self.cnn_widths) != len(self.cnn_blocks) or len(self.cnn_widths) < 1:
             raise ValueError(f"cnn_widths {self.cnn_widths} and cnn_blocks {self.cnn_blocks} need the same length >= 1")
         step = grid_stride(self)
@@ -267,6 +270,23 @@ def _build_module_classes() -> Any:  # noqa: C901 - one closure that defines the
             s = cfg.image_size
             ys, xs = torch.meshgrid(torch.linspace(-1, 1, s), torch.linspace(-1, 1, s), indexing="ij")
             self.register_buffer("coords", torch.stack([xs, ys])[None], persistent=False)
+            self.cfg = cfg
+            self.cell_places = None
+            if cfg.pool_positions:
+                self.enable_pool_positions()
+
+        def enable_pool_positions(self) -> None:
+            """Give the attention pool a learned ``(D, gh, gw)`` embedding of each cell's place,
+            zero at first (the pooled vector is unchanged until training moves it).
+
+            The cells come from convolutions, which see where they are only through the two
+            coordinate channels: a model trained without this put an object moved to another
+            cell at image cosine 0.996 of the original. OpenAI CLIP's attention pool adds a
+            positional embedding to the grid for the same reason.
+            """
+            g = self.cfg.image_size // grid_stride(self.cfg)
+            self.cell_places = nn.Parameter(torch.zeros(self.cfg.embed_dim, g, g))
+            self.cfg.pool_positions = True
 
         def features(self, pixels: torch.Tensor) -> torch.Tensor:
             n = pixels.shape[0]
@@ -283,6 +303,8 @@ def _build_module_classes() -> Any:  # noqa: C901 - one closure that defines the
             if self.pool == "mean":
                 return flat.mean(-1), cells
             w = torch.softmax(self.pool_logits(feats).flatten(1), dim=1)  # (n, g*g)
+            if self.cell_places is not None:
+                flat = flat + self.cell_places.flatten(1)  # the pooled vector learns where; the grid does not
             return torch.einsum("ndk,nk->nd", flat, w), cells
 
     class TextHead(nn.Module):

@@ -45,10 +45,10 @@ OPTIMIZER_FILE = "optimizer.pt"
 RESUME_KEYS = (
     "pairs", "base", "image_tower", "text_tower", "freeze_text", "batch_size", "lr", "weight_decay",
     "warmup", "seed", "caption_pool", "image_size", "embed_dim", "pool", "epochs", "twins",
-    "soft_targets", "negatives", "text_layers", "twin_kind", "object_queries",
+    "soft_targets", "negatives", "text_layers", "twin_kind", "object_queries", "pool_positions",
 )  # fmt: skip
 DUAL_BASE_LR = 3e-4  # default peak lr to fine-tune a dual encoder (a seventh of training from scratch)
-RESUME_DEFAULTS = {"object_queries": 0, "twin_kind": "binding", "twins": 0.0, "soft_targets": False, "negatives": False, "text_layers": 0}  # options added later: what checkpoints without them were trained with
+RESUME_DEFAULTS = {"pool_positions": False, "object_queries": 0, "twin_kind": "binding", "twins": 0.0, "soft_targets": False, "negatives": False, "text_layers": 0}  # options added later: what checkpoints without them were trained with
 
 
 @dataclass
@@ -85,6 +85,7 @@ class TrainOptions:
     image_size: int | None = None  # model input side; default per image tower
     embed_dim: int = 256
     pool: str = "attention"
+    pool_positions: bool = False  # attention pool: a learned embedding of each cell's place (added to a --base too)
     progress: bool = True  # show a progress bar on stderr
 
 
@@ -120,6 +121,7 @@ def _resolve_defaults(opts: TrainOptions) -> TrainOptions:
         opts.image_tower, opts.image_size = base_cfg["image_tower"], base_cfg["image_size"]
         opts.embed_dim, opts.pool = base_cfg["embed_dim"], base_cfg["pool"]
         opts.text_tower, opts.text_layers = base_cfg["text_tower"], base_cfg["text_head_layers"]
+        opts.pool_positions = opts.pool_positions or bool(base_cfg.get("pool_positions", False))
     if opts.lr is None:
         opts.lr = 2e-3 if not opts.base else (DUAL_BASE_LR if base_cfg is not None else 1e-5)
     if opts.freeze_text is None:
@@ -191,6 +193,8 @@ def build_model(opts: TrainOptions) -> Any:
     if opts.base and dual_base_config(opts.base) is not None:
         model = load_module(Path(opts.base).expanduser())
         model.set_text_trainable(not opts.freeze_text)
+        if opts.pool_positions and model.image.cell_places is None:
+            model.image.enable_pool_positions()  # zero at first: the base's vectors are kept
         return model
     if opts.base:
         return build_hf_clip(opts.base, freeze_text=opts.freeze_text)
@@ -199,6 +203,7 @@ def build_model(opts: TrainOptions) -> Any:
         image_size=int(opts.image_size or 64),
         embed_dim=opts.embed_dim,
         pool=opts.pool,
+        pool_positions=opts.pool_positions,
         text_tower=opts.text_tower,
         text_trainable=not opts.freeze_text,
         text_head_layers=opts.text_layers,
