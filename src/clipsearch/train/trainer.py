@@ -176,13 +176,13 @@ def dual_base_config(base: str) -> dict[str, Any] | None:
     """The :class:`~clipsearch.models.dual.DualConfig` fields of a ``--base`` that is a
     dual-encoder folder written by ``clipsearch train``; ``None`` for anything else (a CLIP
     checkpoint folder or hub id)."""
-    from clipsearch.models.dual import CONFIG_FILE, read_config
+    from clipsearch.models.dual import CONFIG_FILE, DualConfig, read_config
 
     folder = Path(base).expanduser()
     if not (folder / CONFIG_FILE).is_file():
         return None
     meta = read_config(folder)
-    return dict(meta["config"]) if meta["kind"] == "dual" else None
+    return asdict(DualConfig.from_dict(meta["config"])) if meta["kind"] == "dual" else None  # with later fields
 
 
 def build_model(opts: TrainOptions) -> Any:
