@@ -35,6 +35,8 @@ METRIC_IDS = {
     "zero_shot_shape": 0.95,
     "zero_shot_color": 0.95,
     "zero_shot_pair_all": None,
+    "zero_shot_position": None,
+    "zero_shot_size": None,
     "held_out_retrieval_p10": 0.9,
     "held_out_zero_shot_pair": 0.70,
     "phrasing_eval_p5": 0.8,

@@ -18,7 +18,8 @@ numbers that are reported but not judged):
 2. Zero-shot classification of ``n_single`` single-object images, balanced over all 88
    (colour, shape) pairs, through :class:`~clipsearch.tasks.classify.ZeroShotClassifier`:
    the shape among 8 ("a photo of a {shape}"), the colour among 11 ("a photo of a {colour}
-   object"), and (reported) the pair among 88 ("a photo of a {colour} {shape}").
+   object"), and (reported) the pair among 88 ("a photo of a {colour} {shape}"), the position
+   among 9 ("a photo of an object in the top left corner") and the size among 2.
 3. Held-out pairs (:data:`~clipsearch.train.demo_world.HELD_OUT_PAIRS`, never in a training
    image): precision@10 of the query "{colour} {shape}" over the retrieval gallery (a hit: a
    scene holding an object of that colour and shape), and the 88-way colour+shape
@@ -62,6 +63,8 @@ JPEG_PROB = 0.5  # share of images that go through a JPEG round trip, as in a sa
 SHAPE_TEMPLATE = "a photo of a {}"
 COLOR_TEMPLATE = "a photo of a {} object"
 PAIR_TEMPLATE = "a photo of a {}"  # label "{colour} {shape}"
+PLACE_TEMPLATE = "a photo of an object {}"  # label: the first phrase of a position, "in the top left corner"
+SIZE_TEMPLATE = "a photo of a {} object"  # label "small" or "large"
 HELD_OUT_K = 10
 PHRASING_K = 5
 RERANK_DEPTH = 50  # the phrasing queries' re-ranked numbers re-score this many scenes, as --rerank 50
@@ -72,7 +75,8 @@ NOTES = (
     "(or one with the identical caption text), 'caption true' any image the caption is true of; 'best possible' "
     "ranks by the generator's likelihood of the caption for each scene (ties at random), the ceiling of 'own image'",
     f"zero-shot prompts: '{SHAPE_TEMPLATE.format('{shape}')}', '{COLOR_TEMPLATE.format('{colour}')}', "
-    f"'{PAIR_TEMPLATE.format('{colour} {shape}')}'; correct only when the true class scores strictly highest",
+    f"'{PAIR_TEMPLATE.format('{colour} {shape}')}', '{PLACE_TEMPLATE.format('{position}')}', "
+    f"'{SIZE_TEMPLATE.format('{size}')}'; correct only when the true class scores strictly highest",
     "held-out pairs: query '{colour} {shape}' over the retrieval gallery; classification of single-object "
     "images of those pairs among all 88 colour-shape classes",
     "phrasings: every colour-shape pair in the gallery queried in 3 eval-only and 3 train phrasings; "
@@ -398,6 +402,18 @@ def evaluate_demo_quality(
         Metric("zero_shot_color", sec, "colour (11 classes)", float(color_ok.mean()), 0.95),
         Metric("zero_shot_pair_all", sec, "colour+shape (88), all pairs", float(pair_ok.mean())),
     ]  # fmt: skip
+    # Reported: the attributes captions name beside colour and shape (half the gallery's captions
+    # name a position, half a size).
+    places = [r["objects"][0]["position"] for r in singles]
+    place_labels = [dw.POSITION_PHRASES[p][0] for p in dw.POSITIONS]
+    place_clf = ZeroShotClassifier(encoder, place_labels, [PLACE_TEMPLATE])
+    size_clf = ZeroShotClassifier(encoder, list(dw.SIZES), [SIZE_TEMPLATE])
+    place_ok = strict_accuracy(place_clf.logits(single_vecs), [dw.POSITIONS.index(p) for p in places])
+    size_ok = strict_accuracy(size_clf.logits(single_vecs), [dw.SIZES.index(z) for z in obj_sizes])
+    metrics += [
+        Metric("zero_shot_position", sec, "position (9 cells of a 3x3 grid)", float(place_ok.mean())),
+        Metric("zero_shot_size", sec, "size (small or large)", float(size_ok.mean())),
+    ]
 
     def by(keys: Sequence[str], ok: npt.NDArray[np.bool_], order: Sequence[str]) -> dict[str, float]:
         return {key: float(np.mean([o for k2, o in zip(keys, ok) if k2 == key])) for key in order if key in keys}
