@@ -273,6 +273,8 @@ class DemoWorldBatches:
             raise ValueError(f"twins is a share of the batch in [0, 0.5], got {twins}")
         if twin_kind not in TWIN_KINDS:
             raise ValueError(f"unknown twin kind {twin_kind!r}; use one of {', '.join(TWIN_KINDS)}")
+        if object_queries < 0:
+            raise ValueError(f"object_queries must be 0 or more, got {object_queries}")
         self.preprocess = preprocess
         self.batch_size = batch_size
         self.seed = seed
@@ -345,8 +347,8 @@ class DemoWorldBatches:
             captions.append(query)
             claims.append(claim)
         all_records = [rec for _, rec in records] + twin_records
-        targets = np.array([[dw.claim_holds(claim, rec) for claim in claims] for rec in all_records], dtype=bool)
-        holds = targets
+        holds = np.array([[dw.claim_holds(claim, rec) for claim in claims] for rec in all_records], dtype=bool)
+        targets = holds
         if self.soft_targets:
             likelihood = np.array(
                 [[dw.claim_likelihood(claim, rec) for claim in claims] for rec in all_records], dtype=np.float32
@@ -354,7 +356,7 @@ class DemoWorldBatches:
             # A pooled caption's scene is drawn to make the claim true, not to be captioned so:
             # "a blue background" can get a striped blue one, which the generator would have
             # called striped. Such true pairs keep a small weight instead of none.
-            likelihood = np.where(targets, np.maximum(likelihood, MIN_LIKELIHOOD), 0.0)
+            likelihood = np.where(holds, np.maximum(likelihood, MIN_LIKELIHOOD), 0.0)
             # Divided by each caption's mean over the batch's images (an estimate of how likely
             # the caption is at all): the loss's column normalisation then gives the posterior
             # over images, and its row normalisation the likelihood ratio over captions.
