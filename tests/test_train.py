@@ -610,6 +610,9 @@ def test_train_from_a_tiny_hf_clip_base(tmp_path: Path, tiny_hf_clip: Path) -> N
     assert encoder.encode_texts(["a star"]).shape == (1, 16)
     before = load_model(str(tiny_hf_clip)).encode_texts(["a star"])
     assert not np.allclose(before, encoder.encode_texts(["a star"]))  # the weights moved
+    refused = CliRunner().invoke(_app(), [*args[:4], str(tmp_path / "m2"), *args[5:], "--pool-positions"])
+    assert refused.exit_code == 2
+    assert "a --base CLIP model has its own" in " ".join(refused.output.replace("│", " ").split())
 
 
 def test_train_from_a_dual_encoder_base_starts_from_its_weights(tmp_path: Path, tiny_sbert: Path) -> None:
@@ -655,6 +658,20 @@ def test_train_from_a_dual_encoder_base_starts_from_its_weights(tmp_path: Path, 
                                  "--base", str(tmp_path / "m1"), "--text-layers", "2", *common])  # fmt: skip
     assert bad.exit_code == 2
     assert "--text-layers comes from the base model, which has 0; leave it out" in bad.output.replace("\n", "")
+
+
+def test_train_from_a_dual_encoder_base_with_text_layers(tmp_path: Path, tiny_sbert: Path) -> None:
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    first = runner.invoke(_app(), _train_args("demo-world", tmp_path / "m1", tiny_sbert, "--steps", "1",
+                                              "--caption-pool", "20", "--text-layers", "1"))  # fmt: skip
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(_app(), ["train", "--pairs", "demo-world", "--out", str(tmp_path / "m2"), "--base",
+                                   str(tmp_path / "m1"), "--steps", "1", "--caption-pool", "20", "--batch-size", "8",
+                                   "--no-progress", "--threads", "1"])  # fmt: skip
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "m2" / "clipsearch_model.json").read_text())["config"]["text_head_layers"] == 1
 
 
 def test_train_option_errors(tmp_path: Path, tiny_sbert: Path) -> None:

@@ -48,7 +48,10 @@ RESUME_KEYS = (
     "soft_targets", "negatives", "text_layers", "twin_kind", "object_queries", "pool_positions",
 )  # fmt: skip
 DUAL_BASE_LR = 3e-4  # default peak lr to fine-tune a dual encoder (a seventh of training from scratch)
-RESUME_DEFAULTS = {"pool_positions": False, "object_queries": 0, "twin_kind": "binding", "twins": 0.0, "soft_targets": False, "negatives": False, "text_layers": 0}  # options added later: what checkpoints without them were trained with
+RESUME_DEFAULTS = {  # options added later: what checkpoints without them were trained with
+    "twins": 0.0, "soft_targets": False, "negatives": False, "text_layers": 0, "twin_kind": "binding",
+    "object_queries": 0, "pool_positions": False,
+}  # fmt: skip
 
 
 @dataclass
@@ -159,8 +162,10 @@ def _resolve_defaults(opts: TrainOptions) -> TrainOptions:
         raise ValueError("--object-queries needs pairs 'demo-world': which scenes hold an object comes from the generator")
     if opts.text_layers < 0:
         raise ValueError(f"text_layers must be 0 or more, got {opts.text_layers}")
-    if opts.text_layers and opts.base:
+    if opts.text_layers and opts.base and base_cfg is None:
         raise ValueError("--text-layers builds a dual encoder's text head; a --base CLIP model has its own")
+    if opts.pool_positions and opts.base and base_cfg is None:
+        raise ValueError("--pool-positions belongs to a dual encoder's attention pool; a --base CLIP model has its own")
     return opts
 
 
