@@ -677,31 +677,20 @@ def test_train_from_a_dual_encoder_base_with_text_layers(tmp_path: Path, tiny_sb
 def test_train_option_errors(tmp_path: Path, tiny_sbert: Path) -> None:
     from typer.testing import CliRunner
 
-    result = CliRunner().invoke(_app(), _train_args("demo-world", tmp_path / "m", tiny_sbert))
-    assert result.exit_code == 2
-    assert "pairs 'demo-world' is endless: give the number of steps (--steps N)" in result.output
-    result = CliRunner().invoke(
-        _app(), _train_args("demo-world", tmp_path / "m", tiny_sbert, "--steps", "2", "--image-tower", "mlp")
-    )
-    assert result.exit_code == 2
-    assert "unknown image tower 'mlp'; use one of cnn, resnet18, vit" in result.output
     (tmp_path / "p.csv").write_text("image,caption\na.png,x\n")
-    result = CliRunner().invoke(_app(), _train_args(str(tmp_path / "p.csv"), tmp_path / "m", tiny_sbert, "--twins", "0.2"))
-    assert result.exit_code == 2
-    assert "--twins needs pairs 'demo-world': twins are drawn from the generator's scenes" in result.output
-    result = CliRunner().invoke(_app(), _train_args(str(tmp_path / "p.csv"), tmp_path / "m", tiny_sbert, "--negatives"))
-    assert result.exit_code == 2
-    assert "--negatives needs pairs 'demo-world' and a caption pool" in result.output
-    result = CliRunner().invoke(
-        _app(), _train_args(str(tmp_path / "p.csv"), tmp_path / "m", tiny_sbert, "--object-queries", "8")
-    )
-    assert result.exit_code == 2
-    assert "--object-queries needs pairs 'demo-world'" in result.output
-    result = CliRunner().invoke(
-        _app(), _train_args("demo-world", tmp_path / "m", tiny_sbert, "--steps", "2", "--twin-kind", "colour")
-    )
-    assert result.exit_code == 2
-    assert "unknown twin kind 'colour'; use one of binding, contrast" in result.output
+    csv = str(tmp_path / "p.csv")
+    cases = [  # (pairs, extra options, the one-line error)
+        ("demo-world", [], "pairs 'demo-world' is endless: give the number of steps (--steps N)"),
+        ("demo-world", ["--steps", "2", "--image-tower", "mlp"], "unknown image tower 'mlp'; use one of cnn, resnet18, vit"),
+        (csv, ["--twins", "0.2"], "--twins needs pairs 'demo-world': twins are drawn from the generator's scenes"),
+        (csv, ["--negatives"], "--negatives needs pairs 'demo-world' and a caption pool"),
+        (csv, ["--object-queries", "8"], "--object-queries needs pairs 'demo-world'"),
+        ("demo-world", ["--steps", "2", "--twin-kind", "colour"], "unknown twin kind 'colour'; use one of binding, contrast"),
+    ]  # fmt: skip
+    for pairs, extra, message in cases:
+        result = CliRunner().invoke(_app(), _train_args(pairs, tmp_path / "m", tiny_sbert, *extra))
+        assert result.exit_code == 2, (extra, result.output)
+        assert message in result.output, (extra, result.output)
 
 
 def test_train_text_tower_and_skip_undecodable_images(tmp_path: Path, tiny_sbert: Path) -> None:
