@@ -357,7 +357,8 @@ def contrast_twin(rng: np.random.Generator, scene: Scene, claim: dict[str, Any])
     words. This twin, drawn with the identical layout, is such a scene for its own caption:
     a claimed object moved to a free cell of the 3x3 grid, given the other size, or the
     colours bound to other shapes (:func:`binding_twin`). The kinds the claim names are tried
-    in random order; held-out pairs stay out of train images.
+    in random order, a move or resize on each object in turn; held-out pairs stay out of train
+    images.
 
     Args:
         rng: the source of all randomness.
