@@ -391,6 +391,42 @@ def test_pool_positions_start_at_zero_learn_and_round_trip(tiny_sbert: Path, tmp
         dual.build_dual(_tiny_cfg(tiny_sbert, pool="mean", pool_positions=True))
 
 
+def test_text_positions_start_at_zero_learn_word_order_and_round_trip(tiny_sbert: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = dual.build_dual(_tiny_cfg(tiny_sbert)).eval()
+    texts = ["red star blue circle", "blue star red circle"]  # the same bag of words
+    before = dual.encoder_from_module(model, name="a").encode_texts(texts)
+    model.text_head.enable_positions()  # added to a trained head, with identity layers: nothing changes
+    model.text_head.add_layers(1)
+    assert model.cfg.text_head_positions and model.cfg.text_head_layers == 1
+    assert model.text_head.places.shape == (model.cfg.context_length, model.cfg.text_head_dim)
+    np.testing.assert_allclose(dual.encoder_from_module(model, name="b").encode_texts(texts), before, atol=1e-6)
+    with pytest.raises(ValueError, match="already has 1 mixing layers"):
+        model.text_head.add_layers(1)
+    # Pull apart two texts that differ only in word order.
+    model.train()
+    params = [p for n, p in model.text_head.named_parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=3e-3)
+    inputs = model.text_inputs(texts)
+    for _ in range(60):
+        v = model.encode_text(inputs)
+        loss = (v[0] @ v[1]) ** 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(model.text_head.places.detach().abs().sum()) > 0
+    model.eval()
+    dual.save_model(model, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / dual.CONFIG_FILE).read_text())["config"]
+    assert (config["text_head_positions"], config["text_head_layers"]) == (True, 1)
+    after = dual.encoder_from_module(model, name="c").encode_texts(texts)
+    assert float(after[0] @ after[1]) < float(before[0] @ before[1]) - 0.1
+    np.testing.assert_array_equal(after, dual.load_dual(tmp_path / "m").encode_texts(texts))
+    with torch.no_grad():
+        model.text_head.places.zero_()  # the learned order is in the token-index embedding too
+    assert not np.allclose(dual.encoder_from_module(model, name="d").encode_texts(texts), after, atol=1e-3)
+
+
 def test_packaged_minilm_is_referenced_not_copied(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = dual.build_dual(_tiny_cfg("minilm"))
@@ -627,7 +663,7 @@ def test_train_from_a_dual_encoder_base_starts_from_its_weights(tmp_path: Path, 
     assert first.exit_code == 0, first.output
     config_file = tmp_path / "m1" / "clipsearch_model.json"
     meta = json.loads(config_file.read_text())
-    for later in ("text_head_layers", "pool_positions"):  # as saved before those options existed
+    for later in ("text_head_layers", "pool_positions", "text_head_positions"):  # as saved before those options existed
         del meta["config"][later]
     config_file.write_text(json.dumps(meta))
     # No tower options: the architecture (image size 16, embed dim 32, the tiny text tower) comes from m1.
@@ -647,17 +683,16 @@ def test_train_from_a_dual_encoder_base_starts_from_its_weights(tmp_path: Path, 
     # with the default learning rate (3e-4 for a dual-encoder base) the weights move
     moved = runner.invoke(_app(), ["train", "--pairs", "demo-world", "--out", str(tmp_path / "m3"),
                                    "--base", str(tmp_path / "m1"), "--soft-targets", "--pool-positions",
-                                   *common])  # fmt: skip
+                                   "--text-positions", "--text-layers", "1", *common])  # fmt: skip
     assert moved.exit_code == 0, moved.output
     state = json.loads((tmp_path / "m3" / "checkpoint" / "trainer_state.json").read_text())
     assert state["options"]["lr"] == 3e-4
-    assert json.loads((tmp_path / "m3" / "clipsearch_model.json").read_text())["config"]["pool_positions"] is True
+    assert (state["options"]["text_layers"], state["options"]["text_positions"]) == (1, True)
+    config = json.loads((tmp_path / "m3" / "clipsearch_model.json").read_text())["config"]
+    assert (config["pool_positions"], config["text_head_positions"], config["text_head_layers"]) == (True, True, 1)
     c = load_file(str(tmp_path / "m3" / "model.safetensors"))
     assert any(not torch.equal(a[k], c[k]) for k in a)
-    bad = runner.invoke(_app(), ["train", "--pairs", "demo-world", "--out", str(tmp_path / "m4"),
-                                 "--base", str(tmp_path / "m1"), "--text-layers", "2", *common])  # fmt: skip
-    assert bad.exit_code == 2
-    assert "--text-layers comes from the base model, which has 0; leave it out" in bad.output.replace("\n", "")
+    assert {"text_head.places", "image.cell_places"} <= c.keys() - a.keys()
 
 
 def test_train_from_a_dual_encoder_base_with_text_layers(tmp_path: Path, tiny_sbert: Path) -> None:
@@ -672,6 +707,10 @@ def test_train_from_a_dual_encoder_base_with_text_layers(tmp_path: Path, tiny_sb
                                    "--no-progress", "--threads", "1"])  # fmt: skip
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "m2" / "clipsearch_model.json").read_text())["config"]["text_head_layers"] == 1
+    bad = runner.invoke(_app(), ["train", "--pairs", "demo-world", "--out", str(tmp_path / "m3"), "--base",
+                                 str(tmp_path / "m1"), "--steps", "1", "--text-layers", "2", "--no-progress"])  # fmt: skip
+    assert bad.exit_code == 2
+    assert "--text-layers comes from the base model, which has 1; leave it out" in bad.output.replace("\n", "")
 
 
 def test_train_option_errors(tmp_path: Path, tiny_sbert: Path) -> None:

@@ -58,7 +58,8 @@ def train_cmd(
     twin_kind: Annotated[str, typer.Option("--twin-kind", help="demo-world: what a twin changes: 'binding' (colours on other shapes) or 'contrast' (a position, size or binding its scene's caption names, so the caption is false of it).")] = "binding",
     soft_targets: Annotated[bool, typer.Option("--soft-targets", help="demo-world: weigh each positive by how likely the generator is to caption that scene so, instead of 1 for every scene a caption is true of.")] = False,
     negatives: Annotated[bool, typer.Option("--negatives", help="demo-world: add each caption's binding-swapped twin ('a blue star and a red circle' for 'a red star and a blue circle') as a hard-negative caption.")] = False,
-    text_layers: Annotated[int, typer.Option("--text-layers", min=0, help="Trainable transformer layers in the text head, before pooling (lets the text side bind colours to shapes).")] = 0,
+    text_layers: Annotated[int, typer.Option("--text-layers", min=0, help="Trainable transformer layers in the text head, before pooling (lets the text side bind colours to shapes; added as the identity to a --base without them).")] = 0,
+    text_positions: Annotated[bool, typer.Option("--text-positions", help="Dual encoders: the text head adds a learned embedding of each token's index, so its layers see word order (added at zero to a --base that lacks it).")] = False,
     image_size: Annotated[int | None, typer.Option("--image-size", min=8, help="Model input side in pixels (default: 64 cnn/vit, 128 resnet18).")] = None,
     embed_dim: Annotated[int, typer.Option("--embed-dim", min=2, help="Joint space dimension.")] = 256,
     pool: Annotated[str, typer.Option("--pool", help="Image grid pooling: attention or mean.")] = "attention",
@@ -78,7 +79,7 @@ def train_cmd(
             eval_pairs=eval_pairs, eval_every=eval_every, eval_size=eval_size, resume=resume, minutes=minutes,
             threads=threads, workers=workers, caption_pool=caption_pool, twins=twins, twin_kind=twin_kind,
             soft_targets=soft_targets, negatives=negatives, object_queries=object_queries,
-            text_layers=text_layers, image_size=image_size, embed_dim=embed_dim, pool=pool,
+            text_layers=text_layers, text_positions=text_positions, image_size=image_size, embed_dim=embed_dim, pool=pool,
             pool_positions=pool_positions, progress=progress,
         )
     )  # fmt: skip

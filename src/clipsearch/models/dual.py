@@ -74,6 +74,7 @@ class DualConfig:
     text_head_queries: int = 4  # learned queries that pool the tokens
     text_head_heads: int = 4  # attention heads per query
     text_head_layers: int = 0  # trainable transformer layers over the token states before pooling
+    text_head_positions: bool = False  # the head adds a learned embedding of each token's index (word order)
     context_length: int = 64  # text tokens, special tokens included
     logit_scale_init: float = math.log(1 / 0.07)  # CLIP's initial temperature
 
@@ -316,6 +317,12 @@ def _build_module_classes() -> Any:  # noqa: C901 - one closure that defines the
         token states. Pooled frozen states are close to a bag of words: "a red star and a blue
         circle" and "a blue star and a red circle" land at cosine 0.998 in a head without them,
         so no image side can tell the two apart.
+
+        Attention and those layers see a set of tokens: without ``text_head_positions`` the
+        head knows word order only from what the frozen tower left in each token's state. With
+        it, a learned ``(context_length, d)`` embedding of each token's index is added to the
+        projected states (zero at first, so it can be added to a trained head unchanged), as
+        CLIP's text transformer adds one to its token embeddings.
         """
 
         def __init__(self, cfg: DualConfig):
@@ -327,19 +334,37 @@ def _build_module_classes() -> Any:  # noqa: C901 - one closure that defines the
             self.attn = nn.MultiheadAttention(d, cfg.text_head_heads, batch_first=True)
             self.out = nn.Sequential(nn.LayerNorm(q * d), nn.Linear(q * d, cfg.embed_dim))
             self.mean_proj = nn.Linear(cfg.text_width, cfg.embed_dim)
+            self.cfg = cfg
+            self.places = None
+            if cfg.text_head_positions:
+                self.enable_positions()
             self.mix = None
             if cfg.text_head_layers:
-                layer = nn.TransformerEncoderLayer(
-                    d, cfg.text_head_heads, 2 * d, dropout=0.0, batch_first=True, norm_first=True
-                )
-                self.mix = nn.TransformerEncoder(layer, cfg.text_head_layers, enable_nested_tensor=False)
-                for block in self.mix.layers:  # each residual layer starts as the identity
-                    for lin in (block.self_attn.out_proj, block.linear2):
-                        nn.init.zeros_(lin.weight)
-                        nn.init.zeros_(lin.bias)
+                self.add_layers(cfg.text_head_layers)
+
+        def enable_positions(self) -> None:
+            """Add the zero-initialised ``(context_length, d)`` token-index embedding."""
+            self.places = nn.Parameter(torch.zeros(self.cfg.context_length, self.cfg.text_head_dim))
+            self.cfg.text_head_positions = True
+
+        def add_layers(self, n: int) -> None:
+            """Put ``n`` mixing layers before the pool; each starts as the identity, so a trained
+            head computes what it did until training moves them."""
+            if self.mix is not None:
+                raise ValueError(f"the head already has {len(self.mix.layers)} mixing layers")
+            d = self.cfg.text_head_dim
+            layer = nn.TransformerEncoderLayer(d, self.cfg.text_head_heads, 2 * d, dropout=0.0, batch_first=True, norm_first=True)
+            self.mix = nn.TransformerEncoder(layer, n, enable_nested_tensor=False)
+            for block in self.mix.layers:  # each residual layer starts as the identity
+                for lin in (block.self_attn.out_proj, block.linear2):
+                    nn.init.zeros_(lin.weight)
+                    nn.init.zeros_(lin.bias)
+            self.cfg.text_head_layers = n
 
         def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             x = self.inp(self.norm(hidden))
+            if self.places is not None:
+                x = x + self.places[: x.shape[1]]
             if self.mix is not None:
                 x = self.mix(x, src_key_padding_mask=~mask)
             q = self.queries[None].expand(hidden.shape[0], -1, -1)

@@ -46,11 +46,12 @@ RESUME_KEYS = (
     "pairs", "base", "image_tower", "text_tower", "freeze_text", "batch_size", "lr", "weight_decay",
     "warmup", "seed", "caption_pool", "image_size", "embed_dim", "pool", "epochs", "twins",
     "soft_targets", "negatives", "text_layers", "twin_kind", "object_queries", "pool_positions",
+    "text_positions",
 )  # fmt: skip
 DUAL_BASE_LR = 3e-4  # default peak lr to fine-tune a dual encoder (a seventh of training from scratch)
 RESUME_DEFAULTS = {  # options added later: what checkpoints without them were trained with
     "twins": 0.0, "soft_targets": False, "negatives": False, "text_layers": 0, "twin_kind": "binding",
-    "object_queries": 0, "pool_positions": False,
+    "object_queries": 0, "pool_positions": False, "text_positions": False,
 }  # fmt: skip
 
 
@@ -84,7 +85,8 @@ class TrainOptions:
     soft_targets: bool = False  # demo-world: weigh positives by the generator's caption likelihood
     negatives: bool = False  # demo-world: add each caption's binding-swapped twin as a hard-negative caption
     object_queries: int = 0  # demo-world: single-object queries per batch, as captions without an image
-    text_layers: int = 0  # dual models: trainable transformer layers in the text head
+    text_layers: int = 0  # dual models: trainable transformer layers in the text head (added to a --base that has none)
+    text_positions: bool = False  # dual models: the text head learns word order (added to a --base too)
     image_size: int | None = None  # model input side; default per image tower
     embed_dim: int = 256
     pool: str = "attention"
@@ -116,15 +118,17 @@ def _resolve_defaults(opts: TrainOptions) -> TrainOptions:
         raise ValueError(f"unknown image tower {opts.image_tower!r}; use one of {', '.join(IMAGE_TOWERS)}")
     base_cfg = dual_base_config(opts.base) if opts.base else None
     if base_cfg is not None:
-        if opts.text_layers not in (0, base_cfg["text_head_layers"]):
+        if base_cfg["text_head_layers"] and opts.text_layers not in (0, base_cfg["text_head_layers"]):
             raise ValueError(
                 f"--text-layers comes from the base model, which has {base_cfg['text_head_layers']}; leave it out"
             )
         # The architecture is the base model's: record it, so the saved options and --resume tell the truth.
         opts.image_tower, opts.image_size = base_cfg["image_tower"], base_cfg["image_size"]
         opts.embed_dim, opts.pool = base_cfg["embed_dim"], base_cfg["pool"]
-        opts.text_tower, opts.text_layers = base_cfg["text_tower"], base_cfg["text_head_layers"]
-        opts.pool_positions = opts.pool_positions or bool(base_cfg.get("pool_positions", False))
+        opts.text_tower = base_cfg["text_tower"]
+        opts.text_layers = base_cfg["text_head_layers"] or opts.text_layers  # new layers start as the identity
+        opts.pool_positions = opts.pool_positions or base_cfg["pool_positions"]
+        opts.text_positions = opts.text_positions or base_cfg["text_head_positions"]
     if opts.lr is None:
         opts.lr = 2e-3 if not opts.base else (DUAL_BASE_LR if base_cfg is not None else 1e-5)
     if opts.freeze_text is None:
@@ -166,6 +170,8 @@ def _resolve_defaults(opts: TrainOptions) -> TrainOptions:
         raise ValueError("--text-layers builds a dual encoder's text head; a --base CLIP model has its own")
     if opts.pool_positions and opts.base and base_cfg is None:
         raise ValueError("--pool-positions belongs to a dual encoder's attention pool; a --base CLIP model has its own")
+    if opts.text_positions and opts.base and base_cfg is None:
+        raise ValueError("--text-positions belongs to a dual encoder's text head; a --base CLIP model has its own")
     return opts
 
 
@@ -198,8 +204,13 @@ def build_model(opts: TrainOptions) -> Any:
     if opts.base and dual_base_config(opts.base) is not None:
         model = load_module(Path(opts.base).expanduser())
         model.set_text_trainable(not opts.freeze_text)
+        # Each addition starts as a no-op, so the base's vectors are kept until training moves them.
         if opts.pool_positions and model.image.cell_places is None:
-            model.image.enable_pool_positions()  # zero at first: the base's vectors are kept
+            model.image.enable_pool_positions()
+        if opts.text_positions and model.text_head.places is None:
+            model.text_head.enable_positions()
+        if opts.text_layers and model.text_head.mix is None:
+            model.text_head.add_layers(opts.text_layers)
         return model
     if opts.base:
         return build_hf_clip(opts.base, freeze_text=opts.freeze_text)
@@ -212,6 +223,7 @@ def build_model(opts: TrainOptions) -> Any:
         text_tower=opts.text_tower,
         text_trainable=not opts.freeze_text,
         text_head_layers=opts.text_layers,
+        text_head_positions=opts.text_positions,
     )
     return build_dual(cfg)
 
