@@ -28,7 +28,7 @@ def test_demo_no_serve_in_a_temp_folder(tmp_path: Path):
         assert direction in out, direction
     assert "zero-shot shape classification" in out
     assert "indexed 120 new" in out  # 60 images and their 60 captions
-    for picture in ("contact_sheet.png", "relevance_map.png"):
+    for picture in ("contact_sheet.png", "contact_sheet_rerank.png", "relevance_map.png"):
         with Image.open(folder / picture) as im:
             assert im.width > 200 and im.height > 200
     records = [json.loads(line) for line in (folder / "gallery" / "metadata.jsonl").read_text().splitlines()]

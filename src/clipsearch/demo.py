@@ -37,6 +37,7 @@ class DemoReport:
     examples: list[Example] = field(default_factory=list)
     classified: list[tuple[str, str, list[tuple[str, float]]]] = field(default_factory=list)  # image, truth, top
     contact_sheet: Path | None = None
+    contact_sheet_rerank: Path | None = None  # the same query with --rerank 50 (models with a grid)
     relevance_map: Path | None = None
     relevance_prompt: str = ""
 
@@ -124,6 +125,11 @@ def run_demo(
 
     sheet_hits = store.search("a red circle", k=12, modality="image")
     report.contact_sheet = contact_sheet(sheet_hits, folder / "contact_sheet.png", title="a red circle")
+    if has_grid(encoder):  # side by side with the vector ranking: what re-scoring by cells fixes
+        sheet_hits = store.search("a red circle", k=12, modality="image", rerank=50)
+        report.contact_sheet_rerank = contact_sheet(
+            sheet_hits, folder / "contact_sheet_rerank.png", title="a red circle (--rerank 50)"
+        )
 
     from clipsearch.tasks import classify
 

@@ -23,8 +23,9 @@ def demo(
 ) -> None:
     """Generate a gallery of shape scenes, index it with the demo model, and search it every way.
 
-    Fully offline. Writes DIR/contact_sheet.png and DIR/relevance_map.png, then serves the
-    search page on http://127.0.0.1:PORT/ (--no-serve to stop after the tour).
+    Fully offline. Writes DIR/contact_sheet.png (and contact_sheet_rerank.png for a model with
+    a grid) and DIR/relevance_map.png, then serves the search page on http://127.0.0.1:PORT/
+    (--no-serve to stop after the tour).
     """
     from rich.table import Table
 
@@ -54,6 +55,8 @@ def demo(
         cls.add_row(Path(image).name, truth, ", ".join(f"{label} {p:.0%}" for label, p in top))
     console.print(cls)
     console.print(f"contact sheet of 'a red circle': {report.contact_sheet}", highlight=False)
+    if report.contact_sheet_rerank:
+        console.print(f"the same with --rerank 50: {report.contact_sheet_rerank}", highlight=False)
     if report.relevance_map:
         console.print(f"relevance map of '{report.relevance_prompt}': {report.relevance_map}", highlight=False)
     if serve:
