@@ -27,6 +27,7 @@ def test_demo_no_serve_in_a_temp_folder(tmp_path: Path):
     for direction in ("text -> image", "image -> image", "image -> text", "text -> text", "composed"):
         assert direction in out, direction
     assert "zero-shot shape classification" in out
+    assert "(+2 x 'heart', +1 x 'yellow', -1 x 'red')" in out  # the composed query is split into its terms
     assert "indexed 120 new" in out  # 60 images and their 60 captions
     for picture in ("contact_sheet.png", "contact_sheet_rerank.png", "relevance_map.png"):
         with Image.open(folder / picture) as im:

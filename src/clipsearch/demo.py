@@ -114,8 +114,10 @@ def run_demo(
 
     for direction, text, opts, note in examples:
         query: Any = Path(text) if direction.startswith("image") else text
-        if direction == "composed":
-            query = parse_query([text])
+        if direction == "composed":  # one shell-like line: parse_query splits a str, not a list
+            query = parse_query(text)
+            terms = ", ".join(f"{t.weight:+g} x {t.value!r}" for t in query.terms)
+            note = f"{note} ({terms})"
         hits = store.search(query, k=6, **opts)
         if direction == "image -> image":  # the query image itself comes back first with score 1
             hits = [h for h in hits if query_image.name not in {Path(p).name for p in h.paths}]
