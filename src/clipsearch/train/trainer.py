@@ -166,12 +166,14 @@ def _resolve_defaults(opts: TrainOptions) -> TrainOptions:
         raise ValueError("--object-queries needs pairs 'demo-world': which scenes hold an object comes from the generator")
     if opts.text_layers < 0:
         raise ValueError(f"text_layers must be 0 or more, got {opts.text_layers}")
-    if opts.text_layers and opts.base and base_cfg is None:
-        raise ValueError("--text-layers builds a dual encoder's text head; a --base CLIP model has its own")
-    if opts.pool_positions and opts.base and base_cfg is None:
-        raise ValueError("--pool-positions belongs to a dual encoder's attention pool; a --base CLIP model has its own")
-    if opts.text_positions and opts.base and base_cfg is None:
-        raise ValueError("--text-positions belongs to a dual encoder's text head; a --base CLIP model has its own")
+    if opts.base and base_cfg is None:  # a CLIP checkpoint: options that shape a dual encoder do not apply
+        for given, what in (
+            (opts.text_layers, "--text-layers builds a dual encoder's text head"),
+            (opts.pool_positions, "--pool-positions belongs to a dual encoder's attention pool"),
+            (opts.text_positions, "--text-positions belongs to a dual encoder's text head"),
+        ):
+            if given:
+                raise ValueError(f"{what}; a --base CLIP model has its own")
     return opts
 
 
