@@ -391,6 +391,65 @@ def test_pool_positions_start_at_zero_learn_and_round_trip(tiny_sbert: Path, tmp
         dual.build_dual(_tiny_cfg(tiny_sbert, pool="mean", pool_positions=True))
 
 
+def test_box_cell_targets_and_object_attention_loss_by_hand() -> None:
+    from clipsearch.train.loss import box_cell_targets, object_attention_loss
+
+    boxes = [
+        np.array([[0.0, 0.0, 0.5, 0.5]]),  # exactly the top-left cell of a 2x2 grid
+        np.array([[0.25, 0.0, 0.75, 0.5]]),  # half in each of the two top cells
+        np.array([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]),  # two objects of equal area
+        np.zeros((0, 4)),  # no object
+    ]
+    t = box_cell_targets(boxes, 2)
+    expected = [[1, 0, 0, 0], [0.5, 0.5, 0, 0], [0.5, 0, 0, 0.5], [0, 0, 0, 0]]
+    np.testing.assert_allclose(t.numpy(), expected, atol=1e-7)
+    w = torch.tensor([[0.25] * 4, [0.5, 0.5, 0.0, 0.0], [0.25] * 4, [1.0, 0.0, 0.0, 0.0]])
+    # rows: -log 0.25, -(0.5 log 0.5 + 0.5 log 0.5), -log 0.25; the box-less row is left out
+    expected_loss = (math.log(4) + math.log(2) + math.log(4)) / 3
+    assert float(object_attention_loss(w, t)) == pytest.approx(expected_loss, rel=1e-6)
+    assert float(object_attention_loss(w[3:], t[3:])) == 0.0
+
+
+def test_demo_batches_give_each_image_its_object_boxes(tiny_dual) -> None:
+    from clipsearch.train import demo_world as dw
+
+    src = data.DemoWorldBatches(
+        tiny_dual.preprocess, 16, seed=0, pool=data.caption_pool(0, 64), sides=(32, 96), twins=0.25, twin_kind="contrast"
+    )
+    b = src.batch(2)
+    assert len(b.boxes) == len(b.pixels) == len(b.records)
+    for bx, rec in zip(b.boxes, b.records):
+        assert bx.shape == (len(rec["objects"]), 4)
+        for (x0, y0, x1, y1), obj in zip(bx, rec["objects"]):
+            row, col = divmod(dw.POSITIONS.index(obj["position"]), 3)  # a box stays inside its third of each side
+            assert col / 3 - 1e-6 <= x0 < x1 <= (col + 1) / 3 + 1e-6, (obj, bx)
+            assert row / 3 - 1e-6 <= y0 < y1 <= (row + 1) / 3 + 1e-6, (obj, bx)
+
+
+def test_object_attention_draws_the_pool_to_the_objects(tiny_dual) -> None:
+    from clipsearch.train.loss import box_cell_targets, object_attention_loss
+
+    model = tiny_dual.train()
+    batch = _demo_batch(model)
+    pixels = torch.from_numpy(batch.pixels)
+    with torch.no_grad():
+        pooled, cells, w = model.image.pool_with_weights(pixels)
+        np.testing.assert_allclose(pooled, model.image(pixels)[0], atol=1e-6)
+        target = box_cell_targets(batch.boxes, cells.shape[-1])
+        on_objects = float((w * (target > 0)).sum(1).mean())
+        start = float(object_attention_loss(w, target))
+    opt = torch.optim.AdamW(model.image.parameters(), lr=1e-2)
+    for _ in range(20):
+        loss = object_attention_loss(model.image.pool_with_weights(pixels)[2], target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        w = model.image.pool_with_weights(pixels)[2]
+    assert float(object_attention_loss(w, target)) < start - 0.2
+    assert float((w * (target > 0)).sum(1).mean()) > on_objects + 0.1  # more of the pool's weight on the objects
+
+
 def test_text_positions_start_at_zero_learn_word_order_and_round_trip(tiny_sbert: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = dual.build_dual(_tiny_cfg(tiny_sbert)).eval()
@@ -683,16 +742,20 @@ def test_train_from_a_dual_encoder_base_starts_from_its_weights(tmp_path: Path, 
     # with the default learning rate (3e-4 for a dual-encoder base) the weights move
     moved = runner.invoke(_app(), ["train", "--pairs", "demo-world", "--out", str(tmp_path / "m3"),
                                    "--base", str(tmp_path / "m1"), "--soft-targets", "--pool-positions",
-                                   "--text-positions", "--text-layers", "1", *common])  # fmt: skip
+                                   "--text-positions", "--text-layers", "1", "--attend-objects", "0.5", *common])  # fmt: skip
     assert moved.exit_code == 0, moved.output
     state = json.loads((tmp_path / "m3" / "checkpoint" / "trainer_state.json").read_text())
     assert state["options"]["lr"] == 3e-4
     assert (state["options"]["text_layers"], state["options"]["text_positions"]) == (1, True)
+    assert state["options"]["attend_objects"] == 0.5
+    assert all(h["object_attention"] > 0 for h in state["history"] if "loss" in h)
     config = json.loads((tmp_path / "m3" / "clipsearch_model.json").read_text())["config"]
     assert (config["pool_positions"], config["text_head_positions"], config["text_head_layers"]) == (True, True, 1)
     c = load_file(str(tmp_path / "m3" / "model.safetensors"))
     assert any(not torch.equal(a[k], c[k]) for k in a)
     assert {"text_head.places", "image.cell_places"} <= c.keys() - a.keys()
+    # With --attend-objects the places start random (std 0.1), not at zero; two small steps keep them so.
+    assert 0.05 < float(c["image.cell_places"].std()) < 0.2
 
 
 def test_train_from_a_dual_encoder_base_with_text_layers(tmp_path: Path, tiny_sbert: Path) -> None:
@@ -725,6 +788,8 @@ def test_train_option_errors(tmp_path: Path, tiny_sbert: Path) -> None:
         (csv, ["--negatives"], "--negatives needs pairs 'demo-world' and a caption pool"),
         (csv, ["--object-queries", "8"], "--object-queries needs pairs 'demo-world'"),
         ("demo-world", ["--steps", "2", "--twin-kind", "colour"], "unknown twin kind 'colour'; use one of binding, contrast"),
+        (csv, ["--attend-objects", "0.5"], "--attend-objects needs pairs 'demo-world'"),
+        ("demo-world", ["--steps", "2", "--pool", "mean", "--attend-objects", "0.5"], "this model pools by mean"),
     ]  # fmt: skip
     for pairs, extra, message in cases:
         result = CliRunner().invoke(_app(), _train_args(pairs, tmp_path / "m", tiny_sbert, *extra))

@@ -276,17 +276,20 @@ def _build_module_classes() -> Any:  # noqa: C901 - one closure that defines the
             if cfg.pool_positions:
                 self.enable_pool_positions()
 
-        def enable_pool_positions(self) -> None:
+        def enable_pool_positions(self, init_std: float = 0.0) -> None:
             """Give the attention pool a learned ``(D, gh, gw)`` embedding of each cell's place,
-            zero at first (the pooled vector is unchanged until training moves it).
+            zero at first (the pooled vector is unchanged until training moves it), or drawn
+            with ``init_std``.
 
             The cells come from convolutions, which see where they are only through the two
             coordinate channels: a model trained without this put an object moved to another
             cell at image cosine 0.996 of the original. OpenAI CLIP's attention pool adds a
-            positional embedding to the grid for the same reason.
+            positional embedding to the grid for the same reason. Zero embeddings only grow once
+            the text side tells places apart, which it only learns once the image vectors do;
+            random ones break that standoff (``clipsearch train --attend-objects``).
             """
             g = self.cfg.image_size // grid_stride(self.cfg)
-            self.cell_places = nn.Parameter(torch.zeros(self.cfg.embed_dim, g, g))
+            self.cell_places = nn.Parameter(torch.randn(self.cfg.embed_dim, g, g) * init_std)
             self.cfg.pool_positions = True
 
         def features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -298,15 +301,21 @@ def _build_module_classes() -> Any:  # noqa: C901 - one closure that defines the
 
         def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             """``(n, 3, S, S)`` -> (pooled ``(n, D)``, cell grid ``(n, D, gh, gw)``), not normalised."""
+            pooled, cells, _ = self.pool_with_weights(pixels)
+            return pooled, cells
+
+        def pool_with_weights(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            """As :meth:`forward`, plus the pool's ``(n, gh * gw)`` cell weights (row-major, rows sum to 1)."""
             feats = self.features(pixels)
             cells = self.proj(feats)
             flat = cells.flatten(2)  # (n, D, g*g)
             if self.pool == "mean":
-                return flat.mean(-1), cells
+                w = torch.full(flat.shape[::2], 1.0 / flat.shape[-1], dtype=flat.dtype, device=flat.device)
+                return flat.mean(-1), cells, w
             w = torch.softmax(self.pool_logits(feats).flatten(1), dim=1)  # (n, g*g)
             if self.cell_places is not None:
                 flat = flat + self.cell_places.flatten(1)  # the pooled vector learns where; the grid does not
-            return torch.einsum("ndk,nk->nd", flat, w), cells
+            return torch.einsum("ndk,nk->nd", flat, w), cells, w
 
     class TextHead(nn.Module):
         """Learned queries attend over the tower's token states, plus a mean-pooled path.

@@ -54,6 +54,7 @@ class Batch:
     refused: dict[str, str] = field(default_factory=dict)  # image path -> reason, left out of this batch
     n_pairs: int | None = None  # images and captions that are pairs; None: min(m, n)
     records: list[dict[str, Any]] | None = None  # demo world: the scene record of each image
+    boxes: list[npt.NDArray[np.float32]] | None = None  # demo world: per image (k, 4) object boxes, fractions of its sides
 
 
 def read_pairs(source: str | Path) -> list[Pair]:
@@ -104,6 +105,13 @@ def pair_targets(captions: list[str], image_keys: list[str]) -> npt.NDArray[np.b
     c = np.asarray(captions, dtype=object)
     k = np.asarray(image_keys, dtype=object)
     return (c[:, None] == c[None, :]) | (k[:, None] == k[None, :])
+
+
+def object_boxes(record: dict[str, Any], size: tuple[int, int]) -> npt.NDArray[np.float32]:
+    """``(k, 4)`` boxes of a drawn scene's objects as fractions of its ``(width, height)``."""
+    w, h = size
+    boxes = [o["bbox"] for o in record["objects"] if o.get("bbox") is not None]
+    return (np.asarray(boxes, dtype=np.float32).reshape(-1, 4) / np.float32([w, h, w, h])).astype(np.float32)
 
 
 def _pixels(images: list[Any], preprocess: Preprocess) -> npt.NDArray[np.float32]:
@@ -313,12 +321,14 @@ class DemoWorldBatches:
         rng = np.random.default_rng([self.seed, 1, step])
         n_captioned = self.batch_size - self.n_twins
         images, captions, records, twin_images, twin_records = [], [], [], [], []
+        sizes, twin_sizes = [], []
         for i in range(n_captioned):
             size = dw.sample_canvas_size(rng, *self.sides)
             caption, claim = self.pool[int(rng.integers(len(self.pool)))] if self.pool is not None else (None, None)
             if i >= self.n_twins:  # render_scene draws from rng as batches without twins always did
                 img, rec = dw.render_scene(rng, "train", size, claim=claim, caption=self.pool is None)
                 images.append(self._maybe_jpeg(rng, img))
+                sizes.append(size)
                 captions.append(caption or rec["caption"])
                 records.append((claim or rec["claim"], rec))
                 continue
@@ -328,12 +338,14 @@ class DemoWorldBatches:
             if caption is None:
                 caption, claim, _ = dw.caption_scene(rng, scene)
             images.append(self._maybe_jpeg(rng, img))
+            sizes.append(size)
             captions.append(caption)
             records.append((claim, scene.to_record()))
             twin = dw.binding_twin(rng, scene) if self.twin_kind == "binding" else dw.contrast_twin(rng, scene, claim)
             if twin is not None:
                 twin_img = dw.draw_scene(np.random.default_rng(draw_seed), twin, *size)
                 twin_images.append(self._maybe_jpeg(rng, twin_img))
+                twin_sizes.append(size)
                 twin_records.append(twin.to_record())
         n_pairs = len(captions)
         claims = [claim for claim, _ in records]
@@ -366,7 +378,8 @@ class DemoWorldBatches:
             mean = likelihood.mean(axis=0, keepdims=True)
             targets = np.divide(likelihood, mean, out=np.zeros_like(likelihood), where=mean > 0).astype(np.float32)
         pixels = _pixels(images + twin_images, self.preprocess)
-        return Batch(pixels, captions, targets, step, n_pairs=n_pairs, records=all_records)
+        boxes = [object_boxes(rec, size) for rec, size in zip(all_records, sizes + twin_sizes)]
+        return Batch(pixels, captions, targets, step, n_pairs=n_pairs, records=all_records, boxes=boxes)
 
 
 def demo_eval_set(

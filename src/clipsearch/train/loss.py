@@ -86,3 +86,50 @@ def contrastive_loss(
     loss_i2t = -(row_targets * torch.log_softmax(logits[rows], dim=1)).sum(dim=1).mean()
     loss_t2i = -(col_targets * torch.log_softmax(logits[:, cols], dim=0)).sum(dim=0).mean()
     return (loss_i2t + loss_t2i) / 2
+
+
+def box_cell_targets(boxes: "list", grid: int) -> "torch.Tensor":
+    """Where the objects are, as a distribution over an image's grid cells.
+
+    Args:
+        boxes: per image, a ``(k, 4)`` array of boxes ``(x0, y0, x1, y1)`` as fractions of the
+            image's width and height (the model squashes the whole image onto its grid, so
+            fractions map straight onto cells).
+        grid: cells per side.
+
+    Returns:
+        ``(n, grid * grid)`` rows that sum to 1: the share of the images' box area in each cell
+        (row-major); all zeros for an image without a box.
+    """
+    import numpy as np
+    import torch
+
+    edges = np.linspace(0.0, 1.0, grid + 1)
+    lo, hi = edges[:-1], edges[1:]
+    out = np.zeros((len(boxes), grid, grid), dtype=np.float32)
+    for i, bx in enumerate(boxes):
+        for x0, y0, x1, y1 in np.asarray(bx, dtype=np.float64).reshape(-1, 4):
+            wx = np.clip(np.minimum(hi, x1) - np.maximum(lo, x0), 0.0, None)  # overlap with each column
+            wy = np.clip(np.minimum(hi, y1) - np.maximum(lo, y0), 0.0, None)  # and each row
+            out[i] += np.outer(wy, wx)
+    flat = out.reshape(len(boxes), -1)
+    total = flat.sum(axis=1, keepdims=True)
+    return torch.from_numpy(np.divide(flat, total, out=np.zeros_like(flat), where=total > 0))
+
+
+def object_attention_loss(weights: "torch.Tensor", targets: "torch.Tensor") -> "torch.Tensor":
+    """Cross-entropy of the pool's cell weights against where the objects are.
+
+    Args:
+        weights: ``(n, cells)`` attention-pool weights (rows sum to 1).
+        targets: ``(n, cells)`` from :func:`box_cell_targets`; rows of zeros are left out.
+
+    Returns:
+        A scalar tensor: the mean over images with a box of ``-sum(targets * log(weights))``.
+    """
+    import torch
+
+    keep = targets.sum(dim=1) > 0
+    if not bool(keep.any()):
+        return weights.sum() * 0.0
+    return -(targets[keep] * torch.log(weights[keep].clamp_min(1e-12))).sum(dim=1).mean()

@@ -46,12 +46,14 @@ RESUME_KEYS = (
     "pairs", "base", "image_tower", "text_tower", "freeze_text", "batch_size", "lr", "weight_decay",
     "warmup", "seed", "caption_pool", "image_size", "embed_dim", "pool", "epochs", "twins",
     "soft_targets", "negatives", "text_layers", "twin_kind", "object_queries", "pool_positions",
-    "text_positions",
+    "text_positions", "attend_objects",
 )  # fmt: skip
+PLACE_INIT_STD = 0.1  # --attend-objects: cell-place embeddings start at about a third of a pooled vector's length
 DUAL_BASE_LR = 3e-4  # default peak lr to fine-tune a dual encoder (a seventh of training from scratch)
 RESUME_DEFAULTS = {  # options added later: what checkpoints without them were trained with
     "twins": 0.0, "soft_targets": False, "negatives": False, "text_layers": 0, "twin_kind": "binding",
     "object_queries": 0, "pool_positions": False, "text_positions": False,
+    "attend_objects": 0.0,
 }  # fmt: skip
 
 
@@ -91,6 +93,7 @@ class TrainOptions:
     embed_dim: int = 256
     pool: str = "attention"
     pool_positions: bool = False  # attention pool: a learned embedding of each cell's place (added to a --base too)
+    attend_objects: float = 0.0  # demo-world: weight of a loss that draws the attention pool to the objects' boxes
     progress: bool = True  # show a progress bar on stderr
 
 
@@ -164,6 +167,12 @@ def _resolve_defaults(opts: TrainOptions) -> TrainOptions:
         raise ValueError(f"object_queries must be 0 or more, got {opts.object_queries}")
     if opts.object_queries and opts.pairs != DEMO_WORLD:
         raise ValueError("--object-queries needs pairs 'demo-world': which scenes hold an object comes from the generator")
+    if opts.attend_objects < 0:
+        raise ValueError(f"attend_objects is a loss weight, 0 or more, got {opts.attend_objects}")
+    if opts.attend_objects and opts.pairs != DEMO_WORLD:
+        raise ValueError("--attend-objects needs pairs 'demo-world': the objects' boxes come from the generator")
+    if opts.attend_objects and opts.pool != "attention":
+        raise ValueError("--attend-objects trains the attention pool's cell weights; this model pools by mean")
     if opts.text_layers < 0:
         raise ValueError(f"text_layers must be 0 or more, got {opts.text_layers}")
     if opts.base and base_cfg is None:  # a CLIP checkpoint: options that shape a dual encoder do not apply
@@ -171,6 +180,7 @@ def _resolve_defaults(opts: TrainOptions) -> TrainOptions:
             (opts.text_layers, "--text-layers builds a dual encoder's text head"),
             (opts.pool_positions, "--pool-positions belongs to a dual encoder's attention pool"),
             (opts.text_positions, "--text-positions belongs to a dual encoder's text head"),
+            (opts.attend_objects, "--attend-objects trains a dual encoder's attention pool"),
         ):
             if given:
                 raise ValueError(f"{what}; a --base CLIP model has its own")
@@ -206,9 +216,10 @@ def build_model(opts: TrainOptions) -> Any:
     if opts.base and dual_base_config(opts.base) is not None:
         model = load_module(Path(opts.base).expanduser())
         model.set_text_trainable(not opts.freeze_text)
-        # Each addition starts as a no-op, so the base's vectors are kept until training moves them.
+        # Each addition starts as a no-op, so the base's vectors are kept until training moves them;
+        # except cell places under --attend-objects, which start random (see enable_pool_positions).
         if opts.pool_positions and model.image.cell_places is None:
-            model.image.enable_pool_positions()
+            model.image.enable_pool_positions(PLACE_INIT_STD if opts.attend_objects else 0.0)
         if opts.text_positions and model.text_head.places is None:
             model.text_head.enable_positions()
         if opts.text_layers and model.text_head.mix is None:
@@ -227,7 +238,10 @@ def build_model(opts: TrainOptions) -> Any:
         text_head_layers=opts.text_layers,
         text_head_positions=opts.text_positions,
     )
-    return build_dual(cfg)
+    model = build_dual(cfg)
+    if opts.pool_positions and opts.attend_objects:
+        model.image.enable_pool_positions(PLACE_INIT_STD)
+    return model
 
 
 def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
@@ -354,7 +368,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
         object_query_texts,
         read_pairs,
     )
-    from clipsearch.train.loss import MAX_LOGIT_SCALE, contrastive_loss
+    from clipsearch.train.loss import MAX_LOGIT_SCALE, box_cell_targets, contrastive_loss, object_attention_loss
 
     opts = _resolve_defaults(opts)
     if opts.workers:
@@ -435,6 +449,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
     step = start
     finished = True
     window: list[float] = []
+    attention_window: list[float] = []  # --attend-objects: the pool weights' cross-entropy against the boxes
     refused: dict[str, str] = {}
     seen_images = 0
     last_eval = next((h["eval"] for h in reversed(history) if "eval" in h), None)
@@ -479,9 +494,17 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
                 g["lr"] = opts.lr * lr_factor(step, steps, warmup)
             refused.update(batch.refused)
             pixels = torch.from_numpy(batch.pixels)
-            img = model.encode_image(pixels)
+            if opts.attend_objects:
+                pooled, cells, weights = model.image.pool_with_weights(pixels)
+                img = torch.nn.functional.normalize(pooled, dim=-1)
+            else:
+                img = model.encode_image(pixels)
             txt = model.encode_text(model.text_inputs(batch.captions))
             loss = contrastive_loss(img, txt, model.logit_scale, torch.from_numpy(batch.targets), batch.n_pairs)
+            if opts.attend_objects:
+                where = object_attention_loss(weights, box_cell_targets(batch.boxes, cells.shape[-1]))
+                attention_window.append(float(where.detach()))
+                loss = loss + opts.attend_objects * where
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -504,8 +527,9 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
                         "lr": optimizer.param_groups[0]["lr"],
                         "img_per_s": round(rate, 1),
                     }  # fmt: skip
+                    | ({"object_attention": float(np.mean(attention_window))} if attention_window else {})
                 )
-                window = []
+                window, attention_window = [], []
             if step % opts.eval_every == 0 and step < steps:
                 t_pause = time.perf_counter()
                 evaluate()
