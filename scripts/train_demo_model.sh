@@ -17,6 +17,11 @@
 #   --object-queries 32
 #                     single-object queries ("a photo of a red star") that match every image
 #                     holding such an object; with the twins, binding starts to matter.
+#   --pool-positions --attend-objects 0.5
+#                     a loss that draws the attention pool's weights onto the objects' boxes,
+#                     and a random embedding of each cell's place in the pool: the image vector
+#                     is about the objects and holds where they are (the grid re-rank and the
+#                     relevance maps gain; the text side does not use the place yet).
 # Then it evaluates on a fresh eval-split world and copies the weights into
 # src/clipsearch/models/demo_weights/. Same seeds -> same batches and, since the text cache is
 # batched independently of the hash seed, the same weights (see clipsearch/train/trainer.py).
@@ -64,6 +69,7 @@ run "$PHASE1" "$STEPS1" \
 
 run "$OUT" "$STEPS2" --base "$PHASE1" \
     --soft-targets --twins 0.25 --twin-kind contrast --object-queries 32 \
+    --pool-positions --attend-objects 0.5 \
     --caption-pool 20000 --batch-size 128 --lr 3e-4 --seed 1 --eval-every 300 --minutes 10
 
 "$PYTHON" -m clipsearch evaluate demo --model "$OUT" --seed 1
