@@ -758,6 +758,48 @@ def test_train_from_a_dual_encoder_base_starts_from_its_weights(tmp_path: Path, 
     assert 0.05 < float(c["image.cell_places"].std()) < 0.2
 
 
+def test_lock_image_trains_the_text_side_only(tmp_path: Path, tiny_sbert: Path) -> None:
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    first = runner.invoke(_app(), _train_args("demo-world", tmp_path / "m1", tiny_sbert, "--steps", "2",
+                                              "--caption-pool", "40", "--embed-dim", "32"))  # fmt: skip
+    assert first.exit_code == 0, first.output
+    locked = runner.invoke(_app(), ["train", "--pairs", "demo-world", "--out", str(tmp_path / "m2"),
+                                    "--base", str(tmp_path / "m1"), "--lock-image", "--lr", "1e-2", "--steps", "3",
+                                    "--caption-pool", "40", "--batch-size", "8", "--no-progress", "--threads", "1"])  # fmt: skip
+    assert locked.exit_code == 0, locked.output
+    a = load_file(str(tmp_path / "m1" / "model.safetensors"))
+    b = load_file(str(tmp_path / "m2" / "model.safetensors"))
+    image_keys = [k for k in a if k.startswith("image.")]
+    assert any("running_mean" in k for k in image_keys)  # batch-norm statistics are checked too
+    for k in image_keys:
+        assert torch.equal(a[k], b[k]), k
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("text_head."))
+    state = json.loads((tmp_path / "m2" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["options"]["lock_image"] is True
+    for extra, message in (
+        ([], "--lock-image keeps the image side of a trained model fixed; give that model as --base"),
+        (["--base", str(tmp_path / "m1"), "--attend-objects", "0.5"], "which --lock-image keeps fixed"),
+    ):
+        refused = runner.invoke(_app(), _train_args("demo-world", tmp_path / "m3", tiny_sbert, "--steps", "2",
+                                                    "--lock-image", *extra))  # fmt: skip
+        assert refused.exit_code == 2, refused.output
+        assert message in " ".join(refused.output.replace("│", " ").split())
+
+
+def test_lock_image_on_a_clip_base(tiny_hf_clip: Path) -> None:
+    model = dual.build_hf_clip(str(tiny_hf_clip))
+    model.lock_image()
+    model.train()
+    assert not model.clip.vision_model.training and model.clip.text_model.training
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith(("clip.vision_model.", "clip.visual_projection.")) for n in frozen)
+    assert not any(n.startswith("clip.text_model.") for n in frozen)
+    assert all(not p.requires_grad for p in model.clip.visual_projection.parameters())
+
+
 def test_train_from_a_dual_encoder_base_with_text_layers(tmp_path: Path, tiny_sbert: Path) -> None:
     from typer.testing import CliRunner
 

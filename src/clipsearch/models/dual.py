@@ -402,11 +402,20 @@ def _build_module_classes() -> Any:  # noqa: C901 - one closure that defines the
             self.text_cache: dict[str, torch.Tensor] | None = None
             self.text_tower.requires_grad_(cfg.text_trainable)
             self.text_tower.train(False)
+            self.image_locked = False
 
         def train(self, mode: bool = True) -> DualModel:
             super().train(mode)
             self.text_tower.train(mode and self.cfg.text_trainable)  # a frozen tower never drops out
+            self.image.train(mode and not self.image_locked)  # nor do a locked side's batch-norm statistics move
             return self
+
+        def lock_image(self) -> None:
+            """Train the text side only from now on, as in LiT (Zhai et al., 2022): the image
+            side's weights and batch-norm statistics stay exactly as they are."""
+            self.image.requires_grad_(False)
+            self.image_locked = True
+            self.train(self.training)
 
         def set_text_trainable(self, trainable: bool) -> None:
             """Fine-tune the text tower from now on, or freeze it (``cfg.text_trainable`` follows)."""
@@ -516,6 +525,19 @@ def _build_module_classes() -> Any:  # noqa: C901 - one closure that defines the
             self.text_cache = None
             if freeze_text:
                 self.clip.text_model.requires_grad_(False)
+            self.image_locked = False
+
+        def train(self, mode: bool = True) -> HFClipModel:
+            super().train(mode)
+            self.clip.vision_model.train(mode and not self.image_locked)
+            return self
+
+        def lock_image(self) -> None:
+            """Train the text side only from now on (LiT): the vision tower and its projection stay fixed."""
+            self.clip.vision_model.requires_grad_(False)
+            self.clip.visual_projection.requires_grad_(False)
+            self.image_locked = True
+            self.train(self.training)
 
         @property
         def logit_scale(self) -> nn.Parameter:

@@ -46,14 +46,14 @@ RESUME_KEYS = (
     "pairs", "base", "image_tower", "text_tower", "freeze_text", "batch_size", "lr", "weight_decay",
     "warmup", "seed", "caption_pool", "image_size", "embed_dim", "pool", "epochs", "twins",
     "soft_targets", "negatives", "text_layers", "twin_kind", "object_queries", "pool_positions",
-    "text_positions", "attend_objects",
+    "text_positions", "attend_objects", "lock_image",
 )  # fmt: skip
 PLACE_INIT_STD = 0.1  # --attend-objects: cell-place embeddings start at about a third of a pooled vector's length
 DUAL_BASE_LR = 3e-4  # default peak lr to fine-tune a dual encoder (a seventh of training from scratch)
 RESUME_DEFAULTS = {  # options added later: what checkpoints without them were trained with
     "twins": 0.0, "soft_targets": False, "negatives": False, "text_layers": 0, "twin_kind": "binding",
     "object_queries": 0, "pool_positions": False, "text_positions": False,
-    "attend_objects": 0.0,
+    "attend_objects": 0.0, "lock_image": False,
 }  # fmt: skip
 
 
@@ -94,6 +94,7 @@ class TrainOptions:
     pool: str = "attention"
     pool_positions: bool = False  # attention pool: a learned embedding of each cell's place (added to a --base too)
     attend_objects: float = 0.0  # demo-world: weight of a loss that draws the attention pool to the objects' boxes
+    lock_image: bool = False  # train the text side only (LiT): the image side stays exactly as it is
     progress: bool = True  # show a progress bar on stderr
 
 
@@ -173,6 +174,10 @@ def _resolve_defaults(opts: TrainOptions) -> TrainOptions:
         raise ValueError("--attend-objects needs pairs 'demo-world': the objects' boxes come from the generator")
     if opts.attend_objects and opts.pool != "attention":
         raise ValueError("--attend-objects trains the attention pool's cell weights; this model pools by mean")
+    if opts.lock_image and opts.attend_objects:
+        raise ValueError("--attend-objects trains the image side's pool, which --lock-image keeps fixed; use one")
+    if opts.lock_image and not opts.base:
+        raise ValueError("--lock-image keeps the image side of a trained model fixed; give that model as --base")
     if opts.text_layers < 0:
         raise ValueError(f"text_layers must be 0 or more, got {opts.text_layers}")
     if opts.base and base_cfg is None:  # a CLIP checkpoint: options that shape a dual encoder do not apply
@@ -397,6 +402,8 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
 
     torch.manual_seed(opts.seed)
     model = load_module(ckpt) if saved else build_model(opts)
+    if opts.lock_image:
+        model.lock_image()
     if saved and getattr(model, "kind", "") == "hf_clip" and opts.freeze_text:
         model.clip.text_model.requires_grad_(False)
     preprocess = model.preprocess
