@@ -327,11 +327,16 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
     train = [h for h in history if "loss" in h]
     evals = [h for h in history if "eval" in h]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    attention = [h for h in train if "object_attention" in h]
     if train:
         steps = [h["step"] for h in train]
-        axes[0].plot(steps, [h["loss"] for h in train], marker=".")
+        axes[0].plot(steps, [h["loss"] for h in train], marker=".", label="total" if attention else None)
         axes[1].plot(steps, [h["logit_scale"] for h in train])
-    axes[0].set(title="contrastive loss", xlabel="step")
+    if attention:  # --attend-objects adds its weighted term to the contrastive loss
+        axes[0].plot([h["step"] for h in attention], [h["object_attention"] for h in attention], "--",
+                     label="object attention (unweighted)")  # fmt: skip
+        axes[0].legend(fontsize=7)
+    axes[0].set(title="loss" if attention else "contrastive loss", xlabel="step")
     axes[1].set(title="logit scale (1 / temperature)", xlabel="step")
     for direction, style in (("text_to_image", "-"), ("image_to_text", "--")):
         for k in ("R@1", "R@5", "R@10"):
@@ -471,6 +476,16 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
             "elapsed_s": round(elapsed_before + time.perf_counter() - t_start, 1),
         }
 
+    def log_window(rate: float) -> None:
+        """Append the mean loss (and object-attention term) of the steps since the last entry."""
+        nonlocal window, attention_window
+        entry = {"step": step, "loss": float(np.mean(window)), "logit_scale": float(model.logit_scale.detach().exp()),
+                 "lr": optimizer.param_groups[0]["lr"], "img_per_s": round(rate, 1)}  # fmt: skip
+        if attention_window:  # --attend-objects: "loss" is the total, this the term it adds (before its weight)
+            entry["object_attention"] = float(np.mean(attention_window))
+        history.append(entry)
+        window, attention_window = [], []
+
     def checkpoint() -> None:
         state = {"step": step, "options": asdict(opts), "history": history,
                  "elapsed_s": round(elapsed_before + time.perf_counter() - t_start, 1), "summary": summary()}  # fmt: skip
@@ -526,17 +541,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
             bar.set_postfix(loss=f"{window[-1]:.3f}", temp=f"{1 / scale:.4f}", img_s=f"{rate:.0f}")
             bar.update(1)
             if step % log_every == 0 or step == steps:
-                history.append(
-                    {
-                        "step": step,
-                        "loss": float(np.mean(window)),
-                        "logit_scale": scale,
-                        "lr": optimizer.param_groups[0]["lr"],
-                        "img_per_s": round(rate, 1),
-                    }  # fmt: skip
-                    | ({"object_attention": float(np.mean(attention_window))} if attention_window else {})
-                )
-                window, attention_window = [], []
+                log_window(rate)
             if step % opts.eval_every == 0 and step < steps:
                 t_pause = time.perf_counter()
                 evaluate()
@@ -551,8 +556,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
         bar.close()
     rate = seen_images / max(1e-9, time.perf_counter() - t_seen)
     if window:
-        history.append({"step": step, "loss": float(np.mean(window)), "logit_scale": float(model.logit_scale.detach().exp()),
-                        "lr": optimizer.param_groups[0]["lr"], "img_per_s": round(rate, 1)})  # fmt: skip
+        log_window(rate)
     if not any("eval" in h and h["step"] == step for h in history):
         evaluate()
     checkpoint()
