@@ -44,6 +44,10 @@ METRIC_IDS = {
     "phrasing_gap": 0.05,
     "phrasing_eval_p5_rerank": None,  # models with a grid only
     "phrasing_train_p5_rerank": None,
+    "blend_retrieval_r1": None,  # models with a grid only, as search --rerank 20 --cell-weight 0.25
+    "blend_retrieval_r10": None,
+    "blend_phrasing_eval_p5": None,
+    "blend_phrasing_train_p5": None,
 }
 
 
@@ -195,6 +199,10 @@ def test_grid_reranked_rescores_only_the_best_by_vector() -> None:
         top = np.argsort(-row)[:2]
         np.testing.assert_allclose(o[top], grid_scores(row[top], grids[top], q), atol=1e-6)
         assert np.isneginf(np.delete(o, top)).all()  # the rest rank after every re-scored scene
+    light = grid_reranked(sims, grids, queries, depth=2, cell_weight=0.25)
+    for row, q, o in zip(sims, queries, light):
+        top = np.argsort(-row)[:2]
+        np.testing.assert_allclose(o[top], grid_scores(row[top], grids[top], q, cell_weight=0.25), atol=1e-6)
 
 
 class ColourOracle(Encoder):
@@ -222,7 +230,7 @@ def test_an_oracle_for_colour_scores_on_colour_and_not_on_shape() -> None:
     sizes = dict(n_gallery=10, n_scenes=5, n_single=22)
     result = evaluate_demo_quality(ColourOracle(), seed=1, **sizes)
     m = {k: v["value"] for k, v in result["metrics"].items()}
-    assert "phrasing_eval_p5_rerank" not in m  # no grid cells to re-rank with
+    assert "phrasing_eval_p5_rerank" not in m and "blend_retrieval_r1" not in m  # no grid cells to re-rank with
     assert m["zero_shot_color"] >= 0.9  # dark dots on black backgrounds fool it now and then
     assert m["zero_shot_shape"] == 0.0  # every shape prompt embeds to zero: all ties, all wrong
     assert result["details"]["zero_shot"]["color_accuracy_by_color"].keys() == set(dw.COLORS)

@@ -393,6 +393,13 @@ def test_grid_scores_by_hand() -> None:
     scores = grid_scores([0.5, 0.7], grids, np.array([1.0, 0.0]))
     np.testing.assert_allclose(scores, [(0.5 + 1.0) / 2, (0.7 + 0.8) / 2], atol=1e-6)
     assert scores.dtype == np.float32
+    # a weight on the cell: (vector + w * best cell) / (1 + w); 0 leaves the vector alone
+    light = grid_scores([0.5, 0.7], grids, np.array([1.0, 0.0]), cell_weight=0.25)
+    np.testing.assert_allclose(light, [(0.5 + 0.25 * 1.0) / 1.25, (0.7 + 0.25 * 0.8) / 1.25], atol=1e-6)
+    np.testing.assert_allclose(grid_scores([0.5, 0.7], grids, np.array([1.0, 0.0]), cell_weight=0), [0.5, 0.7])
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="cell_weight must be a number >= 0"):
+            grid_scores([0.5, 0.7], grids, np.array([1.0, 0.0]), cell_weight=bad)
     with pytest.raises(ValueError, match=re.escape("grids must be (n, gh, gw, d) for 3 scores, got (2, 1, 2, 2)")):
         grid_scores([0.5, 0.7, 0.1], grids, np.array([1.0, 0.0]))
 
@@ -424,6 +431,13 @@ def test_rerank_rescores_the_best_images_by_their_grid(tmp_path: Path) -> None:
     np.testing.assert_allclose([h.score for h in reranked], expected[order], atol=1e-5)
     assert [h.id for h in reranked] != [h.id for h in plain[:2]]  # the grid changed the order
     assert Path(plain[0].path).name == "2.png" and Path(reranked[0].path).name == "0.png"  # red half first
+    # a light cell weight blends the same cells in less
+    light = store.search("red", k=3, modality="image", rerank=3, cell_weight=0.25)
+    expected = grid_scores([h.score for h in plain[:3]], enc.encode_patch_grid(images), q, cell_weight=0.25)
+    assert {h.id: h.score for h in light} == pytest.approx({h.id: float(s) for h, s in zip(plain[:3], expected)})
+    for bad in (-1, float("nan"), True, "0.5"):
+        with pytest.raises(ValueError, match="cell_weight is a number >= 0"):
+            store.search("red", k=2, modality="image", rerank=3, cell_weight=bad)
     # an image gone from disk keeps its vector score instead of failing the search
     Path(plain[0].path).unlink()
     again = {h.id: h.score for h in store.search("red", k=3, modality="image", rerank=3)}

@@ -263,6 +263,7 @@ def search_store(
     min_score: float | None = None,
     exact: bool = False,
     rerank: int = 0,
+    cell_weight: float = 1.0,
 ) -> list[Hit]:
     """Search ``store``; see :meth:`clipsearch.store.Store.search` for the arguments."""
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
@@ -271,6 +272,8 @@ def search_store(
         raise ValueError(f"min_score is a cosine between -1 and 1, got {min_score!r}")
     if not isinstance(rerank, int) or isinstance(rerank, bool) or rerank < 0:
         raise ValueError(f"rerank is a number of results (0: off), got {rerank!r}")
+    if isinstance(cell_weight, bool) or not isinstance(cell_weight, (int, float)) or not 0 <= cell_weight < math.inf:
+        raise ValueError(f"cell_weight is a number >= 0 (how much the best grid cell counts), got {cell_weight!r}")
     if rerank and modality != "image":
         raise ValueError(f"rerank re-scores images by their grid cells; search with modality 'image', not {modality!r}")
     if rerank and not has_grid(store.encoder):
@@ -282,7 +285,7 @@ def search_store(
     found = store.nearest(q, max(k, rerank), modality=modality, where=where, path_glob=path_glob, exact=exact)
     hits = store.hits_at(found)
     if rerank:
-        hits = rerank_by_grid(store.encoder, hits, q)[:k]
+        hits = rerank_by_grid(store.encoder, hits, q, cell_weight=cell_weight)[:k]
     if min_score is not None:
         hits = [h for h in hits if h.score >= float(min_score)]
     return hits
@@ -293,7 +296,9 @@ def has_grid(encoder: Any) -> bool:
     return hasattr(encoder, "encode_patch_grid")
 
 
-def rerank_by_grid(encoder: Any, hits: Sequence[Hit], query: npt.NDArray[np.float32]) -> list[Hit]:
+def rerank_by_grid(
+    encoder: Any, hits: Sequence[Hit], query: npt.NDArray[np.float32], *, cell_weight: float = 1.0
+) -> list[Hit]:
     """``hits`` (images) re-scored by :func:`clipsearch.similarity.grid_scores`, best first.
 
     Each image is read again and run through the model for its grid. One that can no longer
@@ -316,7 +321,9 @@ def rerank_by_grid(encoder: Any, hits: Sequence[Hit], query: npt.NDArray[np.floa
         readable.append(i)
     scores = np.array([h.score for h in hits], dtype=np.float32)
     if readable:
-        scores[readable] = grid_scores(scores[readable], encoder.encode_patch_grid(images), query)
+        scores[readable] = grid_scores(
+            scores[readable], encoder.encode_patch_grid(images), query, cell_weight=cell_weight
+        )
     order = np.argsort(-scores, kind="stable")
     return [replace(hits[i], score=float(scores[i])) for i in order]
 

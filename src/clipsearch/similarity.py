@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,32 +52,39 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def grid_scores(
-    vector_scores: npt.ArrayLike, grids: npt.ArrayLike, query: npt.ArrayLike
+    vector_scores: npt.ArrayLike, grids: npt.ArrayLike, query: npt.ArrayLike, *, cell_weight: float = 1.0
 ) -> npt.NDArray[np.float32]:
-    """Scores that also ask *where*: the mean of each image vector's cosine with ``query`` and
-    the cosine of the image's best-matching grid cell.
+    """Scores that also ask *where*: ``(vector + cell_weight * best_cell) / (1 + cell_weight)``,
+    a weighted mean of each image vector's cosine with ``query`` and the cosine of the image's
+    best-matching grid cell (``cell_weight`` 1: the plain mean).
 
     A pooled image vector adds up what the picture holds, so "a red star" also scores a red
     square beside a blue star well; a grid cell sees one object, so the best cell must hold
     the colour and the shape together. On the demo model ("{colour} {shape}" queries over 400
     scenes of 1-3 objects) precision@5 went from 0.73 with the vector alone to 0.94 with the
-    50 best re-scored so; whole captions naming several objects gain nothing (one cell holds
-    one object), so this is a re-ranking option, not the default.
+    50 best re-scored so, but whole captions naming several objects lose (one cell holds one
+    object): own-image R@1 0.50 -> 0.48. A light weight helps both kinds of query: with
+    ``cell_weight`` 0.25 over the 20 best, P@5 0.73 -> 0.83 and R@1 0.50 -> 0.51, R@10
+    0.84 -> 0.85 (``clipsearch evaluate demo``, seed 1; seed 2 alike).
 
     Args:
         vector_scores: ``(n,)`` cosines of the image vectors with the query.
         grids: ``(n, gh, gw, d)`` unit cell vectors (``Encoder.encode_patch_grid``).
         query: ``(d,)`` unit query vector.
+        cell_weight: how much the best cell counts beside the vector (>= 0; 0: the vector alone).
 
     Returns:
         ``(n,)`` float32 scores in [-1, 1].
     """
+    w = float(cell_weight)
+    if not (math.isfinite(w) and w >= 0):
+        raise ValueError(f"cell_weight must be a number >= 0, got {cell_weight!r}")
     v = np.asarray(vector_scores, dtype=np.float32)
     g = np.asarray(grids, dtype=np.float32)
     if g.ndim != 4 or g.shape[0] != v.shape[0]:
         raise ValueError(f"grids must be (n, gh, gw, d) for {v.shape[0]} scores, got {g.shape}")
     best_cell = (g.reshape(g.shape[0], -1, g.shape[-1]) @ np.asarray(query, dtype=np.float32)).max(axis=1)
-    return ((v + best_cell) / 2).astype(np.float32)
+    return ((v + w * best_cell) / (1 + w)).astype(np.float32)
 
 
 def similarity_table(encoder: Encoder, *, texts: Sequence[str], images: Sequence[str | Path] = ()) -> SimilarityTable:

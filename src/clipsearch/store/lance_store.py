@@ -436,6 +436,7 @@ class Store:
         min_score: float | None = None,
         exact: bool = False,
         rerank: int = 0,
+        cell_weight: float = 1.0,
     ) -> list[Hit]:
         """The ``k`` items most similar to ``query``, best first.
 
@@ -453,6 +454,8 @@ class Store:
             rerank: re-score the best ``max(k, rerank)`` images by their best-matching grid
                 cell as well (:func:`clipsearch.similarity.grid_scores`): finds one object among
                 several more precisely. Needs ``modality="image"`` and a model with a grid.
+            cell_weight: with ``rerank``, how much the best cell counts beside the vector
+                (1: equally, best for one object among several; 0.25 helps whole captions too).
 
         Returns:
             Up to ``k`` :class:`Hit` objects; fewer when filters or ``min_score`` leave fewer.
@@ -461,7 +464,7 @@ class Store:
 
         return search_store(
             self, query, k=k, modality=modality, where=where, path_glob=path_glob, min_score=min_score, exact=exact,
-            rerank=rerank,
+            rerank=rerank, cell_weight=cell_weight,
         )  # fmt: skip
 
     def nearest(
