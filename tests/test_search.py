@@ -436,7 +436,7 @@ def test_rerank_rescores_the_best_images_by_their_grid(tmp_path: Path) -> None:
     expected = grid_scores([h.score for h in plain[:3]], enc.encode_patch_grid(images), q, cell_weight=0.25)
     assert {h.id: h.score for h in light} == pytest.approx({h.id: float(s) for h, s in zip(plain[:3], expected)})
     for bad in (-1, float("nan"), True, "0.5"):
-        with pytest.raises(ValueError, match="cell_weight is a number >= 0"):
+        with pytest.raises(ValueError, match="cell_weight must be a number >= 0"):
             store.search("red", k=2, modality="image", rerank=3, cell_weight=bad)
     # an image gone from disk keeps its vector score instead of failing the search
     Path(plain[0].path).unlink()

@@ -272,8 +272,9 @@ def search_store(
         raise ValueError(f"min_score is a cosine between -1 and 1, got {min_score!r}")
     if not isinstance(rerank, int) or isinstance(rerank, bool) or rerank < 0:
         raise ValueError(f"rerank is a number of results (0: off), got {rerank!r}")
-    if isinstance(cell_weight, bool) or not isinstance(cell_weight, (int, float)) or not 0 <= cell_weight < math.inf:
-        raise ValueError(f"cell_weight is a number >= 0 (how much the best grid cell counts), got {cell_weight!r}")
+    from clipsearch.similarity import check_cell_weight
+
+    check_cell_weight(cell_weight)  # before any work, even when no image can be re-read
     if rerank and modality != "image":
         raise ValueError(f"rerank re-scores images by their grid cells; search with modality 'image', not {modality!r}")
     if rerank and not has_grid(store.encoder):

@@ -51,6 +51,14 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
+def check_cell_weight(cell_weight: object) -> float:
+    """``cell_weight`` as a float, or ValueError unless it is a finite number >= 0."""
+    number = isinstance(cell_weight, (int, float, np.number)) and not isinstance(cell_weight, bool)
+    if not (number and math.isfinite(float(cell_weight)) and float(cell_weight) >= 0):
+        raise ValueError(f"cell_weight must be a number >= 0 (how much the best grid cell counts), got {cell_weight!r}")
+    return float(cell_weight)
+
+
 def grid_scores(
     vector_scores: npt.ArrayLike, grids: npt.ArrayLike, query: npt.ArrayLike, *, cell_weight: float = 1.0
 ) -> npt.NDArray[np.float32]:
@@ -76,9 +84,7 @@ def grid_scores(
     Returns:
         ``(n,)`` float32 scores in [-1, 1].
     """
-    w = float(cell_weight)
-    if not (math.isfinite(w) and w >= 0):
-        raise ValueError(f"cell_weight must be a number >= 0, got {cell_weight!r}")
+    w = check_cell_weight(cell_weight)
     v = np.asarray(vector_scores, dtype=np.float32)
     g = np.asarray(grids, dtype=np.float32)
     if g.ndim != 4 or g.shape[0] != v.shape[0]:
