@@ -44,18 +44,22 @@ def test_demo_no_serve_in_a_temp_folder(tmp_path: Path):
     hits = json.loads(proc.stdout)
     assert len(hits) == 5 and {h["modality"] for h in hits} == {"image"}
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
-    # --cell-weight reaches the ranking: at 0 the re-scored results are the vector search's own
-    runs = {}
-    for extra in (["--rerank", "20", "--cell-weight", "0"], ["--modality", "image"]):
+    # --cell-weight reaches the ranking: at 0 the re-scored results are the vector search's own;
+    # with neither option the store's cells re-score the best 20 at weight 0.25
+    runs = []
+    for extra in (["--rerank", "20", "--cell-weight", "0"], ["--modality", "image", "--rerank", "0"],
+                  ["--modality", "image"], ["--modality", "image", "--rerank", "20", "--cell-weight", "0.25"]):  # fmt: skip
         proc = subprocess.run(
             [sys.executable, "-m", "clipsearch", "search", "a red circle", "--store", str(folder / "store"),
              "-k", "5", "--json", *extra],
             capture_output=True, text=True, timeout=300, cwd=tmp_path,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-2000:]
-        runs[extra[0]] = [(h["id"], round(h["score"], 5)) for h in json.loads(proc.stdout)]
-    assert runs["--rerank"] == runs["--modality"]
-    assert [h["id"] for h in hits] != [i for i, _ in runs["--rerank"]] or hits[0]["score"] != runs["--rerank"][0][1]
+        runs.append([(h["id"], round(h["score"], 5)) for h in json.loads(proc.stdout)])
+    weight_zero, vector, default, light = runs
+    assert weight_zero == vector
+    assert default == light and default != vector
+    assert [h["id"] for h in hits] != [i for i, _ in vector] or hits[0]["score"] != vector[0][1]
 
 
 def test_demo_searches_find_what_they_ask_for(tmp_path: Path):

@@ -375,13 +375,31 @@ class GridFakeEncoder(FakeEncoder):
     """FakeEncoder with a 2x2 grid: each cell holds its quadrant's colour, as a text names it."""
 
     def encode_patch_grid(self, images):
-        x = self.preprocess_images(images)  # (n, 3, 16, 16)
+        return self.grid_from_pixels(self.preprocess_images(images))
+
+    def grid_from_pixels(self, x):
+        """``(n, 3, 16, 16)`` -> ``(n, 2, 2, 32)`` unit cells."""
         quads = [x[:, :, :8, :8], x[:, :, :8, 8:], x[:, :, 8:, :8], x[:, :, 8:, 8:]]
         colour = np.stack([q.mean(axis=(2, 3)) for q in quads], axis=1)  # (n, 4, 3)
         cells = np.zeros((len(x), 4, 32), np.float32)
         cells[:, :, :12] = np.tile(colour, (1, 1, 4))
         cells /= np.linalg.norm(cells, axis=-1, keepdims=True)
         return cells.reshape(len(x), 2, 2, 32)
+
+
+class StoredGridFakeEncoder(GridFakeEncoder):
+    """GridFakeEncoder that also gives its cells in the embedding pass, so indexing stores them."""
+
+    def __init__(self):
+        super().__init__()
+        self.grid_reads = 0  # images whose grid was computed again after indexing
+
+    def encode_pixels_with_grid(self, pixels):
+        return self.encode_pixel_values(pixels), self.grid_from_pixels(pixels)
+
+    def encode_patch_grid(self, images):
+        self.grid_reads += len(images)
+        return super().encode_patch_grid(images)
 
 
 def test_grid_scores_by_hand() -> None:
@@ -420,21 +438,24 @@ def test_rerank_rescores_the_best_images_by_their_grid(tmp_path: Path) -> None:
     enc = GridFakeEncoder()
     store = open_store(tmp_path / "store", model=enc)
     assert store.add([root], workers=0).failed == 0
+    assert not store.has_cells  # this model gives no cells while embedding: nothing re-ranks by default
     plain = store.search("red", k=4, modality="image")
-    reranked = store.search("red", k=2, modality="image", rerank=3)
+    assert plain == store.search("red", k=4, modality="image", rerank=0)
+    reranked = store.search("red", k=2, modality="image", rerank=3, cell_weight=1)
     # the 3 best by vector, re-scored by the same rule the library documents, best first
     q = enc.encode_texts(["red"])[0]
     images = [Image.open(h.path).convert("RGB") for h in plain[:3]]
-    expected = grid_scores([h.score for h in plain[:3]], enc.encode_patch_grid(images), q)
+    expected = grid_scores([h.score for h in plain[:3]], enc.encode_patch_grid(images), q, cell_weight=1)
     order = np.argsort(-expected, kind="stable")[:2]
     assert [h.id for h in reranked] == [plain[i].id for i in order]
     np.testing.assert_allclose([h.score for h in reranked], expected[order], atol=1e-5)
     assert [h.id for h in reranked] != [h.id for h in plain[:2]]  # the grid changed the order
     assert Path(plain[0].path).name == "2.png" and Path(reranked[0].path).name == "0.png"  # red half first
-    # a light cell weight blends the same cells in less
+    # a light cell weight blends the same cells in less; 0.25 is the default weight
     light = store.search("red", k=3, modality="image", rerank=3, cell_weight=0.25)
     expected = grid_scores([h.score for h in plain[:3]], enc.encode_patch_grid(images), q, cell_weight=0.25)
     assert {h.id: h.score for h in light} == pytest.approx({h.id: float(s) for h, s in zip(plain[:3], expected)})
+    assert store.search("red", k=3, modality="image", rerank=3) == light
     for bad in (-1, float("nan"), True, "0.5"):
         with pytest.raises(ValueError, match="cell_weight must be a number >= 0"):
             store.search("red", k=2, modality="image", rerank=3, cell_weight=bad)
@@ -443,9 +464,60 @@ def test_rerank_rescores_the_best_images_by_their_grid(tmp_path: Path) -> None:
     again = {h.id: h.score for h in store.search("red", k=3, modality="image", rerank=3)}
     assert again[plain[0].id] == pytest.approx(plain[0].score)
     # what cannot be reranked says so
-    with pytest.raises(ValueError, match="search with modality 'image', not 'any'"):
-        store.search("red", k=2, rerank=3)
+    with pytest.raises(ValueError, match="search with modality 'image' or 'any', not 'text'"):
+        store.search("red", k=2, modality="text", rerank=3)
     plain_store = open_store(tmp_path / "store2", model=FakeEncoder())
     plain_store.add([root], workers=0)
     with pytest.raises(ValueError, match="has no grid of cell embeddings to rerank with"):
         plain_store.search("red", k=2, modality="image", rerank=3)
+
+
+def test_stored_cells_rerank_by_default_without_reading_images(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from clipsearch.search import DEFAULT_CELL_WEIGHT, DEFAULT_RERANK
+    from clipsearch.similarity import grid_scores
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    for i, (top, bottom) in enumerate([((230, 20, 20), (0, 0, 0)), ((230, 20, 20), (20, 20, 230)),
+                                       ((120, 95, 90), (120, 95, 90)), ((20, 20, 230), (20, 230, 20))]):  # fmt: skip
+        arr = np.zeros((32, 32, 3), np.uint8)
+        arr[:16], arr[16:] = top, bottom
+        Image.fromarray(arr).save(root / f"{i}.png")
+    (root / "notes.txt").write_text("a red note\n\na blue note\n")
+    enc = StoredGridFakeEncoder()
+    store = open_store(tmp_path / "store", model=enc)
+    assert store.add([root], workers=0).failed == 0
+    assert store.has_cells
+    images = {h.id: h for h in store.search("red", k=10, modality="image", rerank=0)}
+    cells = store.cells(list(images) + ["0123456789abcdef"])  # an unknown id is left out
+    assert set(cells) == set(images)  # one grid per image; texts have none
+    for item_id, grid in cells.items():
+        pixels = enc.preprocess_images([Image.open(images[item_id].path).convert("RGB")])
+        np.testing.assert_allclose(grid, enc.grid_from_pixels(pixels)[0], atol=1e-3)  # float16 on disk
+    # with no rerank asked, the search re-scores the best DEFAULT_RERANK by their stored cells
+    q = enc.encode_texts(["red"])[0]
+    plain = list(images.values())
+    expected = grid_scores([h.score for h in plain], np.stack([cells[h.id] for h in plain]), q,
+                           cell_weight=DEFAULT_CELL_WEIGHT)  # fmt: skip
+    default = store.search("red", k=4, modality="image")
+    assert len(plain) < DEFAULT_RERANK  # so every image was re-scored
+    assert {h.id: h.score for h in default} == pytest.approx({h.id: float(s) for h, s in zip(plain, expected)})
+    assert [h.score for h in default] == sorted((h.score for h in default), reverse=True)
+    assert default == store.search("red", k=4, modality="image", rerank=DEFAULT_RERANK, cell_weight=DEFAULT_CELL_WEIGHT)
+    assert enc.grid_reads == 0  # the cells came from the store, no image was read again
+    # texts keep their vector scores when a search of both kinds re-ranks the images among them
+    mixed = store.search("red", k=10)
+    texts = [h for h in mixed if h.modality == "text"]
+    assert texts and {h.id: h.score for h in texts} == pytest.approx(
+        {h.id: h.score for h in store.search("red", k=10, modality="text")}
+    )
+    # an image gone from disk is still re-scored by its stored cells
+    Path(default[0].path).unlink()
+    assert store.search("red", k=4, modality="image")[0] == default[0]
+    # removing an item removes its cells
+    gone = default[1]
+    assert store.remove([gone.path]) == 1
+    assert gone.id not in store.cells([gone.id])
+    assert enc.grid_reads == 0

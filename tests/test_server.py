@@ -231,6 +231,26 @@ def test_search_rerank_by_grid_cells(client: TestClient, collection: Path, tiny_
     response = grid_client.get("/api/search", params={"q": "a red circle", "modality": "text", "rerank": 8})
     assert response.status_code == 422 and "only images have grid cells" in response.json()["detail"]
     assert grid_client.get("/api/search", params={"q": "x", "rerank": -1}).status_code == 422
+    # cell_weight reaches the library (GET, JSON and form alike), and bad ones are a 422
+    for weight in (0, 1):
+        expected = [h.to_dict() for h in store.search("a red circle", k=4, modality="image", rerank=8, cell_weight=weight)]
+        params = {"q": "a red circle", "k": 4, "rerank": 8, "cell_weight": weight}
+        got = grid_client.get("/api/search", params=params).json()
+        assert [h["id"] for h in got] == [h["id"] for h in expected]
+        np.testing.assert_allclose([h["score"] for h in got], [h["score"] for h in expected], atol=1e-5)
+        assert [h["id"] for h in grid_client.post("/api/search", json=params).json()] == [h["id"] for h in got]
+    form = grid_client.post("/api/search", data={"q": "a red circle", "k": "4", "rerank": "8", "cell_weight": "1"},
+                            files={"image": ("red.png", png_bytes(shape_image((220, 30, 30), "circle")), "image/png")})  # fmt: skip
+    assert form.status_code == 200
+    for bad in (-1, "nan", "heavy", 1000):
+        response = grid_client.get("/api/search", params={"q": "x", "cell_weight": bad})
+        assert response.status_code == 422, (bad, response.text)
+    # with neither option, the store's stored cells re-rank the images of a search
+    assert store.has_cells
+    default = grid_client.get("/api/search", params={"q": "a red circle", "k": 4, "modality": "image"}).json()
+    expected = [h.to_dict() for h in store.search("a red circle", k=4, modality="image")]
+    assert [h["id"] for h in default] == [h["id"] for h in expected]
+    np.testing.assert_allclose([h["score"] for h in default], [h["score"] for h in expected], atol=1e-5)
 
 
 def test_post_search_with_an_uploaded_image_finds_that_image_first(client: TestClient, store, collection: Path) -> None:

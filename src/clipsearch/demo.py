@@ -37,7 +37,7 @@ class DemoReport:
     examples: list[Example] = field(default_factory=list)
     classified: list[tuple[str, str, list[tuple[str, float]]]] = field(default_factory=list)  # image, truth, top
     contact_sheet: Path | None = None
-    contact_sheet_rerank: Path | None = None  # the same query with --rerank 50 (models with a grid)
+    contact_sheet_rerank: Path | None = None  # the same query with --rerank 50 --cell-weight 1 (models with a grid)
     relevance_map: Path | None = None
     relevance_prompt: str = ""
 
@@ -109,8 +109,9 @@ def run_demo(
     from clipsearch.search import has_grid, parse_query
 
     if has_grid(encoder):
-        examples.insert(1, ("text -> image, --rerank 50", "a red circle", dict(modality="image", rerank=50),
-                            "the best 50 by vector, re-scored by their best grid cell: one object among several"))  # fmt: skip
+        examples.insert(1, ("text -> image, --rerank 50 --cell-weight 1", "a red circle",
+                            dict(modality="image", rerank=50, cell_weight=1.0),
+                            "the best 50 by vector, their best grid cell counted as much: one object among several"))  # fmt: skip
 
     for direction, text, opts, note in examples:
         query: Any = Path(text) if direction.startswith("image") else text
@@ -127,10 +128,10 @@ def run_demo(
 
     sheet_hits = store.search("a red circle", k=12, modality="image")
     report.contact_sheet = contact_sheet(sheet_hits, folder / "contact_sheet.png", title="a red circle")
-    if has_grid(encoder):  # side by side with the vector ranking: what re-scoring by cells fixes
-        sheet_hits = store.search("a red circle", k=12, modality="image", rerank=50)
+    if has_grid(encoder):  # side by side with the default ranking: the best cell counted fully
+        sheet_hits = store.search("a red circle", k=12, modality="image", rerank=50, cell_weight=1.0)
         report.contact_sheet_rerank = contact_sheet(
-            sheet_hits, folder / "contact_sheet_rerank.png", title="a red circle (--rerank 50)"
+            sheet_hits, folder / "contact_sheet_rerank.png", title="a red circle (--rerank 50 --cell-weight 1)"
         )
 
     from clipsearch.tasks import classify

@@ -10,7 +10,10 @@
   ``(3, crop, crop)`` arrays, while the main process embeds the previous batch.
 - **embed + write**: each batch of vectors goes into the store in one atomic commit, together
   with the path changes it implies; the files table (what allows skipping unchanged files) is
-  written after the items, so a crash between the two only costs re-hashing.
+  written after the items, so a crash between the two only costs re-hashing. For a model with a
+  grid of cell vectors (the demo model, dual encoders from ``clipsearch train``) the same forward
+  pass gives each image's cells, committed just before the items (see
+  :meth:`~clipsearch.store.Store.commit_cells`), so search can re-rank without reading images.
 
 Everything is idempotent: ids come from content, writes are upserts keyed by id, so running the
 same command again after a crash converges to the same store.
@@ -579,6 +582,7 @@ class _Writer:
         # pending
         self.new_rows: list[dict[str, Any]] = []  # embedded, waiting for the commit
         self.new_vectors: list[np.ndarray] = []
+        self.new_cells: dict[str, np.ndarray] = {}  # id -> (rows, cols, dim) grid, models with a grid
         self.queued: dict[str, dict[str, Any]] = {}  # id -> row waiting for its vector
         self.attach: dict[str, list[str]] = defaultdict(list)
         self.detach: dict[str, set[str]] = defaultdict(set)
@@ -603,11 +607,14 @@ class _Writer:
         if file_rec:
             self.row_files[row["id"]].append(file_rec)
 
-    def add_embedded(self, rows: list[dict[str, Any]], vectors: np.ndarray) -> None:
-        for row, vec in zip(rows, vectors):
+    def add_embedded(self, rows: list[dict[str, Any]], vectors: np.ndarray, grids: np.ndarray | None = None) -> None:
+        """Rows with their ``(n, dim)`` vectors and, for models with a grid, ``(n, rows, cols, dim)`` cells."""
+        for i, (row, vec) in enumerate(zip(rows, vectors)):
             self.queued.pop(row["id"], None)
             self.new_rows.append(row)
             self.new_vectors.append(vec)
+            if grids is not None:
+                self.new_cells[row["id"]] = grids[i]
 
     def attach_path(self, item_id: str, path: str, file_rec: dict[str, Any]) -> None:
         """Record ``path`` as another place holding image ``item_id``."""
@@ -697,6 +704,8 @@ class _Writer:
                 row["seq"] = int(seq)
         all_rows = rows + self.new_rows
         all_vecs = np.stack(vectors + self.new_vectors) if all_rows else None
+        if self.new_cells:  # before the items: an item is never stored without its cells
+            store.commit_cells(list(self.new_cells), np.stack(list(self.new_cells.values())))
         store.commit_items(all_rows, all_vecs, deletes)
         for item_id in self.meta_count:
             if item_id in changed:
@@ -729,7 +738,7 @@ class _Writer:
         self.files.update(recs)
         for p in self.file_deletes:
             self.files.pop(p, None)
-        self.new_rows, self.new_vectors = [], []
+        self.new_rows, self.new_vectors, self.new_cells = [], [], {}
         self.attach, self.detach = defaultdict(list), defaultdict(set)
         self.set_meta, self.meta_count, self.deletes = {}, set(), set()
         self.file_recs, self.file_deletes = {}, set()
@@ -1132,9 +1141,14 @@ class _Run:
 
     def _embed_batch(self, batch: list[tuple[dict[str, Any], np.ndarray]]) -> None:
         rows = [r for r, _ in batch]
-        vecs = self.encoder.encode_pixel_values(np.stack([p for _, p in batch]))
+        pixels = np.stack([p for _, p in batch])
+        grids = None
+        if hasattr(self.encoder, "encode_pixels_with_grid"):  # keep the cells, so search can re-rank
+            vecs, grids = self.encoder.encode_pixels_with_grid(pixels)
+        else:
+            vecs = self.encoder.encode_pixel_values(pixels)
         self.summary.embedded += len(rows)
-        self.w.add_embedded(rows, vecs)
+        self.w.add_embedded(rows, vecs, grids)
         self.w.flush()
         self.bar.advance(len(rows))
 

@@ -56,7 +56,7 @@ def demo(
     console.print(cls)
     console.print(f"contact sheet of 'a red circle': {report.contact_sheet}", highlight=False)
     if report.contact_sheet_rerank:
-        console.print(f"the same with --rerank 50: {report.contact_sheet_rerank}", highlight=False)
+        console.print(f"the same with --rerank 50 --cell-weight 1: {report.contact_sheet_rerank}", highlight=False)
     if report.relevance_map:
         console.print(f"relevance map of '{report.relevance_prompt}': {report.relevance_map}", highlight=False)
     if serve:

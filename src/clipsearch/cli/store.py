@@ -134,21 +134,21 @@ def search(
     ] = None,
     exact: Annotated[bool, typer.Option("--exact", help="Scan every vector even when an ANN index exists.")] = False,
     rerank: Annotated[
-        int,
+        int | None,
         typer.Option(
-            "--rerank", min=0, max=10_000,
-            help="Re-score the best N images by their best-matching grid cell too: finds one object among "
-            "several more precisely (models with a grid, e.g. demo; images only).",
+            "--rerank", min=0, max=10_000, show_default=False,
+            help="Re-score the best N images by their best-matching grid cell too (models with a grid, e.g. "
+            "demo). Default: 20 when the store kept grid cells at indexing, else 0 (off).",
         ),
-    ] = 0,  # fmt: skip
+    ] = None,  # fmt: skip
     cell_weight: Annotated[
-        float,
+        float | None,
         typer.Option(
-            "--cell-weight", min=0.0,
-            help="With --rerank: how much the best cell counts beside the vector. 1 finds one object among "
-            "several best; 0.25 (with --rerank 20) also ranks whole captions better on the demo model.",
+            "--cell-weight", min=0.0, show_default=False,
+            help="How much the best cell counts beside the vector when re-scoring. Default 0.25: whole "
+            "captions and single objects alike; 1 finds one object among several best.",
         ),
-    ] = 1.0,  # fmt: skip
+    ] = None,  # fmt: skip
     grid: Annotated[
         Path | None, typer.Option("--grid", help="Save a contact sheet of the image results to this .png/.jpg.")
     ] = None,
@@ -166,7 +166,7 @@ def search(
     if len(st) == 0:
         fail(f"store {st.root} is empty; index something first: clipsearch index PATH --store {st.root}")
     if rerank and modality == "any":
-        modality = "image"  # only images have grid cells
+        modality = "image"  # an explicit re-rank is asked of images: only they have grid cells
     hits = st.search(
         q, k=k, modality=modality, where=where, path_glob=path_glob, min_score=min_score, exact=exact, rerank=rerank,
         cell_weight=cell_weight,

@@ -775,6 +775,22 @@ class DualEncoder(Encoder):
             x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
             return np.ascontiguousarray(self.model.encode_image_grid(x).numpy(), dtype=np.float32)
 
+    def encode_pixels_with_grid(
+        self, pixels: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """One forward pass for both: the unit image vectors ``(n, dim)`` (as
+        :meth:`encode_pixel_values`) and the unit cell vectors ``(n, gh, gw, dim)`` (as
+        :meth:`patch_grid_from_pixels`) of a ``(n, 3, S, S)`` batch."""
+        import torch
+        import torch.nn.functional as F
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
+            pooled, cells = self.model.image(x)
+            vecs = F.normalize(pooled, dim=-1).numpy()
+            grid = F.normalize(cells.permute(0, 2, 3, 1), dim=-1).numpy()
+        return np.ascontiguousarray(vecs, dtype=np.float32), np.ascontiguousarray(grid, dtype=np.float32)
+
 
 def encoder_from_module(model: Any, *, name: str, extra: dict[str, Any] | None = None) -> Encoder:
     """Wrap an in-memory dual module as an :class:`Encoder` (the trainer's evaluation uses it)."""

@@ -45,10 +45,13 @@ from clipsearch.server.handlers import as_request_error, finite, install_error_h
 from clipsearch.server.limits import DEFAULT_MAX_BODY, LOCAL_HOSTS, BodyLimit, HostCheck, SecurityHeaders
 from clipsearch.server.schemas import (
     BEARER,
+    CELL_WEIGHT_HELP,
     ID_PATTERN,
+    MAX_CELL_WEIGHT,
     MAX_K,
     MAX_TEXT,
     MAX_UPLOAD_FILES,
+    RERANK_HELP,
     TOKEN_COOKIE,
     AddedOut,
     ItemIdPath,
@@ -213,13 +216,15 @@ def create_app(
         k: Annotated[int, Query(ge=1, le=MAX_K, description="results wanted")] = 10,
         modality: Annotated[Modality, Query(description="what to return")] = "any",
         min_score: Annotated[float | None, Query(ge=-1.0, le=1.0, description="drop results below this cosine")] = None,
-        rerank: Annotated[int, Query(ge=0, le=MAX_K, description="re-score the best N images by their best grid cell too")] = 0,
+        rerank: Annotated[int | None, Query(ge=0, le=MAX_K, description=RERANK_HELP)] = None,
+        cell_weight: Annotated[float | None, Query(ge=0.0, le=MAX_CELL_WEIGHT, description=CELL_WEIGHT_HELP)] = None,
     ) -> list[dict[str, Any]]:
         """The ``k`` items nearest the text ``q``, best first."""
         t0 = time.perf_counter()
         hits = state.search(
-            [(state.text_vector(valid_unicode(q)), 1.0)], k=k, modality=modality, min_score=min_score, rerank=rerank
-        )
+            [(state.text_vector(valid_unicode(q)), 1.0)], k=k, modality=modality, min_score=min_score, rerank=rerank,
+            cell_weight=cell_weight,
+        )  # fmt: skip
         response.headers["Server-Timing"] = f"search;dur={(time.perf_counter() - t0) * 1000:.1f}"
         return [h.to_dict() for h in hits]
 
@@ -448,7 +453,10 @@ def _run_search(state: ServerState, spec: SearchForm, image: bytes | None) -> li
         terms.append((state.image_vector(pil), spec.image_weight))
     if not terms:
         raise HTTPException(422, "empty query: give q, terms, or an image")
-    return state.search(terms, k=spec.k, modality=spec.modality, min_score=spec.min_score, rerank=spec.rerank)
+    return state.search(
+        terms, k=spec.k, modality=spec.modality, min_score=spec.min_score, rerank=spec.rerank,
+        cell_weight=spec.cell_weight,
+    )  # fmt: skip
 
 
 # -- responses ----------------------------------------------------------------------------------------

@@ -21,6 +21,12 @@ MAX_K = 1000
 MAX_TEXT = 1000  # characters in one query text
 MAX_TERMS = 16  # terms in one composed query
 MAX_WEIGHT = 100.0
+MAX_CELL_WEIGHT = 100.0
+RERANK_HELP = (
+    "re-score the best N images by their best grid cell too (0: off; default: 20 when the store kept "
+    "grid cells, else off)"
+)
+CELL_WEIGHT_HELP = "how much the best grid cell counts beside the vector (default 0.25; 1 finds one object among several)"
 MAX_UPLOAD_FILES = 64
 MAX_LABELS = 100
 TOKEN_COOKIE = "clipsearch_token"
@@ -90,7 +96,8 @@ class SearchIn(BaseModel):
     k: int = Field(10, ge=1, le=MAX_K)
     modality: Modality = "any"
     min_score: float | None = Field(None, ge=-1.0, le=1.0)
-    rerank: int = Field(0, ge=0, le=MAX_K, description="re-score the best N images by their best grid cell too")
+    rerank: int | None = Field(None, ge=0, le=MAX_K, description=RERANK_HELP)
+    cell_weight: float | None = Field(None, ge=0.0, le=MAX_CELL_WEIGHT, description=CELL_WEIGHT_HELP)
 
     @field_validator("k", "rerank", mode="before")
     @classmethod
@@ -193,5 +200,7 @@ def search_form_schema() -> dict[str, Any]:
             "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10},
             "modality": {"type": "string", "enum": ["image", "text", "any"], "default": "any"},
             "min_score": {"type": "number", "minimum": -1, "maximum": 1},
+            "rerank": {"type": "integer", "minimum": 0, "maximum": MAX_K, "description": RERANK_HELP},
+            "cell_weight": {"type": "number", "minimum": 0, "maximum": MAX_CELL_WEIGHT, "description": CELL_WEIGHT_HELP},
         },
     }

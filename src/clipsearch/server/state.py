@@ -115,10 +115,18 @@ class ServerState:
         return has_grid(self.store.encoder)
 
     def search(
-        self, terms: list[tuple[np.ndarray, float]], *, k: int, modality: str, min_score: float | None, rerank: int = 0
+        self,
+        terms: list[tuple[np.ndarray, float]],
+        *,
+        k: int,
+        modality: str,
+        min_score: float | None,
+        rerank: int | None = None,
+        cell_weight: float | None = None,
     ) -> list[Hit]:
         """Hits for weighted query vectors; ``rerank`` > 0 searches images (only they have grid
-        cells) and needs a model with a grid.
+        cells) and needs a model with a grid; ``None`` leaves it to the store (see
+        :meth:`clipsearch.store.Store.search`), as does ``cell_weight``.
 
         Raises:
             HTTPException: 422 when the model has no grid to rerank with, or ``rerank`` is asked
@@ -135,7 +143,9 @@ class ServerState:
             why = "only images have grid cells" if modality != "image" else "this model has no grid of cell embeddings"
             raise HTTPException(422, f"rerank: {why}")
         # Store.search reads its hits from the snapshot it searched, so no lock is needed here.
-        return self.store.search(query, k=k, modality=modality, min_score=min_score, rerank=rerank)
+        return self.store.search(
+            query, k=k, modality=modality, min_score=min_score, rerank=rerank, cell_weight=cell_weight
+        )
 
     def classifier(self, labels: tuple[str, ...], templates: str) -> Any:
         from clipsearch.tasks.classify import ZeroShotClassifier

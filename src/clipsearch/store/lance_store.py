@@ -308,6 +308,8 @@ class Store:
         self._db = lancedb.connect(str(root / sch.LANCE_DIR), read_consistency_interval=timedelta(0))
         self._items = self._open_table(sch.ITEMS_TABLE, sch.items_schema(self.dim))
         self._files = self._open_table(sch.FILES_TABLE, sch.files_schema())
+        self._cells = None  # opened on first use: only stores of models with a grid have it
+        self._no_cells_at: int | None = None  # the items version at which no cells table existed
         self._snapshot: _Snapshot | None = None
         self._lock_fd: int | None = None
         self._thread_lock = threading.RLock()
@@ -424,6 +426,85 @@ class Store:
             return np.zeros((0, self.dim), np.float32)
         return np.stack([np.asarray(rows[i]["vector"], dtype=np.float32) for i in ids])
 
+    # -- grid cells --------------------------------------------------------------------------
+    def _cells_table(self, *, create: bool = False):
+        """The cells table, or None when it does not exist (and ``create`` is False)."""
+        if self._cells is None:
+            if create:
+                self._cells = self._open_table(sch.CELLS_TABLE, sch.cells_schema())
+            elif self._no_cells_at != self.version:  # looked again once the items change
+                try:
+                    self._cells = self._db.open_table(sch.CELLS_TABLE)
+                except (FileNotFoundError, ValueError):
+                    self._no_cells_at = self.version
+        return self._cells
+
+    @property
+    def has_cells(self) -> bool:
+        """Whether the store keeps grid cells for its images (models with a grid write them)."""
+        table = self._cells_table()
+        return table is not None and table.count_rows() > 0
+
+    def cells(self, ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
+        """The stored grids of these image ids: id -> ``(rows, cols, dim)`` float32 unit cell
+        vectors. Ids without stored cells are left out."""
+        table = self._cells_table()
+        ids = sorted(set(ids))
+        if table is None or not ids:
+            return {}
+        out: dict[str, npt.NDArray[np.float32]] = {}
+        ds = table.to_lance()
+        for i in range(0, len(ids), _IN_CHUNK):
+            rows = ds.to_table(filter=f"id IN ({_sql_list(ids[i : i + _IN_CHUNK])})")
+            flat = rows.column("cells").to_pylist() if rows.num_rows else []
+            for item_id, r, c, values in zip(
+                rows.column("id").to_pylist(), rows.column("rows").to_pylist(), rows.column("cols").to_pylist(), flat
+            ):
+                grid = np.asarray(values, dtype=np.float32)
+                if grid.size == r * c * self.dim:  # a row of another dimension is not this model's
+                    out[item_id] = grid.reshape(r, c, self.dim)
+        return out
+
+    def commit_cells(self, ids: Sequence[str], grids: npt.ArrayLike) -> None:
+        """Upsert the grids ``(len(ids), rows, cols, dim)`` of image items (one commit).
+
+        :class:`~clipsearch.ingest` writes a batch's cells before its items, so a crash between
+        the two leaves cells without an item (never looked up), not an item without cells.
+        """
+        import pyarrow as pa
+
+        self._require_lock()
+        g = np.asarray(grids, dtype=np.float32)
+        if g.ndim != 4 or g.shape[0] != len(ids) or g.shape[-1] != self.dim:
+            raise ValueError(f"grids must be ({len(ids)}, rows, cols, {self.dim}), got {g.shape}")
+        if not len(ids):
+            return
+        if not np.all(np.isfinite(g)):
+            raise ValueError("refusing to store grid cells with NaN or infinite values")
+        n, r, c, d = g.shape
+        schema = sch.cells_schema()
+        values = pa.array(g.astype(np.float16).reshape(-1), type=pa.float16())
+        offsets = pa.array(np.arange(n + 1, dtype=np.int32) * (r * c * d), type=pa.int32())
+        data = pa.Table.from_arrays(
+            [
+                pa.array(list(ids), pa.string()),
+                pa.array([r] * n, pa.int32()),
+                pa.array([c] * n, pa.int32()),
+                pa.ListArray.from_arrays(offsets, values),
+            ],
+            schema=schema,
+        )
+        table = self._cells_table(create=True)
+        table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
+
+    def _delete_cells(self, ids: Iterable[str]) -> None:
+        table = self._cells_table()
+        ids = sorted(set(ids))
+        if table is None:
+            return
+        for i in range(0, len(ids), _IN_CHUNK):
+            table.delete(f"id IN ({_sql_list(ids[i : i + _IN_CHUNK])})")
+
     # -- search ------------------------------------------------------------------------------
     def search(
         self,
@@ -435,8 +516,8 @@ class Store:
         path_glob: str | None = None,
         min_score: float | None = None,
         exact: bool = False,
-        rerank: int = 0,
-        cell_weight: float = 1.0,
+        rerank: int | None = None,
+        cell_weight: float | None = None,
     ) -> list[Hit]:
         """The ``k`` items most similar to ``query``, best first.
 
@@ -453,9 +534,12 @@ class Store:
             exact: scan every vector even when an ANN index exists.
             rerank: re-score the best ``max(k, rerank)`` images by their best-matching grid
                 cell as well (:func:`clipsearch.similarity.grid_scores`): finds one object among
-                several more precisely. Needs ``modality="image"`` and a model with a grid.
-            cell_weight: with ``rerank``, how much the best cell counts beside the vector
-                (1: equally, best for one object among several; 0.25 helps whole captions too).
+                several more precisely. Needs a model with a grid; 0 turns it off. ``None``
+                (the default): :data:`~clipsearch.search.DEFAULT_RERANK` (20) when the store
+                kept grid cells at indexing (models with a grid do), else off.
+            cell_weight: how much the best cell counts beside the vector when re-scoring
+                (default :data:`~clipsearch.search.DEFAULT_CELL_WEIGHT`, 0.25, which helps whole
+                captions and single objects alike; 1 finds one object among several best).
 
         Returns:
             Up to ``k`` :class:`Hit` objects; fewer when filters or ``min_score`` leave fewer.
@@ -735,11 +819,12 @@ class Store:
         if not rows:
             for i in range(0, len(delete_ids), _IN_CHUNK):  # pure deletes: one commit per chunk
                 self._items.delete(f"id IN ({_sql_list(delete_ids[i : i + _IN_CHUNK])})")
-            return
-        merge = self._items.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
-        if delete_ids:
-            merge = merge.when_not_matched_by_source_delete(f"id IN ({_sql_list(delete_ids)})")
-        merge.execute(data)
+        else:
+            merge = self._items.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+            if delete_ids:
+                merge = merge.when_not_matched_by_source_delete(f"id IN ({_sql_list(delete_ids)})")
+            merge.execute(data)
+        self._delete_cells(delete_ids)  # after the items: a crash here leaves unused rows only
 
     def _arrow_rows(self, rows: list[dict[str, Any]], vectors: Vectors | None) -> pa.Table:
         import pyarrow as pa
@@ -784,7 +869,13 @@ class Store:
         """Merge small fragments left by many batch commits; drops versions older than a minute."""
         from datetime import timedelta
 
-        for table in (self._items, self._files):
+        cells = self._cells_table()
+        if cells is not None:  # cells a crash left behind without their item
+            kept = set(self._dataset().to_table(columns=["id"]).column("id").to_pylist())
+            self._delete_cells(set(cells.to_lance().to_table(columns=["id"]).column("id").to_pylist()) - kept)
+        for table in (self._items, self._files, cells):
+            if table is None:
+                continue
             ds = table.to_lance()
             if len(ds.get_fragments()) > 16 or ds.stats.dataset_stats()["num_deleted_rows"] > 0:
                 table.optimize(cleanup_older_than=timedelta(minutes=1))

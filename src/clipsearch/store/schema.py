@@ -6,11 +6,14 @@ A store is a folder::
       meta.json        schema version, model name, dimension (written atomically)
       lance/items.lance  one row per item: metadata and vector together
       lance/files.lance  one row per input file seen: its size, mtime and SHA-256
+      lance/cells.lance  models with a grid only: each image's grid of cell vectors (float16)
       ann/             the approximate-nearest-neighbour index, when the store is large
       .write.lock      held (flock) by the one process writing
 
 Items are the truth; ``files`` only lets indexing skip files that have not changed since they
-were last read, so losing or rewinding it costs time (re-hashing), never correctness.
+were last read, so losing or rewinding it costs time (re-hashing), never correctness. ``cells``
+lets a search re-score images by their grid without reading them again; an image without a row
+there is read again instead, and a row whose item is gone is never looked up.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ ANN_DIR = "ann"
 LOCK_FILE = ".write.lock"
 ITEMS_TABLE = "items"
 FILES_TABLE = "files"
+CELLS_TABLE = "cells"
 
 ID_HEX = 16
 """Hex digits in an item id (64 bits: collisions are negligible below ~10^8 items)."""
@@ -84,6 +88,25 @@ def items_schema(dim: int):
             pa.field("extra", pa.string()),
             pa.field("added", pa.float64()),
             pa.field("vector", pa.list_(pa.float32(), dim)),
+        ]
+    )
+
+
+def cells_schema():
+    """The Arrow schema of the cells table: one row per image item of a model with a grid.
+
+    ``cells`` is the ``(rows, cols, dim)`` grid of unit cell vectors, row-major, in float16
+    (half the bytes; cosines move by about 1e-3). The table is keyed by item id, which for an
+    image is the hash of its bytes, so the same bytes always have the same cells.
+    """
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("rows", pa.int32(), nullable=False),
+            pa.field("cols", pa.int32(), nullable=False),
+            pa.field("cells", pa.list_(pa.float16()), nullable=False),
         ]
     )
 

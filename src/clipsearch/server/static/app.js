@@ -5,6 +5,7 @@
 (() => {
   const K = 60;
   const RERANK = 50; // images re-scored by their grid cells when "Exact objects" is on
+  const CELL_WEIGHT = 1; // the best cell counts as much as the vector: one object among several
   const $ = (sel) => document.querySelector(sel);
   const state = {
     config: null,
@@ -122,11 +123,14 @@
         if (q) form.append("q", q);
         form.append("k", String(K));
         form.append("modality", state.modality);
-        if (reranking()) form.append("rerank", String(RERANK));
+        if (reranking()) {
+          form.append("rerank", String(RERANK));
+          form.append("cell_weight", String(CELL_WEIGHT));
+        }
         res = await api("/api/search", { method: "POST", body: form });
       } else {
         const params = { q, k: K, modality: state.modality };
-        if (reranking()) params.rerank = RERANK;
+        if (reranking()) Object.assign(params, { rerank: RERANK, cell_weight: CELL_WEIGHT });
         res = await api(`/api/search?${new URLSearchParams(params)}`);
       }
       const hits = await res.json();
