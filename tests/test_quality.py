@@ -28,6 +28,8 @@ TINY_SIZES = dict(n_gallery=12, n_scenes=8, n_single=11)
 METRIC_IDS = {
     "retrieval_r1": 0.5,
     "retrieval_r10": 0.9,
+    "retrieval_vector_r1": None,  # the same rankings by the image vectors alone
+    "retrieval_vector_r10": None,
     "retrieval_true_r1": None,
     "retrieval_true_r10": None,
     "retrieval_best_r1": None,
@@ -38,16 +40,15 @@ METRIC_IDS = {
     "zero_shot_position": None,
     "zero_shot_size": None,
     "held_out_retrieval_p10": 0.9,
+    "held_out_retrieval_p10_vector": None,
     "held_out_zero_shot_pair": 0.70,
     "phrasing_eval_p5": 0.8,
     "phrasing_train_p5": None,
     "phrasing_gap": 0.05,
-    "phrasing_eval_p5_rerank": None,  # models with a grid only
+    "phrasing_eval_p5_vector": None,
+    "phrasing_train_p5_vector": None,
+    "phrasing_eval_p5_rerank": None,  # models with a grid only: search --rerank 50 --cell-weight 1
     "phrasing_train_p5_rerank": None,
-    "blend_retrieval_r1": None,  # models with a grid only, as search --rerank 20 --cell-weight 0.25
-    "blend_retrieval_r10": None,
-    "blend_phrasing_eval_p5": None,
-    "blend_phrasing_train_p5": None,
 }
 
 
@@ -205,6 +206,22 @@ def test_grid_reranked_rescores_only_the_best_by_vector() -> None:
         np.testing.assert_allclose(o[top], grid_scores(row[top], grids[top], q, cell_weight=0.25), atol=1e-6)
 
 
+def test_default_ranking_is_what_search_does_by_default() -> None:
+    from clipsearch.search import DEFAULT_CELL_WEIGHT, DEFAULT_RERANK
+    from clipsearch.train.quality import default_ranking, grid_reranked
+
+    rng = np.random.default_rng(1)
+    n = DEFAULT_RERANK + 5  # some scenes beyond the re-scored ones
+    sims = rng.uniform(-1, 1, (2, n)).astype(np.float32)
+    grids = rng.standard_normal((n, 2, 2, 4)).astype(np.float32)
+    grids /= np.linalg.norm(grids, axis=-1, keepdims=True)
+    queries = rng.standard_normal((2, 4)).astype(np.float32)
+    assert default_ranking(sims, None, queries) is sims  # no grid: the vectors alone
+    expected = grid_reranked(sims, grids, queries, DEFAULT_RERANK, cell_weight=DEFAULT_CELL_WEIGHT)
+    np.testing.assert_array_equal(default_ranking(sims, grids, queries), expected)
+    assert np.isneginf(expected).sum(axis=1).tolist() == [5, 5]
+
+
 class ColourOracle(Encoder):
     """Sees only colours: an image is the share of its pixels near each object colour, a text
     the colour words it names; shapes are invisible to it."""
@@ -230,7 +247,11 @@ def test_an_oracle_for_colour_scores_on_colour_and_not_on_shape() -> None:
     sizes = dict(n_gallery=10, n_scenes=5, n_single=22)
     result = evaluate_demo_quality(ColourOracle(), seed=1, **sizes)
     m = {k: v["value"] for k, v in result["metrics"].items()}
-    assert "phrasing_eval_p5_rerank" not in m and "blend_retrieval_r1" not in m  # no grid cells to re-rank with
+    assert "phrasing_eval_p5_rerank" not in m  # no grid cells to re-rank with, so the judged
+    for judged, vector in (("retrieval_r1", "retrieval_vector_r1"), ("retrieval_r10", "retrieval_vector_r10"),
+                           ("phrasing_eval_p5", "phrasing_eval_p5_vector"),
+                           ("held_out_retrieval_p10", "held_out_retrieval_p10_vector")):  # fmt: skip
+        assert m[judged] == m[vector]  # rankings are the vectors' own
     assert m["zero_shot_color"] >= 0.9  # dark dots on black backgrounds fool it now and then
     assert m["zero_shot_shape"] == 0.0  # every shape prompt embeds to zero: all ties, all wrong
     assert result["details"]["zero_shot"]["color_accuracy_by_color"].keys() == set(dw.COLORS)

@@ -8,6 +8,12 @@ Every number is a pure function of the model and the sizes and seed.
 What is measured (each metric has an id, a value in [0, 1], and a target or ``None`` for
 numbers that are reported but not judged):
 
+Every ranking of images is the one ``clipsearch search`` returns by default for a store indexed
+with the model (:func:`default_ranking`): for a model with a grid of cell embeddings, the
+:data:`~clipsearch.search.DEFAULT_RERANK` best by vector re-scored with their best grid cell at
+:data:`~clipsearch.search.DEFAULT_CELL_WEIGHT`; for any other model, the vectors alone. The
+vector-only numbers are reported beside the judged ones.
+
 1. Retrieval over a gallery of ``n_gallery`` captioned scenes of 1-3 objects, each queried
    with its own caption (text -> image). ``retrieval_r1`` / ``retrieval_r10`` (judged): a hit
    is the caption's own image, or an image whose caption has the identical text (duplicates
@@ -28,12 +34,10 @@ numbers that are reported but not judged):
    (:func:`~clipsearch.train.demo_world.object_query` with "eval") and, for comparison, the
    three train phrasings, over ``n_scenes`` fresh scenes of 1-3 objects: precision@5 (a hit:
    a scene holding such an object), and the gap train - eval. For models with a grid of cell
-   embeddings, also (reported) the same precision@5 after ``clipsearch search --rerank 50``:
-   the 50 best scenes by vector re-scored by :func:`~clipsearch.similarity.grid_scores`.
-5. For models with a grid (reported): the own-image R@1 / R@10 of section 1 and the P@5 of
-   section 4 once more, ranked as ``clipsearch search --rerank 20 --cell-weight 0.25`` ranks
-   a store: a light weight on the best cell, which helps whole captions and single-object
-   queries alike (the plain ``--rerank`` trades whole-caption recall for object precision).
+   embeddings, also (reported) the same precision@5 after ``clipsearch search --rerank 50
+   --cell-weight 1``: the 50 best scenes by vector re-scored by
+   :func:`~clipsearch.similarity.grid_scores` with the best cell counted as much as the vector
+   (which trades whole-caption recall for object precision).
 
 Precision@k of one query is ``hits in the top k / min(k, relevant)``: it equals the usual
 hits / k whenever a query has at least k relevant scenes, and a query with fewer can still
@@ -53,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from clipsearch.search import DEFAULT_CELL_WEIGHT, DEFAULT_RERANK
 from clipsearch.train import demo_world as dw
 
 if TYPE_CHECKING:
@@ -71,8 +76,7 @@ PLACE_TEMPLATE = "a photo of an object {}"  # label: the first phrase of a posit
 SIZE_TEMPLATE = "a photo of a {} object"  # label "small" or "large"
 HELD_OUT_K = 10
 PHRASING_K = 5
-RERANK_DEPTH = 50  # the phrasing queries' re-ranked numbers re-score this many scenes, as --rerank 50
-BLEND_DEPTH, BLEND_WEIGHT = 20, 0.25  # section 5: search --rerank 20 --cell-weight 0.25
+RERANK_DEPTH, RERANK_WEIGHT = 50, 1.0  # the phrasings' "grid re-rank": search --rerank 50 --cell-weight 1
 MIN_SIZES = {"n_gallery": 10, "n_scenes": 5, "n_single": 1}
 
 NOTES = (
@@ -86,9 +90,11 @@ NOTES = (
     "images of those pairs among all 88 colour-shape classes",
     "phrasings: every colour-shape pair in the gallery queried in 3 eval-only and 3 train phrasings; "
     "the gap passes when eval-only phrasings are at most 5 points below train phrasings; 'grid re-rank' "
-    f"re-scores the {RERANK_DEPTH} best scenes by vector with their best grid cell (search --rerank {RERANK_DEPTH})",
-    f"light grid blend: the {BLEND_DEPTH} best by vector re-scored by (vector + {BLEND_WEIGHT:g} x best cell) / "
-    f"{1 + BLEND_WEIGHT:g}, as search --rerank {BLEND_DEPTH} --cell-weight {BLEND_WEIGHT:g}",
+    f"re-scores the {RERANK_DEPTH} best scenes by vector with their best grid cell counted as much as the "
+    f"vector (search --rerank {RERANK_DEPTH} --cell-weight {RERANK_WEIGHT:g})",
+    "rankings: as clipsearch search ranks a store by default; for a model with a grid of cells, the "
+    f"{DEFAULT_RERANK} best by vector re-scored by (vector + {DEFAULT_CELL_WEIGHT:g} x best cell) / "
+    f"{1 + DEFAULT_CELL_WEIGHT:g}; 'vector only' ranks by the image vectors alone",
     "P@k = hits in the top k / min(k, relevant scenes) (the details also give hits / k); in every ranking, "
     "ties count against the query",
 )
@@ -252,9 +258,12 @@ def _encode_scenes(
             images.append(img)
             records.append(rec)
         pixels = encoder.preprocess_images(images)
-        rows.append(encoder.encode_pixel_values(pixels))
         if grids:
-            cells.append(encoder.patch_grid_from_pixels(pixels))
+            vecs, grid = encoder.encode_pixels_with_grid(pixels)  # one forward pass for both
+            rows.append(vecs)
+            cells.append(grid)
+        else:
+            rows.append(encoder.encode_pixel_values(pixels))
     vecs = np.concatenate(rows).astype(np.float32, copy=False)
     return vecs, records, (np.concatenate(cells) if grids else None)
 
@@ -277,6 +286,18 @@ def grid_reranked(
         top = np.argsort(-row, kind="stable")[:depth]
         out[i, top] = grid_scores(row[top], grids[top], query, cell_weight=cell_weight)
     return out
+
+
+def default_ranking(
+    sims: npt.NDArray[np.float32], grids: npt.NDArray[np.float32] | None, queries: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
+    """``(q, n)`` scores in the order ``clipsearch search`` ranks a store by default: the
+    vector scores ``sims`` alone for a model without a grid (``grids`` None), else the
+    :data:`~clipsearch.search.DEFAULT_RERANK` best re-scored at
+    :data:`~clipsearch.search.DEFAULT_CELL_WEIGHT` (:func:`grid_reranked`)."""
+    if grids is None:
+        return sims
+    return grid_reranked(sims, grids, queries, DEFAULT_RERANK, cell_weight=DEFAULT_CELL_WEIGHT)
 
 
 def _single_object_claims(pairs: Sequence[tuple[str, str]], n: int, rng: np.random.Generator) -> list[dict]:
@@ -355,14 +376,15 @@ def evaluate_demo_quality(
 
     # 1. retrieval with the gallery's own captions
     say(f"rendering and embedding {n_gallery} captioned scenes")
-    has_grid = hasattr(encoder, "patch_grid_from_pixels")
+    has_grid = hasattr(encoder, "encode_pixels_with_grid")
     gallery_vecs, gallery, gallery_grids = _encode_scenes(
         encoder, _rng(seed, PART_GALLERY), [None] * n_gallery, caption=True, batch_size=batch_size, grids=has_grid
     )
     captions = [r["caption"] for r in gallery]
     say(f"embedding {len(set(captions))} distinct captions")
     caption_vecs = texts(captions)
-    sims = caption_vecs @ gallery_vecs.T  # (captions, images)
+    vector_sims = caption_vecs @ gallery_vecs.T  # (captions, images)
+    sims = default_ranking(vector_sims, gallery_grids, caption_vecs)
     cap = np.asarray(captions, dtype=object)
     own = cap[:, None] == cap[None, :]
     true_rel = np.array([[dw.claim_holds(q["claim"], g) for g in gallery] for q in gallery], dtype=bool)
@@ -378,6 +400,7 @@ def evaluate_demo_quality(
         [[dw.claim_likelihood(q["claim"], g, q.get("phrasing", "train")) for g in gallery] for q in gallery]
     )
     reported = (
+        ("vector", "R@{k} own image, vector only", lambda k: recall_at_k(vector_sims, own, k)),
         ("true", "R@{k} text->image, caption true", lambda k: recall_at_k(sims, true_rel, k)),
         ("best", "R@{k} own image, best possible", lambda k: expected_recall_at_k(likelihood, own, k)),
     )
@@ -445,7 +468,9 @@ def evaluate_demo_quality(
     say("held-out pairs")
     ho_queries = [f"{c} {s}" for c, s in held_out]
     ho_rel = np.array([[contains_pair(g, c, s) for g in gallery] for c, s in held_out], dtype=bool)
-    ho_sims = texts(ho_queries) @ gallery_vecs.T
+    ho_vecs_text = texts(ho_queries)
+    ho_vector_sims = ho_vecs_text @ gallery_vecs.T
+    ho_sims = default_ranking(ho_vector_sims, gallery_grids, ho_vecs_text)
     ho_p = precision_at_k(ho_sims, ho_rel, HELD_OUT_K)
     say(f"rendering and embedding {n_single} single-object scenes of held-out pairs")
     rng = _rng(seed, PART_HELD_OUT)
@@ -457,6 +482,8 @@ def evaluate_demo_quality(
     sec = "held-out pairs"
     metrics += [
         Metric("held_out_retrieval_p10", sec, f"retrieval P@{HELD_OUT_K}", _mean(ho_p), 0.9),
+        Metric("held_out_retrieval_p10_vector", sec, f"retrieval P@{HELD_OUT_K}, vector only",
+               _mean(precision_at_k(ho_vector_sims, ho_rel, HELD_OUT_K))),
         Metric("held_out_zero_shot_pair", sec, "colour+shape (88 classes)", float(ho_ok.mean()), 0.70),
     ]  # fmt: skip
     details["held_out"] = {
@@ -476,8 +503,8 @@ def evaluate_demo_quality(
     n_templates = {"eval": len(dw.EVAL_QUERY_TEMPLATES), "train": len(dw.TRAIN_QUERY_TEMPLATES)}
     p5: dict[str, float] = {}
     p5_over_k: dict[str, float] = {}
+    p5_vector: dict[str, float] = {}
     p5_rerank: dict[str, float] = {}
-    p5_blend: dict[str, float] = {}
     for phrasing in ("eval", "train"):
         say(f"{phrasing} phrasings")
         qs = [
@@ -488,35 +515,26 @@ def evaluate_demo_quality(
         ]
         rel = pair_rel[[i for i, _ in qs]]
         q_vecs = texts([q for _, q in qs])
-        q_sims = q_vecs @ scene_vecs.T
+        q_vector_sims = q_vecs @ scene_vecs.T
+        q_sims = default_ranking(q_vector_sims, scene_grids, q_vecs)
         p5[phrasing] = _mean(precision_at_k(q_sims, rel, PHRASING_K))
         p5_over_k[phrasing] = _mean(precision_at_k(q_sims, rel, PHRASING_K, capped=False))
+        p5_vector[phrasing] = _mean(precision_at_k(q_vector_sims, rel, PHRASING_K))
         if scene_grids is not None:
-            reranked = grid_reranked(q_sims, scene_grids, q_vecs, RERANK_DEPTH)
+            reranked = grid_reranked(q_vector_sims, scene_grids, q_vecs, RERANK_DEPTH, cell_weight=RERANK_WEIGHT)
             p5_rerank[phrasing] = _mean(precision_at_k(reranked, rel, PHRASING_K))
-            blended = grid_reranked(q_sims, scene_grids, q_vecs, BLEND_DEPTH, cell_weight=BLEND_WEIGHT)
-            p5_blend[phrasing] = _mean(precision_at_k(blended, rel, PHRASING_K))
     sec = "phrasings"
     metrics += [
         Metric("phrasing_eval_p5", sec, f"P@{PHRASING_K} eval-only phrasings", p5["eval"], 0.8),
         Metric("phrasing_train_p5", sec, f"P@{PHRASING_K} train phrasings", p5["train"]),
         Metric("phrasing_gap", sec, "gap: train - eval", p5["train"] - p5["eval"], 0.05, "<="),
+        Metric("phrasing_eval_p5_vector", sec, f"P@{PHRASING_K} eval-only phrasings, vector only", p5_vector["eval"]),
+        Metric("phrasing_train_p5_vector", sec, f"P@{PHRASING_K} train phrasings, vector only", p5_vector["train"]),
     ]
     if p5_rerank:
         metrics += [
             Metric("phrasing_eval_p5_rerank", sec, f"P@{PHRASING_K} eval-only phrasings, grid re-rank", p5_rerank["eval"]),
             Metric("phrasing_train_p5_rerank", sec, f"P@{PHRASING_K} train phrasings, grid re-rank", p5_rerank["train"]),
-        ]  # fmt: skip
-    # 5. the light grid blend (search --rerank 20 --cell-weight 0.25) on both kinds of query
-    if gallery_grids is not None:
-        say("light grid blend")
-        blended = grid_reranked(sims, gallery_grids, caption_vecs, BLEND_DEPTH, cell_weight=BLEND_WEIGHT)
-        sec = "light grid blend"
-        metrics += [
-            Metric("blend_retrieval_r1", sec, "R@1 text->image, own image", _mean(recall_at_k(blended, own, 1))),
-            Metric("blend_retrieval_r10", sec, "R@10 text->image, own image", _mean(recall_at_k(blended, own, 10))),
-            Metric("blend_phrasing_eval_p5", sec, f"P@{PHRASING_K} eval-only phrasings", p5_blend["eval"]),
-            Metric("blend_phrasing_train_p5", sec, f"P@{PHRASING_K} train phrasings", p5_blend["train"]),
         ]  # fmt: skip
     n_rel = pair_rel.sum(axis=1)
     details["phrasing"] = {
@@ -545,6 +563,7 @@ __all__ = [
     "Metric",
     "TextCache",
     "contains_pair",
+    "default_ranking",
     "evaluate_demo_quality",
     "grid_reranked",
     "precision_at_k",
