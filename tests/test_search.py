@@ -489,7 +489,7 @@ def test_stored_cells_rerank_by_default_without_reading_images(tmp_path: Path) -
     enc = StoredGridFakeEncoder()
     store = open_store(tmp_path / "store", model=enc)
     assert store.add([root], workers=0).failed == 0
-    assert store.has_cells
+    assert store.has_cells and store.stats()["cells"] == 4
     images = {h.id: h for h in store.search("red", k=10, modality="image", rerank=0)}
     cells = store.cells(list(images) + ["0123456789abcdef"])  # an unknown id is left out
     assert set(cells) == set(images)  # one grid per image; texts have none
@@ -519,5 +519,5 @@ def test_stored_cells_rerank_by_default_without_reading_images(tmp_path: Path) -
     # removing an item removes its cells
     gone = default[1]
     assert store.remove([gone.path]) == 1
-    assert gone.id not in store.cells([gone.id])
+    assert gone.id not in store.cells([gone.id]) and store.stats()["cells"] == 3
     assert enc.grid_reads == 0

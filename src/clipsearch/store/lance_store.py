@@ -442,8 +442,12 @@ class Store:
     @property
     def has_cells(self) -> bool:
         """Whether the store keeps grid cells for its images (models with a grid write them)."""
+        return self.count_cells() > 0
+
+    def count_cells(self) -> int:
+        """Images whose grid cells the store keeps (rows of the cells table)."""
         table = self._cells_table()
-        return table is not None and table.count_rows() > 0
+        return 0 if table is None else int(table.count_rows())
 
     def cells(self, ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
         """The stored grids of these image ids: id -> ``(rows, cols, dim)`` float32 unit cell
@@ -990,6 +994,7 @@ class Store:
             "schema_version": int(self.meta["schema_version"]),
             "created": self.meta.get("created"),
             "files": int(self._files.count_rows()),
+            "cells": self.count_cells(),
             "size_bytes": _folder_size(self.root),
             "table_version": self.version,
             "index": self.index_state(),
