@@ -448,3 +448,53 @@ def iterate_batches(source: Any, start: int, stop: int, workers: int = 0) -> Ite
         collate_fn=lambda b: b,
     )  # fmt: skip
     yield from loader
+
+
+OBJECT_PHRASE_SIZE_PROB = 0.5  # --cell-objects: how often an object's phrase names its size
+OBJECT_PHRASE_PLACE_PROB = 0.75  # and its place ("in the top left corner")
+
+
+def cell_object_samples(
+    records: list[dict[str, Any]], boxes: list[npt.NDArray[np.float32]], rng: np.random.Generator, limit: int
+) -> tuple[list[int], list[npt.NDArray[np.float32]], list[str], npt.NDArray[np.bool_]]:
+    """Up to ``limit`` objects of a batch's scenes, each with a phrase that is true of it, and
+    for each phrase that names a place, the same phrase with another place (a hard negative).
+
+    Each phrase names the object's colour and shape, and its size and place often
+    (:data:`OBJECT_PHRASE_SIZE_PROB`, :data:`OBJECT_PHRASE_PLACE_PROB`), in the training
+    phrasings of :func:`~clipsearch.train.demo_world.object_phrase` ("a small red star in
+    the top left corner"). Random batches rarely hold two objects of one colour and shape in
+    different places, so without the moved phrases the place words would never be needed.
+
+    Args:
+        records: the scene record of each image of the batch (with ``objects``).
+        boxes: per image, the ``(k, 4)`` object boxes (fractions of its sides), in record order.
+        rng: the source of the choices.
+        limit: most objects kept (drawn at random when the batch has more).
+
+    Returns:
+        ``(image_index, boxes, phrases, holds)``: per object its image and box; the k phrases
+        of the objects followed by the moved ones; and the ``(k, len(phrases))`` bool matrix
+        ``holds[i, j]``: phrase j is true of object i (true on the diagonal).
+    """
+    found = [(i, j) for i, rec in enumerate(records) for j in range(min(len(rec["objects"]), len(boxes[i])))]
+    if len(found) > limit:
+        found = [found[t] for t in sorted(rng.choice(len(found), limit, replace=False))]
+    objects = [records[i]["objects"][j] for i, j in found]
+    parts = []
+    for obj in objects:
+        part = {"color": obj["color"], "shape": obj["shape"]}
+        if rng.random() < OBJECT_PHRASE_SIZE_PROB:
+            part["size"] = obj["size"]
+        if rng.random() < OBJECT_PHRASE_PLACE_PROB:
+            part["position"] = obj["position"]
+        parts.append(part)
+    moved = []
+    for part in parts:
+        if "position" in part:
+            others = [p for p in dw.POSITIONS if p != part["position"]]
+            moved.append(part | {"position": others[int(rng.integers(len(others)))]})
+    every = parts + moved
+    phrases = [dw.object_phrase(rng, part) for part in every]
+    holds = np.array([[all(obj[key] == v for key, v in part.items()) for part in every] for obj in objects], dtype=bool)
+    return [i for i, _ in found], [boxes[i][j] for i, j in found], phrases, holds.reshape(len(found), len(every))
