@@ -410,52 +410,6 @@ def test_box_cell_targets_and_object_attention_loss_by_hand() -> None:
     assert float(object_attention_loss(w[3:], t[3:])) == 0.0
 
 
-def test_object_cell_vectors_average_the_unit_cells_under_each_box() -> None:
-    from clipsearch.train.loss import object_cell_vectors
-
-    cells = torch.zeros(2, 2, 2, 2)  # 2 images, D = 2, a 2x2 grid
-    cells[0, 0, 0, 0] = 5.0  # image 0, top-left cell: (1, 0) once normalised
-    cells[0, 1, 0, 1] = 0.5  # image 0, top-right cell: (0, 1)
-    cells[1, :, 1, 1] = torch.tensor([3.0, 4.0])  # image 1, bottom-right: (0.6, 0.8)
-    boxes = [np.array([0.0, 0.0, 0.5, 0.5]), np.array([0.0, 0.0, 1.0, 0.5]), np.array([0.5, 0.5, 1.0, 1.0])]
-    v = object_cell_vectors(cells, torch.tensor([0, 0, 1]), boxes)
-    half = 1 / math.sqrt(2)  # the top row's two cells, equally weighted, then normalised
-    np.testing.assert_allclose(v.numpy(), [[1, 0], [half, half], [0.6, 0.8]], atol=1e-6)
-
-
-def test_cell_object_samples_phrase_each_object_truly(tiny_dual) -> None:
-    from clipsearch.train import demo_world as dw
-
-    src = data.DemoWorldBatches(tiny_dual.preprocess, 24, seed=0, pool=data.caption_pool(0, 64), sides=(32, 96))
-    b = src.batch(1)
-    index, boxes, phrases, holds = data.cell_object_samples(b.records, b.boxes, np.random.default_rng(0), 10)
-    assert len(index) == len(boxes) == 10 < sum(len(r["objects"]) for r in b.records)
-    placed = [i for i, p in enumerate(phrases[:10]) if any(ph in p for ph in _all_place_phrases(dw))]
-    assert len(phrases) == 10 + len(placed) and 0 < len(placed) < 10  # one moved phrase per placed one
-    assert holds.shape == (10, len(phrases)) and holds[:, :10].diagonal().all()
-    for i, (img, box, phrase) in enumerate(zip(index, boxes, phrases)):
-        obj = next(o for o, bx in zip(b.records[img]["objects"], b.boxes[img]) if np.array_equal(bx, box))
-        assert obj["shape"] in phrase and any(w in phrase for w in dw.COLOR_WORDS[obj["color"]])
-        assert any(p in phrase for p in dw.POSITION_PHRASES[obj["position"]]) == (i in placed)
-    for i, j in zip(placed, range(10, len(phrases))):  # the moved phrase: the same object somewhere else
-        assert not holds[i, j] and not any(p in phrases[j] for p in _place_of(dw, b, index[i], boxes[i]))
-    # the same draws give the same samples
-    again = data.cell_object_samples(b.records, b.boxes, np.random.default_rng(0), 10)
-    assert again[2] == phrases and (again[3] == holds).all()
-    everything = data.cell_object_samples(b.records, b.boxes, np.random.default_rng(1), 10_000)
-    assert len(everything[0]) == sum(len(r["objects"]) for r in b.records)
-    assert not everything[3].all()
-
-
-def _all_place_phrases(dw) -> list[str]:
-    return [p for phrases in dw.POSITION_PHRASES.values() for p in phrases]
-
-
-def _place_of(dw, batch, img: int, box) -> list[str]:
-    obj = next(o for o, bx in zip(batch.records[img]["objects"], batch.boxes[img]) if np.array_equal(bx, box))
-    return dw.POSITION_PHRASES[obj["position"]]
-
-
 def test_demo_batches_give_each_image_its_object_boxes(tiny_dual) -> None:
     from clipsearch.train import demo_world as dw
 
@@ -788,14 +742,13 @@ def test_train_from_a_dual_encoder_base_starts_from_its_weights(tmp_path: Path, 
     # with the default learning rate (3e-4 for a dual-encoder base) the weights move
     moved = runner.invoke(_app(), ["train", "--pairs", "demo-world", "--out", str(tmp_path / "m3"),
                                    "--base", str(tmp_path / "m1"), "--soft-targets", "--pool-positions",
-                                   "--text-positions", "--text-layers", "1", "--attend-objects", "0.5",
-                                   "--cell-objects", "1", *common])  # fmt: skip
+                                   "--text-positions", "--text-layers", "1", "--attend-objects", "0.5", *common])  # fmt: skip
     assert moved.exit_code == 0, moved.output
     state = json.loads((tmp_path / "m3" / "checkpoint" / "trainer_state.json").read_text())
     assert state["options"]["lr"] == 3e-4
     assert (state["options"]["text_layers"], state["options"]["text_positions"]) == (1, True)
-    assert (state["options"]["attend_objects"], state["options"]["cell_objects"]) == (0.5, 1.0)
-    assert all(h["object_attention"] > 0 and h["object_cells"] > 0 for h in state["history"] if "loss" in h)
+    assert state["options"]["attend_objects"] == 0.5
+    assert all(h["object_attention"] > 0 for h in state["history"] if "loss" in h)
     config = json.loads((tmp_path / "m3" / "clipsearch_model.json").read_text())["config"]
     assert (config["pool_positions"], config["text_head_positions"], config["text_head_layers"]) == (True, True, 1)
     c = load_file(str(tmp_path / "m3" / "model.safetensors"))
@@ -878,7 +831,6 @@ def test_train_option_errors(tmp_path: Path, tiny_sbert: Path) -> None:
         (csv, ["--object-queries", "8"], "--object-queries needs pairs 'demo-world'"),
         ("demo-world", ["--steps", "2", "--twin-kind", "colour"], "unknown twin kind 'colour'; use one of binding, contrast"),
         (csv, ["--attend-objects", "0.5"], "--attend-objects needs pairs 'demo-world'"),
-        (csv, ["--cell-objects", "1"], "--cell-objects needs pairs 'demo-world'"),
         ("demo-world", ["--steps", "2", "--pool", "mean", "--attend-objects", "0.5"], "this model pools by mean"),
     ]  # fmt: skip
     for pairs, extra, message in cases:

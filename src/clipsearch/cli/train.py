@@ -62,7 +62,6 @@ def train_cmd(
     text_positions: Annotated[bool, typer.Option("--text-positions", help="Dual encoders: the text head adds a learned embedding of each token's index, so its layers see word order (added at zero to a --base that lacks it).")] = False,
     lock_image: Annotated[bool, typer.Option("--lock-image", help="Train the text side only, as in LiT: the image side (weights and batch-norm statistics) stays exactly as the --base left it.")] = False,
     attend_objects: Annotated[float, typer.Option("--attend-objects", min=0.0, help="demo-world: weight of a loss that draws the attention pool's cell weights to the objects' boxes, so the image vector is about the objects and where they are; with --pool-positions, the cell-place embeddings start random rather than at zero.")] = 0.0,
-    cell_objects: Annotated[float, typer.Option("--cell-objects", min=0.0, help="demo-world: weight of a contrastive loss between each object's grid cells (averaged over its box) and a phrase about it ('a small red star in the top left corner'), so that one cell holds colour, shape and place together.")] = 0.0,
     image_size: Annotated[int | None, typer.Option("--image-size", min=8, help="Model input side in pixels (default: 64 cnn/vit, 128 resnet18).")] = None,
     embed_dim: Annotated[int, typer.Option("--embed-dim", min=2, help="Joint space dimension.")] = 256,
     pool: Annotated[str, typer.Option("--pool", help="Image grid pooling: attention or mean.")] = "attention",
@@ -82,7 +81,7 @@ def train_cmd(
             eval_pairs=eval_pairs, eval_every=eval_every, eval_size=eval_size, resume=resume, minutes=minutes,
             threads=threads, workers=workers, caption_pool=caption_pool, twins=twins, twin_kind=twin_kind,
             soft_targets=soft_targets, negatives=negatives, object_queries=object_queries,
-            text_layers=text_layers, text_positions=text_positions, attend_objects=attend_objects, lock_image=lock_image, cell_objects=cell_objects, image_size=image_size, embed_dim=embed_dim, pool=pool,
+            text_layers=text_layers, text_positions=text_positions, attend_objects=attend_objects, lock_image=lock_image, image_size=image_size, embed_dim=embed_dim, pool=pool,
             pool_positions=pool_positions, progress=progress,
         )
     )  # fmt: skip

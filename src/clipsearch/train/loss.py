@@ -133,24 +133,3 @@ def object_attention_loss(weights: "torch.Tensor", targets: "torch.Tensor") -> "
     if not bool(keep.any()):
         return weights.sum() * 0.0
     return -(targets[keep] * torch.log(weights[keep].clamp_min(1e-12))).sum(dim=1).mean()
-
-
-def object_cell_vectors(cells: "torch.Tensor", image_index: "torch.Tensor", boxes: "list") -> "torch.Tensor":
-    """One vector per object: its image's unit grid cells averaged over the object's box.
-
-    Args:
-        cells: ``(n, D, g, g)`` grid cells of n images (not normalised; each cell is here).
-        image_index: ``(k,)`` long, the image of each object.
-        boxes: k boxes ``(x0, y0, x1, y1)``, fractions of their image's sides.
-
-    Returns:
-        ``(k, D)`` unit vectors: the box-area-weighted mean of the unit cells under each box,
-        what a search's best grid cell sees of that object.
-    """
-    import numpy as np
-    import torch.nn.functional as F
-
-    g = cells.shape[-1]
-    weights = box_cell_targets([np.asarray(b, dtype=np.float32)[None] for b in boxes], g)  # (k, g*g)
-    unit = F.normalize(cells, dim=1).flatten(2)[image_index]  # (k, D, g*g)
-    return F.normalize((unit * weights[:, None, :].to(unit.dtype)).sum(-1), dim=-1)

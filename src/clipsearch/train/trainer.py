@@ -46,17 +46,15 @@ RESUME_KEYS = (
     "pairs", "base", "image_tower", "text_tower", "freeze_text", "batch_size", "lr", "weight_decay",
     "warmup", "seed", "caption_pool", "image_size", "embed_dim", "pool", "epochs", "twins",
     "soft_targets", "negatives", "text_layers", "twin_kind", "object_queries", "pool_positions",
-    "text_positions", "attend_objects", "lock_image", "cell_objects",
+    "text_positions", "attend_objects", "lock_image",
 )  # fmt: skip
 PLACE_INIT_STD = 0.1  # --attend-objects: cell-place embeddings start at about a third of a pooled vector's length
 DUAL_BASE_LR = 3e-4  # default peak lr to fine-tune a dual encoder (a seventh of training from scratch)
 RESUME_DEFAULTS = {  # options added later: what checkpoints without them were trained with
     "twins": 0.0, "soft_targets": False, "negatives": False, "text_layers": 0, "twin_kind": "binding",
     "object_queries": 0, "pool_positions": False, "text_positions": False,
-    "attend_objects": 0.0, "lock_image": False, "cell_objects": 0.0,
+    "attend_objects": 0.0, "lock_image": False,
 }  # fmt: skip
-CELL_OBJECTS_PER_BATCH = 128  # --cell-objects: objects (and their phrases) drawn from each batch
-CELL_OBJECTS_STREAM = 8  # rng([seed, CELL_OBJECTS_STREAM, step]) draws them; batches use other streams
 
 
 @dataclass
@@ -97,7 +95,6 @@ class TrainOptions:
     pool_positions: bool = False  # attention pool: a learned embedding of each cell's place (added to a --base too)
     attend_objects: float = 0.0  # demo-world: weight of a loss that draws the attention pool to the objects' boxes
     lock_image: bool = False  # train the text side only (LiT): the image side stays exactly as it is
-    cell_objects: float = 0.0  # demo-world: weight of a contrastive loss between objects' grid cells and phrases
     progress: bool = True  # show a progress bar on stderr
 
 
@@ -179,10 +176,6 @@ def _resolve_defaults(opts: TrainOptions) -> TrainOptions:
         raise ValueError("--attend-objects trains the attention pool's cell weights; this model pools by mean")
     if opts.lock_image and opts.attend_objects:
         raise ValueError("--attend-objects trains the image side's pool, which --lock-image keeps fixed; use one")
-    if opts.cell_objects < 0:
-        raise ValueError(f"cell_objects is a loss weight, 0 or more, got {opts.cell_objects}")
-    if opts.cell_objects and opts.pairs != DEMO_WORLD:
-        raise ValueError("--cell-objects needs pairs 'demo-world': the objects and their boxes come from the generator")
     if opts.lock_image and not opts.base:
         raise ValueError("--lock-image keeps the image side of a trained model fixed; give that model as --base")
     if opts.text_layers < 0:
@@ -193,7 +186,6 @@ def _resolve_defaults(opts: TrainOptions) -> TrainOptions:
             (opts.pool_positions, "--pool-positions belongs to a dual encoder's attention pool"),
             (opts.text_positions, "--text-positions belongs to a dual encoder's text head"),
             (opts.attend_objects, "--attend-objects trains a dual encoder's attention pool"),
-            (opts.cell_objects, "--cell-objects trains a dual encoder's grid of cells"),
         ):
             if given:
                 raise ValueError(f"{what}; a --base CLIP model has its own")
@@ -386,14 +378,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
         object_query_texts,
         read_pairs,
     )
-    from clipsearch.train.data import cell_object_samples
-    from clipsearch.train.loss import (
-        MAX_LOGIT_SCALE,
-        box_cell_targets,
-        contrastive_loss,
-        object_attention_loss,
-        object_cell_vectors,
-    )
+    from clipsearch.train.loss import MAX_LOGIT_SCALE, box_cell_targets, contrastive_loss, object_attention_loss
 
     opts = _resolve_defaults(opts)
     if opts.workers:
@@ -477,7 +462,6 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
     finished = True
     window: list[float] = []
     attention_window: list[float] = []  # --attend-objects: the pool weights' cross-entropy against the boxes
-    cell_window: list[float] = []  # --cell-objects: the objects' cells against their phrases
     refused: dict[str, str] = {}
     seen_images = 0
     last_eval = next((h["eval"] for h in reversed(history) if "eval" in h), None)
@@ -494,15 +478,13 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
 
     def log_window(rate: float) -> None:
         """Append the mean loss (and object-attention term) of the steps since the last entry."""
-        nonlocal window, attention_window, cell_window
+        nonlocal window, attention_window
         entry = {"step": step, "loss": float(np.mean(window)), "logit_scale": float(model.logit_scale.detach().exp()),
                  "lr": optimizer.param_groups[0]["lr"], "img_per_s": round(rate, 1)}  # fmt: skip
         if attention_window:  # --attend-objects: "loss" is the total, this the term it adds (before its weight)
             entry["object_attention"] = float(np.mean(attention_window))
-        if cell_window:  # --cell-objects: the same for the object-cell term
-            entry["object_cells"] = float(np.mean(cell_window))
         history.append(entry)
-        window, attention_window, cell_window = [], [], []
+        window, attention_window = [], []
 
     def checkpoint() -> None:
         state = {"step": step, "options": asdict(opts), "history": history,
@@ -534,7 +516,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
                 g["lr"] = opts.lr * lr_factor(step, steps, warmup)
             refused.update(batch.refused)
             pixels = torch.from_numpy(batch.pixels)
-            if opts.attend_objects or opts.cell_objects:
+            if opts.attend_objects:
                 pooled, cells, weights = model.image.pool_with_weights(pixels)
                 img = torch.nn.functional.normalize(pooled, dim=-1)
             else:
@@ -545,17 +527,6 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
                 where = object_attention_loss(weights, box_cell_targets(batch.boxes, cells.shape[-1]))
                 attention_window.append(float(where.detach()))
                 loss = loss + opts.attend_objects * where
-            if opts.cell_objects:
-                rng = np.random.default_rng([opts.seed, CELL_OBJECTS_STREAM, batch.step])
-                index, obj_boxes, phrases, holds = cell_object_samples(
-                    batch.records, batch.boxes, rng, CELL_OBJECTS_PER_BATCH
-                )
-                if phrases:
-                    objects = object_cell_vectors(cells, torch.as_tensor(index), obj_boxes)
-                    said = model.encode_text(model.text_inputs(phrases))
-                    term = contrastive_loss(objects, said, model.logit_scale, torch.from_numpy(holds))
-                    cell_window.append(float(term.detach()))
-                    loss = loss + opts.cell_objects * term
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
