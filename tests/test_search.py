@@ -521,3 +521,8 @@ def test_stored_cells_rerank_by_default_without_reading_images(tmp_path: Path) -
     assert store.remove([gone.path]) == 1
     assert gone.id not in store.cells([gone.id]) and store.stats()["cells"] == 3
     assert enc.grid_reads == 0
+    # cells=False (index --no-cells) keeps vectors only: searches then rank by the vectors
+    lean = open_store(tmp_path / "lean", model=enc)
+    assert lean.add([root], workers=0, cells=False).failed == 0
+    assert not lean.has_cells and lean.stats()["cells"] == 0
+    assert lean.search("red", k=3, modality="image") == lean.search("red", k=3, modality="image", rerank=0)

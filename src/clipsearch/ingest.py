@@ -808,6 +808,7 @@ def index_paths(
     workers: int | None = None,
     prune: bool = False,
     both: bool = False,
+    cells: bool = True,
     progress: bool | Any = False,
 ) -> IndexSummary:
     """Index files and folders (and raw ``texts``) into ``store``; see the module docstring.
@@ -820,6 +821,8 @@ def index_paths(
         workers: decoding processes; default :func:`default_workers`; 0 decodes in this process.
         prune: remove items whose files no longer exist.
         both: jsonl/csv image-caption pairs also become text items (the caption, showing the image).
+        cells: for a model with a grid, keep each new image's grid cells in the store (what
+            search re-ranks by without reading images again); False keeps vectors only.
         progress: True for a progress bar on stderr.
 
     Returns:
@@ -838,7 +841,7 @@ def index_paths(
     bar = _Progress(progress)
     try:
         with store.writing():
-            run = _Run(store, summary, batch_size=batch_size, workers=workers, both=both, bar=bar)
+            run = _Run(store, summary, batch_size=batch_size, workers=workers, both=both, cells=cells, bar=bar)
             run.execute(paths, texts, prune=prune)
             summary.index = store.update_index()
             store.compact()
@@ -850,9 +853,18 @@ def index_paths(
 
 class _Run:
     def __init__(
-        self, store: Store, summary: IndexSummary, *, batch_size: int, workers: int, both: bool, bar: _Progress
+        self,
+        store: Store,
+        summary: IndexSummary,
+        *,
+        batch_size: int,
+        workers: int,
+        both: bool,
+        cells: bool,
+        bar: _Progress,
     ):
         self.store = store
+        self.cells = cells
         self.summary = summary
         self.batch_size = batch_size
         self.workers = workers
@@ -1143,7 +1155,7 @@ class _Run:
         rows = [r for r, _ in batch]
         pixels = np.stack([p for _, p in batch])
         grids = None
-        if hasattr(self.encoder, "encode_pixels_with_grid"):  # keep the cells, so search can re-rank
+        if self.cells and hasattr(self.encoder, "encode_pixels_with_grid"):  # keep them, so search can re-rank
             vecs, grids = self.encoder.encode_pixels_with_grid(pixels)
         else:
             vecs = self.encoder.encode_pixel_values(pixels)

@@ -60,6 +60,14 @@ def index(
     ] = None,
     prune: Annotated[bool, typer.Option("--prune", help="Remove items whose files no longer exist.")] = False,
     both: Annotated[bool, typer.Option("--both", help="Index jsonl/csv image-caption pairs as texts too.")] = False,
+    cells: Annotated[
+        bool,
+        typer.Option(
+            "--cells/--no-cells",
+            help="Models with a grid: keep each image's grid cells, so search re-ranks by them without reading "
+            "images (32 KB per image for the demo model).",
+        ),
+    ] = True,
     report: Annotated[
         Path | None, typer.Option("--report", help="Write every failure to FILE.jsonl: {path, reason}.")
     ] = None,
@@ -82,6 +90,7 @@ def index(
         workers=workers,
         prune=prune,
         both=both,
+        cells=cells,
         progress=not no_progress and sys.stderr.isatty(),
     )
     if report is not None:

@@ -310,6 +310,7 @@ class Store:
         self._files = self._open_table(sch.FILES_TABLE, sch.files_schema())
         self._cells = None  # opened on first use: only stores of models with a grid have it
         self._no_cells_at: int | None = None  # the items version at which no cells table existed
+        self._cell_rows: tuple[int, dict[str, int]] | None = None  # (cells table version, id -> row)
         self._snapshot: _Snapshot | None = None
         self._lock_fd: int | None = None
         self._thread_lock = threading.RLock()
@@ -453,20 +454,29 @@ class Store:
         """The stored grids of these image ids: id -> ``(rows, cols, dim)`` float32 unit cell
         vectors. Ids without stored cells are left out."""
         table = self._cells_table()
-        ids = sorted(set(ids))
         if table is None or not ids:
             return {}
-        out: dict[str, npt.NDArray[np.float32]] = {}
         ds = table.to_lance()
-        for i in range(0, len(ids), _IN_CHUNK):
-            rows = ds.to_table(filter=f"id IN ({_sql_list(ids[i : i + _IN_CHUNK])})")
-            flat = rows.column("cells").to_pylist() if rows.num_rows else []
-            for item_id, r, c, values in zip(
-                rows.column("id").to_pylist(), rows.column("rows").to_pylist(), rows.column("cols").to_pylist(), flat
-            ):
-                grid = np.asarray(values, dtype=np.float32)
-                if grid.size == r * c * self.dim:  # a row of another dimension is not this model's
-                    out[item_id] = grid.reshape(r, c, self.dim)
+        if self._cell_rows is None or self._cell_rows[0] != ds.version:
+            # id -> row, read once per version of the table: taking rows by position is a few
+            # random reads, where a filter on id would scan the whole id column each query
+            row_ids = ds.to_table(columns=["id"]).column("id").to_pylist()
+            self._cell_rows = (ds.version, {item_id: i for i, item_id in enumerate(row_ids)})
+        where = self._cell_rows[1]
+        wanted = sorted({i for i in ids if i in where}, key=where.__getitem__)
+        if not wanted:
+            return {}
+        rows = ds.take([where[i] for i in wanted], columns=["id", "rows", "cols", "cells"])
+        column = rows.column("cells").combine_chunks()
+        values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+        offsets = column.offsets.to_numpy()
+        out: dict[str, npt.NDArray[np.float32]] = {}
+        for n, (item_id, r, c) in enumerate(
+            zip(rows.column("id").to_pylist(), rows.column("rows").to_pylist(), rows.column("cols").to_pylist())
+        ):
+            grid = values[offsets[n] : offsets[n + 1]]
+            if grid.size == r * c * self.dim:  # a row of another dimension is not this model's
+                out[item_id] = grid.reshape(r, c, self.dim)
         return out
 
     def commit_cells(self, ids: Sequence[str], grids: npt.ArrayLike) -> None:
