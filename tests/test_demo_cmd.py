@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 
@@ -44,22 +45,29 @@ def test_demo_no_serve_in_a_temp_folder(tmp_path: Path):
     hits = json.loads(proc.stdout)
     assert len(hits) == 5 and {h["modality"] for h in hits} == {"image"}
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
-    # --cell-weight reaches the ranking: at 0 the re-scored results are the vector search's own;
-    # with neither option the store's cells re-score the best 20 at weight 0.25
-    runs = []
-    for extra in (["--rerank", "20", "--cell-weight", "0"], ["--modality", "image", "--rerank", "0"],
-                  ["--modality", "image"], ["--modality", "image", "--rerank", "20", "--cell-weight", "0.25"]):  # fmt: skip
-        proc = subprocess.run(
-            [sys.executable, "-m", "clipsearch", "search", "a red circle", "--store", str(folder / "store"),
-             "-k", "5", "--json", *extra],
-            capture_output=True, text=True, timeout=300, cwd=tmp_path,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        runs.append([(h["id"], round(h["score"], 5)) for h in json.loads(proc.stdout)])
-    weight_zero, vector, default, light = runs
-    assert weight_zero == vector
-    assert default == light and default != vector
-    assert [h["id"] for h in hits] != [i for i, _ in vector] or hits[0]["score"] != vector[0][1]
+    # --cell-weight reaches the ranking: at 0 the re-scored results are the vector search's own
+    proc = subprocess.run(
+        [sys.executable, "-m", "clipsearch", "search", "a red circle", "--store", str(folder / "store"),
+         "-k", "5", "--json", "--rerank", "20", "--cell-weight", "0"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    weight_zero = json.loads(proc.stdout)
+    # with neither option the store's cells re-score the best 20 at weight 0.25 (in-process: the
+    # same library the CLI calls, without two more model loads)
+    from clipsearch.store import open_store
+
+    store = open_store(folder / "store")
+    assert store.has_cells and store.stats()["cells"] == 60
+
+    def ranked(**options):
+        return [(h.id, h.score) for h in store.search("a red circle", k=5, modality="image", **options)]
+
+    vector, default = ranked(rerank=0), ranked()
+    assert [h["id"] for h in weight_zero] == [i for i, _ in vector]  # another process: scores to float noise
+    assert [h["score"] for h in weight_zero] == pytest.approx([s for _, s in vector], abs=1e-4)
+    assert default == ranked(rerank=20, cell_weight=0.25) and default != vector
+    assert [h["id"] for h in hits] != [i for i, _ in vector] or hits[0]["score"] != pytest.approx(vector[0][1])
 
 
 def test_demo_searches_find_what_they_ask_for(tmp_path: Path):
