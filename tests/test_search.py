@@ -422,19 +422,26 @@ def test_grid_scores_by_hand() -> None:
         grid_scores([0.5, 0.7, 0.1], grids, np.array([1.0, 0.0]))
 
 
-def test_rerank_rescores_the_best_images_by_their_grid(tmp_path: Path) -> None:
+def _half_photos(root: Path) -> Path:
+    """Four 32x32 photos of two halves: a red half scores well for "red" by its cells, a dull
+    reddish grey by its mean."""
     from PIL import Image
 
-    from clipsearch.similarity import grid_scores
-
-    root = tmp_path / "photos"
     root.mkdir()
-    # a red half scores well for "red" by its cells, a dull reddish grey by its mean
     for i, (top, bottom) in enumerate([((230, 20, 20), (0, 0, 0)), ((230, 20, 20), (20, 20, 230)),
                                        ((120, 95, 90), (120, 95, 90)), ((20, 20, 230), (20, 230, 20))]):  # fmt: skip
         arr = np.zeros((32, 32, 3), np.uint8)
         arr[:16], arr[16:] = top, bottom
         Image.fromarray(arr).save(root / f"{i}.png")
+    return root
+
+
+def test_rerank_rescores_the_best_images_by_their_grid(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from clipsearch.similarity import grid_scores
+
+    root = _half_photos(tmp_path / "photos")
     enc = GridFakeEncoder()
     store = open_store(tmp_path / "store", model=enc)
     assert store.add([root], workers=0).failed == 0
@@ -478,13 +485,7 @@ def test_stored_cells_rerank_by_default_without_reading_images(tmp_path: Path) -
     from clipsearch.search import DEFAULT_CELL_WEIGHT, DEFAULT_RERANK
     from clipsearch.similarity import grid_scores
 
-    root = tmp_path / "photos"
-    root.mkdir()
-    for i, (top, bottom) in enumerate([((230, 20, 20), (0, 0, 0)), ((230, 20, 20), (20, 20, 230)),
-                                       ((120, 95, 90), (120, 95, 90)), ((20, 20, 230), (20, 230, 20))]):  # fmt: skip
-        arr = np.zeros((32, 32, 3), np.uint8)
-        arr[:16], arr[16:] = top, bottom
-        Image.fromarray(arr).save(root / f"{i}.png")
+    root = _half_photos(tmp_path / "photos")
     (root / "notes.txt").write_text("a red note\n\na blue note\n")
     enc = StoredGridFakeEncoder()
     store = open_store(tmp_path / "store", model=enc)
