@@ -512,8 +512,8 @@ class Store:
         table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
 
     def _delete_cells(self, ids: Iterable[str]) -> None:
-        table = self._cells_table()
         ids = sorted(set(ids))
+        table = self._cells_table() if ids else None
         if table is None:
             return
         for i in range(0, len(ids), _IN_CHUNK):
