@@ -1,8 +1,9 @@
 """kill -9 during indexing, then the same command again: the store must come out exact.
 
-The indexing runs in a real subprocess through the real CLI (``clipsearch index``), with the
-fake model of ``test_store`` injected into the model registry so that each run starts in about
-a second instead of importing torch. Each kill lands while the items table is being written
+The indexing runs in a real subprocess through the real CLI (``clipsearch index``), with a
+fake model injected into the model registry so that each run starts in about a second instead
+of importing torch. The model has a grid (``test_search.StoredGridFakeEncoder``), so every
+batch writes the cells table and then the items table, and a kill can land between the two. Each kill lands while the items table is being written
 (after a random number of commits, plus a random few milliseconds).
 """
 
@@ -19,7 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from test_store import FakeEncoder, solid_image
+from test_search import StoredGridFakeEncoder
+from test_store import solid_image
 
 from clipsearch.store import open_store
 
@@ -28,9 +30,9 @@ TESTS = Path(__file__).resolve().parent
 BOOT = f"""
 import sys
 sys.path.insert(0, {str(TESTS)!r})
-from test_store import FakeEncoder
+from test_search import StoredGridFakeEncoder
 import clipsearch.models.registry as registry
-registry.load_model = lambda name, **kw: FakeEncoder(name)
+registry.load_model = lambda name, **kw: StoredGridFakeEncoder()
 from clipsearch.cli.main import app
 app(prog_name="clipsearch")
 """
@@ -129,11 +131,15 @@ def mutate(root: Path, rng: np.random.Generator) -> None:
 
 
 def snapshot(store_dir: Path) -> dict[str, tuple]:
-    """id -> (modality, sorted paths, text, caption, label, vector rounded) for the whole store."""
+    """id -> (modality, sorted paths, text, caption, label, vector rounded, cells rounded) for
+    the whole store; every image has its cells, and no cells are left without their image."""
     store = open_store(store_dir)
     rows = store.to_arrow().to_pylist()
     ids = [r["id"] for r in rows]
     assert len(ids) == len(set(ids)), "an id is stored twice"
+    images = [r["id"] for r in rows if r["modality"] == "image"]
+    cells = store.cells(images)
+    assert set(cells) == set(images) and store.count_cells() == len(images), "cells missing or left over"
     out = {}
     for r in rows:
         v = np.asarray(r["vector"], dtype=np.float32)
@@ -146,13 +152,14 @@ def snapshot(store_dir: Path) -> dict[str, tuple]:
             r["caption"],
             r["label"],
             tuple(np.round(v, 5)),
+            tuple(np.round(cells[r["id"]].reshape(-1), 3)) if r["id"] in cells else None,
         )
     return out
 
 
 def reference(corpus: Path, tmp: Path, name: str) -> dict[str, tuple]:
     """The same corpus indexed in one uninterrupted, in-process run."""
-    store = open_store(tmp / name, model=FakeEncoder("fake"))
+    store = open_store(tmp / name, model=StoredGridFakeEncoder())
     store.add([corpus], workers=0, batch_size=4)
     return snapshot(tmp / name)
 
