@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from bench_index_search import percentiles  # the sibling benchmark's p50 / p95 in ms
 
 
 def log(msg: str) -> None:
@@ -40,15 +40,6 @@ class WithoutGrid:
         if name == "encode_pixels_with_grid":
             raise AttributeError(name)
         return getattr(self._encoder, name)
-
-
-def folder_bytes(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-
-
-def percentiles(times: list[float]) -> tuple[float, float]:
-    ms = np.asarray(times) * 1000
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
 
 
 def main() -> None:
@@ -78,7 +69,7 @@ def main() -> None:
             assert summary.added == args.images and summary.failed == 0, summary.to_dict()
             assert store.has_cells == (label == "with cells")
             stores[label] = store
-            rows.append((label, seconds, folder_bytes(store.root)))
+            rows.append((label, seconds, store.stats()["size_bytes"]))
         base_s, base_b = rows[1][1], rows[1][2]
         print(f"\nindexing {args.images} images with the demo model")
         print(f"{'store':<16}{'seconds':>10}{'ratio':>8}{'MB on disk':>12}{'ratio':>8}")

@@ -431,8 +431,13 @@ def _build_module_classes() -> Any:  # noqa: C901 - one closure that defines the
 
         def encode_image_grid(self, pixels: torch.Tensor) -> torch.Tensor:
             """``(n, 3, S, S)`` -> ``(n, gh, gw, D)`` unit vectors, one per grid cell."""
-            _, cells = self.image(pixels)
-            return F.normalize(cells.permute(0, 2, 3, 1), dim=-1)
+            return self.encode_image_with_grid(pixels)[1]
+
+        def encode_image_with_grid(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """One pass: ``(n, 3, S, S)`` -> unit image vectors ``(n, D)`` and unit cell vectors
+            ``(n, gh, gw, D)``."""
+            pooled, cells = self.image(pixels)
+            return F.normalize(pooled, dim=-1), F.normalize(cells.permute(0, 2, 3, 1), dim=-1)
 
         # texts
         def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -782,14 +787,11 @@ class DualEncoder(Encoder):
         :meth:`encode_pixel_values`) and the unit cell vectors ``(n, gh, gw, dim)`` (as
         :meth:`patch_grid_from_pixels`) of a ``(n, 3, S, S)`` batch."""
         import torch
-        import torch.nn.functional as F
 
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
-            pooled, cells = self.model.image(x)
-            vecs = F.normalize(pooled, dim=-1).numpy()
-            grid = F.normalize(cells.permute(0, 2, 3, 1), dim=-1).numpy()
-        return np.ascontiguousarray(vecs, dtype=np.float32), np.ascontiguousarray(grid, dtype=np.float32)
+            vecs, grid = self.model.encode_image_with_grid(x)
+        return np.ascontiguousarray(vecs.numpy(), dtype=np.float32), np.ascontiguousarray(grid.numpy(), dtype=np.float32)
 
 
 def encoder_from_module(model: Any, *, name: str, extra: dict[str, Any] | None = None) -> Encoder:
