@@ -244,7 +244,8 @@ def stats(store: StoreOption = None, as_json: JsonOption = False) -> None:
         ("store", info["store"]),
         ("items", f"{info['count']:,} ({info['images']:,} images, {info['texts']:,} texts)"),
         ("files tracked", f"{info['files']:,}"),
-        ("grid cells", f"kept for {info['cells']:,} images (search re-ranks by them)" if info["cells"] else "none kept"),
+        ("grid cells", f"kept for {info['cells']:,} image{'s' * (info['cells'] != 1)} (search re-ranks by them)"
+         if info["cells"] else "none kept"),  # fmt: skip
         ("model", f"{info['model']} ({info['dim']}-d)"),
         ("size on disk", _human_bytes(info["size_bytes"])),
         ("search", index_text),
