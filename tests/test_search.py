@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -527,3 +528,39 @@ def test_stored_cells_rerank_by_default_without_reading_images(tmp_path: Path) -
     assert lean.add([root], workers=0, cells=False).failed == 0
     assert not lean.has_cells and lean.stats()["cells"] == 0
     assert lean.search("red", k=3, modality="image") == lean.search("red", k=3, modality="image", rerank=0)
+
+
+def test_reindexing_gives_stored_images_the_cells_they_lack(tmp_path: Path) -> None:
+    from PIL import Image
+
+    root = _half_photos(tmp_path / "photos")
+    (root / "notes.txt").write_text("a red note\n")
+    enc = StoredGridFakeEncoder()
+    store = open_store(tmp_path / "store", model=enc)
+    assert store.add([root], workers=0, cells=False).failed == 0
+    assert not store.has_cells
+    # a store from before the header said whether the model has a grid: the model is asked
+    meta_file = tmp_path / "store" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta.pop("grid") is True
+    meta_file.write_text(json.dumps(meta))
+    store = open_store(tmp_path / "store", model=enc)
+    vectors = {r["id"]: r["vector"] for r in store.to_arrow(["id", "vector"]).to_pylist()}
+    version = store.version
+    broken = root / "3.png"  # unreadable now, same size and mtime: it keeps its vector, gets no cells
+    st = broken.stat()
+    broken.write_bytes(bytes(st.st_size))
+    os.utime(broken, ns=(st.st_atime_ns, st.st_mtime_ns))
+    s = store.add([root], workers=0)
+    assert s.to_dict() == {"added": 0, "updated": 0, "unchanged": 5, "failed": 0, "removed": 0}
+    assert (s.embedded, s.cells_added) == (0, 3)
+    assert store.version == version  # the items were not rewritten
+    assert vectors == {r["id"]: r["vector"] for r in store.to_arrow(["id", "vector"]).to_pylist()}
+    assert store.stats()["cells"] == 3
+    images = {h.id: h for h in store.search("red", k=10, modality="image", rerank=0)}
+    for item_id, grid in store.cells(list(images)).items():
+        pixels = enc.preprocess_images([Image.open(images[item_id].path).convert("RGB")])
+        np.testing.assert_allclose(grid, enc.grid_from_pixels(pixels)[0], atol=1e-3)
+    # once they have them, another run adds none and reads no image
+    again = store.add([root], workers=0)
+    assert (again.unchanged, again.cells_added, again.embedded) == (5, 0, 0)

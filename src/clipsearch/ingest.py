@@ -14,6 +14,8 @@
   grid of cell vectors (the demo model, dual encoders from ``clipsearch train``) the same forward
   pass gives each image's cells, committed just before the items (see
   :meth:`~clipsearch.store.Store.commit_cells`), so search can re-rank without reading images.
+  Stored images of the scan that lack cells (indexed with ``cells=False``, or before stores
+  kept cells) get them on the next run; their vectors are kept.
 
 Everything is idempotent: ids come from content, writes are upserts keyed by id, so running the
 same command again after a crash converges to the same store.
@@ -47,7 +49,6 @@ API_SOURCE = "<api>"
 MAX_FILE_BYTES = 512 * 1024 * 1024
 """Image files larger than this are refused before being read into memory."""
 
-_IMAGE_META_FIELDS = ("image", "caption", "label", "id")
 
 
 TEXT_MODEL = "minilm"
@@ -124,6 +125,7 @@ class IndexSummary:
     failed: int = 0
     removed: int = 0
     embedded: int = 0  # vectors the model computed in this run
+    cells_added: int = 0  # images already stored that were given the grid cells they lacked
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
     index: str = "exact"  # what happened to the ANN index (see Store.update_index)
@@ -884,6 +886,7 @@ class _Run:
         if texts:
             self._index_raw_texts(texts)
         self.w.flush()
+        self._add_missing_cells(found.images)
         if prune:
             self._prune()
             self.w.flush()
@@ -1163,6 +1166,50 @@ class _Run:
         self.w.add_embedded(rows, vecs, grids)
         self.w.flush()
         self.bar.advance(len(rows))
+
+    def _add_missing_cells(self, images: dict[str, ImageInput]) -> None:
+        """Give grid cells to the stored images of this scan that have none (indexed with
+        ``cells=False``, or before stores kept cells); their vectors stay as stored.
+
+        Searches re-rank by stored cells, and an image without them is read again at every
+        search that re-ranks it: indexing the folder again is how a store catches up.
+        """
+        if not self.cells or self.store.meta.get("grid") is False:  # known to have no grid: no model load
+            return
+        w = self.w
+        by_id: dict[str, str] = {}  # image id -> a path of this scan to read it from
+        for inp in images.values():
+            iid = w.path_to_id.get(inp.path)
+            if iid is not None and iid not in by_id and w.file_unchanged(inp.path, inp.size, inp.mtime):
+                by_id[iid] = inp.path
+        missing = sorted(set(by_id) - self.store.cell_ids()) if by_id else []
+        if not missing or not hasattr(self.encoder, "encode_pixels_with_grid"):
+            return
+        self.bar.add(len(missing))
+        preprocess = self.encoder.info.preprocess
+        stream = prepared_images([by_id[i] for i in missing], preprocess, workers=self.workers, known_ids=frozenset())
+        ids: list[str] = []
+        pixels: list[np.ndarray] = []
+        try:
+            for iid, prep in zip(missing, stream):
+                self.bar.advance()
+                if prep.error is None and prep.sha256 is not None and sch.image_id(prep.sha256) == iid:
+                    ids.append(iid)  # else unreadable now, or other bytes under the same mtime: left as is
+                    pixels.append(prep.pixels)
+                if len(ids) >= self.batch_size:
+                    self._commit_grids(ids, pixels)
+                    ids, pixels = [], []
+            if ids:
+                self._commit_grids(ids, pixels)
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+
+    def _commit_grids(self, ids: list[str], pixels: list[np.ndarray]) -> None:
+        _, grids = self.encoder.encode_pixels_with_grid(np.stack(pixels))
+        self.store.commit_cells(ids, grids)
+        self.summary.cells_added += len(ids)
 
     # -- pruning -------------------------------------------------------------------------------
     def _prune(self) -> None:

@@ -105,7 +105,8 @@ def index(
     ann = {"built": "; ANN index built", "updated": "; ANN index updated", "dropped": "; ANN index dropped"}.get(
         summary.index, ""
     )
-    err_console.print(f"{counts} ({summary.seconds:.1f} s{rate}{ann}) -> {st.root}", highlight=False)
+    cells = f"; grid cells added for {summary.cells_added} stored images" if summary.cells_added else ""
+    err_console.print(f"{counts} ({summary.seconds:.1f} s{rate}{ann}{cells}) -> {st.root}", highlight=False)
     if summary.failures and report is None:
         for f in summary.failures[:10]:
             err_console.print(f"  [yellow]failed[/] {f.path}: {f.reason}", highlight=False, markup=True)

@@ -238,7 +238,13 @@ def open_store(
 
             encoder = load_model(model, weights=weights)
         root.mkdir(parents=True, exist_ok=True)
-        meta = sch.new_meta(encoder.name, encoder.dim, tuple(encoder.modalities), weights)
+        meta = sch.new_meta(
+            encoder.name,
+            encoder.dim,
+            tuple(encoder.modalities),
+            weights,
+            grid=hasattr(encoder, "encode_pixels_with_grid"),
+        )
         sch.write_json_atomic(root / sch.META_FILE, meta)
     store = Store(root, meta, encoder=encoder, ann_threshold=ann_threshold)
     if encoder is not None and encoder.dim != store.dim:
@@ -449,6 +455,13 @@ class Store:
         """Images whose grid cells the store keeps (rows of the cells table)."""
         table = self._cells_table()
         return 0 if table is None else int(table.count_rows())
+
+    def cell_ids(self) -> set[str]:
+        """Ids of the images whose grid cells the store keeps."""
+        table = self._cells_table()
+        if table is None:
+            return set()
+        return set(table.to_lance().to_table(columns=["id"]).column("id").to_pylist())
 
     def cells(self, ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
         """The stored grids of these image ids: id -> ``(rows, cols, dim)`` float32 unit cell
@@ -886,7 +899,7 @@ class Store:
         cells = self._cells_table()
         if cells is not None:  # cells a crash left behind without their item
             kept = set(self._dataset().to_table(columns=["id"]).column("id").to_pylist())
-            self._delete_cells(set(cells.to_lance().to_table(columns=["id"]).column("id").to_pylist()) - kept)
+            self._delete_cells(self.cell_ids() - kept)
         for table in (self._items, self._files, cells):
             if table is None:
                 continue

@@ -150,7 +150,11 @@ def text_sha256(text: str) -> str:
 # -- meta.json -------------------------------------------------------------------------------
 
 
-def new_meta(model: str, dim: int, modalities: tuple[str, ...], weights: str | None = None) -> dict[str, Any]:
+def new_meta(
+    model: str, dim: int, modalities: tuple[str, ...], weights: str | None = None, *, grid: bool = False
+) -> dict[str, Any]:
+    """A new store's header. ``grid``: the model embeds a grid of cells, so its images get cells
+    (stores from before this key lack it: the model is then asked, see :mod:`clipsearch.ingest`)."""
     from clipsearch import __version__
 
     return {
@@ -159,6 +163,7 @@ def new_meta(model: str, dim: int, modalities: tuple[str, ...], weights: str | N
         "weights": weights,
         "dim": int(dim),
         "modalities": list(modalities),
+        "grid": bool(grid),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "clipsearch_version": __version__,
     }
