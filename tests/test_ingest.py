@@ -236,6 +236,34 @@ def test_jsonl_and_csv_records_with_images_captions_and_labels(tmp_path: Path, e
     assert store.count("image") == 2 and store.count("text") == 4
 
 
+def test_caption_only_pairs_and_demo_world_metadata_are_image_caption_pairs(tmp_path: Path, enc: FakeEncoder) -> None:
+    # what `clipsearch train --pairs` reads is indexable as it is: {"image", "caption"} records,
+    # and a demo world's metadata.jsonl, which names its images by "file"
+    solid_image(tmp_path / "r.png", "red")
+    solid_image(tmp_path / "g.jpg", "green")
+    lines = [
+        {"image": "r.png", "caption": "a red square"},
+        {"file": "g.jpg", "caption": "a green square", "split": "eval"},
+        {"file": "notes.txt", "text": "a file field naming no image keeps its record a text"},
+        {"caption": "a caption and no image is a text"},
+        {"file": "r.png"},  # nothing to say about it: no text, no caption
+    ]
+    jl = tmp_path / "metadata.jsonl"
+    jl.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    store = open_store(tmp_path / "store", model=enc)
+    s = store.add([jl], workers=0)
+    assert (s.added, s.failed) == (4, 1)
+    assert s.failures[0].reason == (
+        "no text field: expected one of 'text', 'context', 'passage', 'content', 'body', or 'caption'"
+    )
+    red = store.search(Path(tmp_path / "r.png"), k=1)[0]
+    green = store.search(Path(tmp_path / "g.jpg"), k=1)[0]
+    assert (red.caption, green.caption, green.extra) == ("a red square", "a green square", {"split": "eval"})
+    texts = {r["text"]: r for r in store.to_arrow(where="modality = 'text'").to_pylist()}
+    assert set(texts) == {"a file field naming no image keeps its record a text", "a caption and no image is a text"}
+    assert json.loads(texts["a file field naming no image keeps its record a text"]["extra"]) == {"file": "notes.txt"}
+
+
 def test_changed_label_in_table_updates_metadata_without_embedding(tmp_path: Path, enc: FakeEncoder) -> None:
     solid_image(tmp_path / "r.png", "red")
     jl = tmp_path / "pairs.jsonl"

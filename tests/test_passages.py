@@ -144,7 +144,7 @@ def test_bad_rows_are_skipped_with_a_reason_or_raise(tmp_path):
     assert errors == [
         (f"{f}:2", "not valid JSON (Expecting value)"),
         (f"{f}:3", "expected a JSON object, got list"),
-        (f"{f}:4", "no text field: expected one of 'text', 'context', 'passage', 'content', 'body'"),
+        (f"{f}:4", "no text field: expected one of 'text', 'context', 'passage', 'content', 'body', or 'caption'"),
         (f"{f}:5", "field 'text' is empty or not a string"),
     ]
     with pytest.raises(ValueError, match=re.escape(f"{f}:2: not valid JSON (Expecting value)")):

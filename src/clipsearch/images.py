@@ -79,6 +79,10 @@ IMAGE_EXTENSIONS = frozenset(
 )  # fmt: skip
 """Lowercase file suffixes (with the dot) that folder scans treat as images."""
 
+IMAGE_FIELDS = ("image", "file", "path", "filepath")
+"""Record fields (jsonl/csv) that name an image file, tried in this order: by indexing,
+training pairs and classification datasets alike."""
+
 HEIF_EXTRA_HINT = "HEIC/AVIF support needs the optional extra: pip install 'clipsearch[heif]'"
 
 # The decoders we let Pillow try, in Pillow's format names. Restricting them keeps exotic

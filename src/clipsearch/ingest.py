@@ -522,7 +522,7 @@ def read_text_items(
             continue
         record = doc.source[len(path) :] if doc.source.startswith(path) else doc.source
         meta = dict(doc.metadata)
-        image = meta.pop("image", None)
+        image = _pop_image_field(meta)
         caption = _str_or_none(meta.pop("caption", None))
         label = _str_or_none(meta.pop("label", None))
         meta.pop("id", None)
@@ -540,6 +540,22 @@ def read_text_items(
         else:
             items.append(TextItem(doc.text, path, path, record, caption=caption, label=label, extra=extra))
     return items, images
+
+
+def _pop_image_field(meta: dict[str, Any]) -> Any:
+    """The image file a record names, taken out of ``meta``: its ``image`` field, else the first
+    of the other :data:`~clipsearch.images.IMAGE_FIELDS` (``file``, ``path``, ``filepath``, as
+    in a demo world's ``metadata.jsonl`` or a training pairs file) whose value is an image file
+    name: those words name other files too."""
+    from clipsearch.images import IMAGE_FIELDS, is_image_path
+
+    for key in IMAGE_FIELDS:
+        value = meta.get(key)
+        if value in (None, ""):
+            continue
+        if key == "image" or (isinstance(value, str) and is_image_path(value)):
+            return meta.pop(key)
+    return None
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clipsearch.images import IMAGE_FIELDS
 from clipsearch.tasks.classify import ZeroShotClassifier, _draft_size, iter_image_batches
 from clipsearch.tasks.templates import TemplateSpec
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 METADATA_SUFFIXES = (".jsonl", ".json", ".csv")
 METADATA_NAMES = ("metadata.jsonl", "metadata.csv", "metadata.json")  # looked for in a folder without class subfolders
-IMAGE_COLUMNS = ("image", "file", "path", "filepath")  # tried in order when no image column is named
+IMAGE_COLUMNS = IMAGE_FIELDS  # tried in order when no image column is named
 
 
 @dataclass

@@ -204,7 +204,8 @@ def read_documents(
 
     A text file is one document whose source is the path. Each jsonl line (a JSON object) and
     each csv row is a document: its text is ``text_field``, else the first of
-    :data:`TEXT_FIELDS` present; its source is ``PATH#ID`` when it has an ``id``, else
+    :data:`TEXT_FIELDS` present, else its ``caption`` (an image-caption pair); its source is
+    ``PATH#ID`` when it has an ``id``, else
     ``PATH:LINE``; its other fields become metadata.
 
     Args:
@@ -265,8 +266,11 @@ def _record_document(
 ) -> Document | None:
     fields = (text_field,) if text_field else TEXT_FIELDS
     key = next((f for f in fields if f in obj), None)
+    if key is None and not text_field and "caption" in obj:
+        key = "caption"  # an image-caption pair with no other text: {"image": ..., "caption": ...}
     if key is None:
-        bad(where, f"no text field: expected one of {', '.join(repr(f) for f in fields)}")
+        also = "" if text_field else ", or 'caption'"
+        bad(where, f"no text field: expected one of {', '.join(repr(f) for f in fields)}{also}")
         return None
     text = obj[key]
     if not isinstance(text, str) or not text.strip():

@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from clipsearch.images import IMAGE_FIELDS as IMAGE_COLUMNS
 from clipsearch.models.base import Preprocess
 from clipsearch.train import demo_world as dw
 
 DEMO_WORLD = "demo-world"
-IMAGE_COLUMNS = ("image", "file", "path", "filepath")
 CAPTION_COLUMNS = ("caption", "text")
 TRAIN_RENDER_SIDES = (96, 256)  # on-the-fly training scenes: image sides in pixels (cheap to draw)
 JPEG_PROB = 0.5  # share of on-the-fly training scenes that go through a JPEG round trip
