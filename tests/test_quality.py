@@ -277,3 +277,34 @@ def test_cli_prints_json_and_a_table(tiny_encoder) -> None:
 
     bad = runner.invoke(app, ["evaluate", "demo", "--model", str(folder / "missing")])
     assert bad.exit_code == 2
+
+
+def test_evaluate_retrieval_ranks_text_to_image_as_search_does(tiny_encoder, tmp_path: Path) -> None:
+    import json
+
+    from clipsearch.store import open_store
+    from clipsearch.train.demo_world import generate_world
+    from clipsearch.train.evaluate import evaluate_retrieval
+
+    encoder, _ = tiny_encoder
+    world = tmp_path / "world"
+    generate_world(world, 30, seed=2, size_range=(40, 80))
+    ranked = evaluate_retrieval(encoder, str(world))
+    plain = evaluate_retrieval(encoder, str(world), rerank=False)
+    assert (ranked["ranking"], plain["ranking"]) == ("grid re-rank", "vectors")
+    assert plain["text_to_image"] == ranked["text_to_image_vectors"] and "text_to_image_vectors" not in plain
+    assert plain["image_to_text"] == ranked["image_to_text"]  # only images have cells to re-rank by
+    # the same pairs indexed into a store (its metadata.jsonl captions the images) and searched
+    store = open_store(tmp_path / "store", model=encoder)
+    assert store.add([world], workers=0).failed == 0 and store.has_cells
+    records = [json.loads(line) for line in (world / "metadata.jsonl").read_text().splitlines()]
+    relevant: dict[str, set[str]] = {}  # caption -> its images (identical captions are interchangeable)
+    for r in records:
+        relevant.setdefault(r["caption"], set()).add(str(world / r["file"]))
+    for metrics, rerank in ((ranked, None), (plain, 0)):
+        for k in (1, 5, 10):
+            found = [
+                any(h.path in relevant[r["caption"]] for h in store.search(r["caption"], k=k, modality="image", rerank=rerank))
+                for r in records
+            ]
+            assert metrics["text_to_image"][f"R@{k}"] == pytest.approx(np.mean(found)), (rerank, k)

@@ -6,6 +6,11 @@ image queries all the captions (image -> text). A hit at k: one of the k best-sc
 caption text (duplicate captions are interchangeable) or the identical image file. That is all:
 a caption that merely also fits another image does not count that image. Ties count
 against the query: an irrelevant item scoring the same as the best relevant one ranks above it.
+
+For a model with a grid of cell embeddings (the demo model, dual encoders from ``clipsearch
+train``), text -> image is ranked as ``clipsearch search`` ranks a store by default: the best
+:data:`~clipsearch.search.DEFAULT_RERANK` images by vector re-scored with their grid cells
+(:func:`clipsearch.train.quality.default_ranking`); the vectors' own recall is reported beside it.
 """
 
 from __future__ import annotations
@@ -62,13 +67,22 @@ def recall_at_k(
         raise ValueError("cannot measure recall on zero pairs")
     rel = relevance(captions, image_keys)
     sims = txt @ img.T  # (texts, images)
-    out: dict[str, Any] = {"n": n}
-    for direction, s, r in (("text_to_image", sims, rel), ("image_to_text", sims.T, rel.T)):
-        # rank of the best relevant item = irrelevant items scoring at least as high (ties count against)
-        best_rel = np.where(r, s, -np.inf).max(axis=1, keepdims=True)
-        rank = ((s >= best_rel) & ~r).sum(axis=1)
-        out[direction] = {f"R@{k}": float(np.mean(rank < k)) for k in ks}
-    return out
+    return {
+        "n": n,
+        "text_to_image": recall_from_scores(sims, rel, ks),
+        "image_to_text": recall_from_scores(sims.T, rel.T, ks),
+    }
+
+
+def recall_from_scores(
+    scores: npt.NDArray[np.float32], relevant: npt.NDArray[np.bool_], ks: Sequence[int] = KS
+) -> dict[str, float]:
+    """``{"R@k": ...}`` for ``(queries, items)`` scores and relevance (ties count against)."""
+    # rank of the best relevant item = irrelevant items scoring at least as high
+    best_rel = np.where(relevant, scores, -np.inf).max(axis=1, keepdims=True)
+    rank = ((scores >= best_rel) & ~relevant).sum(axis=1)
+    found = np.isfinite(best_rel[:, 0])  # a relevant item left unranked (score -inf) is never found
+    return {f"R@{k}": float(np.mean((rank < k) & found)) for k in ks}
 
 
 def evaluate_retrieval(
@@ -79,6 +93,7 @@ def evaluate_retrieval(
     seed: int = 0,
     limit: int | None = None,
     batch_size: int = 64,
+    rerank: bool | None = None,
 ) -> dict[str, Any]:
     """Recall@1/5/10 both ways of ``encoder`` on a pairs source.
 
@@ -89,9 +104,16 @@ def evaluate_retrieval(
         n, seed: size and seed of the in-memory demo world.
         limit: use only the first ``limit`` pairs of a file source.
         batch_size: images or texts per forward pass.
+        rerank: rank text -> image as search does by default, re-scoring the best images by
+            their grid cells; None: when the model has a grid (see the module docstring).
 
     Returns:
-        :func:`recall_at_k`'s dict plus ``"skipped"`` (images that could not be decoded).
+        :func:`recall_at_k`'s dict plus ``"skipped"`` (images that could not be decoded) and
+        ``"ranking"`` (``"vectors"`` or ``"grid re-rank"``); re-ranked, also
+        ``"text_to_image_vectors"``, the vectors' own text -> image recall.
+
+    Raises:
+        ValueError: ``rerank`` asked of a model without a grid.
     """
     from clipsearch.train.data import DEMO_WORLD, demo_eval_set, pairs_eval_set, read_pairs
 
@@ -108,8 +130,34 @@ def evaluate_retrieval(
             items = items[:limit]
         pixels, captions, keys = pairs_eval_set(items, preprocess)
         skipped = len(items) - len(captions)
-    image_vecs = np.concatenate(
-        [encoder.encode_pixel_values(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
-    )
+    has_grid = hasattr(encoder, "encode_pixels_with_grid")
+    if rerank and not has_grid:
+        raise ValueError(f"model {encoder.name!r} has no grid of cell embeddings to rerank with")
+    rerank = has_grid if rerank is None else rerank
+    image_vecs, grids = _encode_images(encoder, pixels, batch_size, grids=rerank)
     text_vecs = encoder.encode_texts(captions, batch_size=batch_size)
-    return recall_at_k(image_vecs, text_vecs, captions, keys) | {"skipped": skipped}
+    out = recall_at_k(image_vecs, text_vecs, captions, keys) | {"skipped": skipped, "ranking": "vectors"}
+    if grids is not None:
+        from clipsearch.train.quality import default_ranking
+
+        text_vecs = np.asarray(text_vecs, dtype=np.float32)
+        ranked = default_ranking(text_vecs @ np.asarray(image_vecs, dtype=np.float32).T, grids, text_vecs)
+        out["text_to_image_vectors"] = out["text_to_image"]
+        out["text_to_image"] = recall_from_scores(ranked, relevance(captions, keys))
+        out["ranking"] = "grid re-rank"
+    return out
+
+
+def _encode_images(
+    encoder: "Encoder", pixels: npt.NDArray[np.float32], batch_size: int, *, grids: bool
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
+    """``(n, dim)`` image vectors and, with ``grids``, ``(n, rows, cols, dim)`` cells (one pass)."""
+    vecs, cells = [], []
+    for i in range(0, len(pixels), batch_size):
+        if grids:
+            v, g = encoder.encode_pixels_with_grid(pixels[i : i + batch_size])
+            cells.append(np.asarray(g, dtype=np.float32))
+        else:
+            v = encoder.encode_pixel_values(pixels[i : i + batch_size])
+        vecs.append(np.asarray(v, dtype=np.float32))
+    return np.concatenate(vecs), (np.concatenate(cells) if grids else None)
