@@ -564,3 +564,12 @@ def test_reindexing_gives_stored_images_the_cells_they_lack(tmp_path: Path) -> N
     # once they have them, another run adds none and reads no image
     again = store.add([root], workers=0)
     assert (again.unchanged, again.cells_added, again.embedded) == (5, 0, 0)
+
+
+def test_stats_says_when_some_images_lack_cells() -> None:
+    from clipsearch.cli.store import _cells_line
+
+    assert _cells_line(0, 4) == "none kept"
+    assert _cells_line(3, 4) == "kept for 3 of 4 images; index the same folders again to add the rest"
+    assert _cells_line(4, 4) == "kept for 4 images (search re-ranks by them)"
+    assert _cells_line(1, 1) == "kept for 1 image (search re-ranks by them)"

@@ -287,10 +287,14 @@ def search_store(
 
     weight = DEFAULT_CELL_WEIGHT if cell_weight is None else check_cell_weight(cell_weight)  # before any work
     if rerank and modality == "text":
-        raise ValueError("rerank re-scores images by their grid cells; search with modality 'image' or 'any', not 'text'")
+        raise ValueError(
+            "rerank: only images have grid cells to re-score by; search with modality 'image' or 'any', not 'text'"
+        )
+    if rerank and modality == "any":
+        modality = "image"  # an explicit re-rank is asked of images (CLI, server and library alike)
     if rerank and not has_grid(store.encoder):
         raise ValueError(
-            f"model {store.encoder.name!r} has no grid of cell embeddings to rerank with; "
+            f"rerank: model {store.encoder.name!r} has no grid of cell embeddings to rerank with; "
             "the demo model and dual encoders from `clipsearch train` have one"
         )
     depth = default_rerank(store, modality) if rerank is None else rerank

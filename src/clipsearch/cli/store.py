@@ -175,8 +175,6 @@ def search(
     st = _open(store, create=False)
     if len(st) == 0:
         fail(f"store {st.root} is empty; index something first: clipsearch index PATH --store {st.root}")
-    if rerank and modality == "any":
-        modality = "image"  # an explicit re-rank is asked of images: only they have grid cells
     hits = st.search(
         q, k=k, modality=modality, where=where, path_glob=path_glob, min_score=min_score, exact=exact, rerank=rerank,
         cell_weight=cell_weight,
@@ -245,8 +243,7 @@ def stats(store: StoreOption = None, as_json: JsonOption = False) -> None:
         ("store", info["store"]),
         ("items", f"{info['count']:,} ({info['images']:,} images, {info['texts']:,} texts)"),
         ("files tracked", f"{info['files']:,}"),
-        ("grid cells", f"kept for {info['cells']:,} image{'s' * (info['cells'] != 1)} (search re-ranks by them)"
-         if info["cells"] else "none kept"),  # fmt: skip
+        ("grid cells", _cells_line(info["cells"], info["images"])),
         ("model", f"{info['model']} ({info['dim']}-d)"),
         ("size on disk", _human_bytes(info["size_bytes"])),
         ("search", index_text),
@@ -254,6 +251,14 @@ def stats(store: StoreOption = None, as_json: JsonOption = False) -> None:
     ]
     for key, value in lines:
         console.print(f"[bold]{key:>14}[/]  {value}", highlight=False)
+
+
+def _cells_line(cells: int, images: int) -> str:
+    if not cells:
+        return "none kept"
+    if cells < images:  # indexed with --no-cells, or before stores kept cells
+        return f"kept for {cells:,} of {images:,} images; index the same folders again to add the rest"
+    return f"kept for {cells:,} image{'s' * (cells != 1)} (search re-ranks by them)"
 
 
 def _human_bytes(n: int) -> str:

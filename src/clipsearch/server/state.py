@@ -124,24 +124,16 @@ class ServerState:
         rerank: int | None = None,
         cell_weight: float | None = None,
     ) -> list[Hit]:
-        """Hits for weighted query vectors; ``rerank`` > 0 searches images (only they have grid
-        cells) and needs a model with a grid; ``None`` leaves it to the store (see
-        :meth:`clipsearch.store.Store.search`), as does ``cell_weight``.
+        """Hits for weighted query vectors, as :meth:`clipsearch.store.Store.search` gives them
+        (``rerank`` > 0 searches images and needs a model with a grid; ``None`` leaves it to the
+        store, as does ``cell_weight``).
 
         Raises:
-            HTTPException: 422 when the model has no grid to rerank with, or ``rerank`` is asked
-                of a text search.
+            ValueError: what the library refuses (a 422, see :mod:`clipsearch.server.handlers`).
         """
-        from fastapi import HTTPException
-
         from clipsearch.search import Query, Term
 
         query = Query(tuple(Term("vector", vec, float(w)) for vec, w in terms))
-        if rerank and modality == "any":
-            modality = "image"
-        if rerank and (modality != "image" or not self.has_grid()):
-            why = "only images have grid cells" if modality != "image" else "this model has no grid of cell embeddings"
-            raise HTTPException(422, f"rerank: {why}")
         # Store.search reads its hits from the snapshot it searched, so no lock is needed here.
         return self.store.search(
             query, k=k, modality=modality, min_score=min_score, rerank=rerank, cell_weight=cell_weight

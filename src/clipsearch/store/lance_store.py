@@ -561,7 +561,8 @@ class Store:
             exact: scan every vector even when an ANN index exists.
             rerank: re-score the best ``max(k, rerank)`` images by their best-matching grid
                 cell as well (:func:`clipsearch.similarity.grid_scores`): finds one object among
-                several more precisely. Needs a model with a grid; 0 turns it off. ``None``
+                several more precisely. Needs a model with a grid; 0 turns it off. Given (> 0)
+                with ``modality="any"``, the search is of images: only they have cells. ``None``
                 (the default): :data:`~clipsearch.search.DEFAULT_RERANK` (20) when the store
                 kept grid cells at indexing (models with a grid do), else off.
             cell_weight: how much the best cell counts beside the vector when re-scoring
