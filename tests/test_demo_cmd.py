@@ -30,6 +30,8 @@ def test_demo_no_serve_in_a_temp_folder(tmp_path: Path):
     assert "zero-shot shape classification" in out
     assert "(+2 x 'heart', +1 x 'yellow', -1 x 'red')" in out  # the composed query is split into its terms
     assert "indexed 120 new" in out  # 60 images and their 60 captions
+    # image results show what the scene holds (the generator's truth) beside its caption
+    assert out.count(" holds ") >= 10 and "; caption '" in out
     for picture in ("contact_sheet.png", "contact_sheet_rerank.png", "relevance_map.png"):
         with Image.open(folder / picture) as im:
             assert im.width > 200 and im.height > 200
@@ -90,3 +92,26 @@ def test_demo_searches_find_what_they_ask_for(tmp_path: Path):
     image_to_text = next(e for e in report.examples if e.direction == "image -> text")
     own_caption = by_file[Path(image_to_text.query).name]["caption"]
     assert own_caption in [h.text for h in image_to_text.hits]
+    # the store holds the gallery's metadata.jsonl as it is: captions on the images, the truth in extra
+    some = first.hits[0]
+    assert some.caption == by_file[Path(some.path).name]["caption"]
+    assert some.extra["objects"] == by_file[Path(some.path).name]["objects"]
+
+
+def test_demo_takes_out_the_captions_table_older_demos_indexed(tmp_path: Path):
+    from clipsearch.demo import run_demo
+    from clipsearch.store import open_store
+
+    folder = tmp_path / "tour"
+    run_demo(folder, n=12, seed=1)
+    store = open_store(folder / "store")
+    legacy = folder / "gallery" / "captions.jsonl"  # as demos before this one wrote and indexed it
+    records = [json.loads(line) for line in (folder / "gallery" / "metadata.jsonl").read_text().splitlines()]
+    legacy.write_text("".join(json.dumps({"text": r["caption"] + "!", "image": r["file"]}) + "\n" for r in records))
+    assert store.add([legacy], both=True).added == 12 and store.count("text") == 24
+    report = run_demo(folder, n=12, seed=1)
+    assert not legacy.exists() and report.indexed["failed"] == 0
+    store = open_store(folder / "store")
+    assert store.count("text") == 12 and store.count("image") == 12
+    sources = set(store.to_arrow(["source"], where="modality = 'text'").column("source").to_pylist())
+    assert sources == {str(folder / "gallery" / "metadata.jsonl")}

@@ -42,18 +42,6 @@ class DemoReport:
     relevance_prompt: str = ""
 
 
-def write_captions_table(gallery: Path) -> Path:
-    """``captions.jsonl`` beside the gallery's ``metadata.jsonl``: ``{"text", "image"}`` per scene."""
-    out = gallery / "captions.jsonl"
-    lines = []
-    with open(gallery / "metadata.jsonl", encoding="utf-8") as f:
-        for line in f:
-            rec = json.loads(line)
-            lines.append(json.dumps({"text": rec["caption"], "image": rec["file"]}))
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return out
-
-
 def run_demo(
     folder: str | Path,
     *,
@@ -76,6 +64,7 @@ def run_demo(
     Returns:
         The :class:`DemoReport` with every example's hits.
     """
+    from clipsearch.errors import StoreError
     from clipsearch.models.registry import load_model
     from clipsearch.store import open_store
     from clipsearch.train.demo_world import generate_world
@@ -88,10 +77,18 @@ def run_demo(
         generate_world(gallery, n, seed=seed, split="eval", progress=progress)
     else:
         say(f"reusing the demo scenes in {gallery}")
-    captions = write_captions_table(gallery)
     store = open_store(store_dir, model=encoder)
     say(f"indexing images and captions into {store_dir} with model {encoder.name}")
-    summary = store.add([captions], both=True, progress=progress)
+    legacy = gallery / "captions.jsonl"  # what demos before metadata.jsonl was indexable wrote
+    if legacy.exists():
+        try:
+            store.remove([legacy])
+        except StoreError:
+            pass  # a store made anew: nothing of it to take out
+        legacy.unlink()
+    # each scene's record captions its image (and with both=True is a text item too); the
+    # generator's truth (objects, background) is kept in the items' extra
+    summary = store.add([gallery / "metadata.jsonl"], both=True, progress=progress)
     report = DemoReport(folder, gallery, store_dir, encoder.name, summary.to_dict())
 
     records = [json.loads(line) for line in (gallery / "metadata.jsonl").read_text().splitlines()]

@@ -27,6 +27,7 @@ def demo(
     a grid) and DIR/relevance_map.png, then serves the search page on http://127.0.0.1:PORT/
     (--no-serve to stop after the tour).
     """
+    from rich.markup import escape
     from rich.table import Table
 
     from clipsearch.demo import run_demo
@@ -44,8 +45,8 @@ def demo(
         table.add_column("score", justify="right")
         table.add_column("result")
         for rank, hit in enumerate(ex.hits, 1):
-            shown = hit.text if hit.modality == "text" else Path(hit.path).name + f"  ({_caption(hit)})"
-            table.add_row(str(rank), f"{hit.score:.3f}", shown)
+            shown = hit.text if hit.modality == "text" else f"{Path(hit.path).name}  {_scene(hit)}"
+            table.add_row(str(rank), f"{hit.score:.3f}", escape(shown))
         console.print(table)
     cls = Table(title="[bold]zero-shot shape classification[/] ('a photo of a {shape}')", title_justify="left")
     cls.add_column("image")
@@ -67,9 +68,14 @@ def demo(
                       allowed_host=None, max_body="20MB", log_level="warning")
 
 
-def _caption(hit) -> str:
-    caption = getattr(hit, "caption", None)
-    return caption if caption else ""
+def _scene(hit) -> str:
+    """What a demo scene holds, from the generator's truth, and its caption (often partial)."""
+    objects = (getattr(hit, "extra", None) or {}).get("objects") or []
+    holds = ", ".join(f"{o.get('color')} {o.get('shape')}" for o in objects if isinstance(o, dict))
+    caption = getattr(hit, "caption", None) or ""
+    if holds and caption:
+        return f"holds {holds}; caption {caption!r}"
+    return f"holds {holds}" if holds else f"({caption})"
 
 
 def register(app: typer.Typer) -> None:
