@@ -53,3 +53,11 @@ def test_missing_path_is_one_line():
     assert result.exit_code == 2
     assert "no such file or folder: /no/such/dir" in result.output
     assert "Traceback" not in result.output
+
+
+def test_index_of_a_missing_path_writes_nothing(tmp_path):
+    store = tmp_path / "store"
+    result = runner.invoke(app, ["index", str(tmp_path / "typo"), "--store", str(store), "--model", "demo", "--prune"])
+    assert result.exit_code == 2
+    assert f"no such file or folder: {tmp_path / 'typo'}" in result.output and "Traceback" not in result.output
+    assert not store.exists()  # no store made for it, and nothing pruned from one

@@ -77,11 +77,16 @@ def index(
     """Index images and texts into the store; unchanged files are skipped.
 
     Prints a summary (added, updated, unchanged, failed, removed); with --json, that summary as
-    one JSON object on stdout. One bad file never stops the run.
+    one JSON object on stdout. One bad file never stops the run; a PATH that does not exist
+    stops it before anything is written (an unmounted drive is not pruned away with --prune).
     """
     import sys
 
     from clipsearch.ingest import is_text_only
+
+    for p in paths:
+        if not os.path.lexists(p):
+            fail(f"no such file or folder: {p}")
 
     st = _open(store, model, weights, create=True, text_only=model is None and is_text_only(paths))
     summary = st.add(
