@@ -101,17 +101,21 @@ def test_demo_searches_find_what_they_ask_for(tmp_path: Path):
 def test_demo_takes_out_the_captions_table_older_demos_indexed(tmp_path: Path):
     from clipsearch.demo import run_demo
     from clipsearch.store import open_store
+    from clipsearch.train.demo_world import generate_world
 
+    # a demo folder as older demos left it: the gallery, and a store of captions.jsonl only
     folder = tmp_path / "tour"
-    run_demo(folder, n=12, seed=1)
-    store = open_store(folder / "store")
-    legacy = folder / "gallery" / "captions.jsonl"  # as demos before this one wrote and indexed it
-    records = [json.loads(line) for line in (folder / "gallery" / "metadata.jsonl").read_text().splitlines()]
-    legacy.write_text("".join(json.dumps({"text": r["caption"] + "!", "image": r["file"]}) + "\n" for r in records))
-    assert store.add([legacy], both=True).added == 12 and store.count("text") == 24
+    gallery = folder / "gallery"
+    generate_world(gallery, 12, seed=1, split="eval")
+    records = [json.loads(line) for line in (gallery / "metadata.jsonl").read_text().splitlines()]
+    legacy = gallery / "captions.jsonl"
+    legacy.write_text("".join(json.dumps({"text": r["caption"], "image": r["file"]}) + "\n" for r in records))
+    old = open_store(folder / "store", model="demo")
+    assert old.add([legacy], both=True).added == 24
     report = run_demo(folder, n=12, seed=1)
     assert not legacy.exists() and report.indexed["failed"] == 0
     store = open_store(folder / "store")
-    assert store.count("text") == 12 and store.count("image") == 12
-    sources = set(store.to_arrow(["source"], where="modality = 'text'").column("source").to_pylist())
-    assert sources == {str(folder / "gallery" / "metadata.jsonl")}
+    assert store.count("text") == 12 and store.count("image") == 12  # no caption twice
+    for modality in ("text", "image"):  # the images name the table that captions them now
+        sources = set(store.to_arrow(["source"], where=f"modality = '{modality}'").column("source").to_pylist())
+        assert sources == {str(gallery / "metadata.jsonl")}, modality

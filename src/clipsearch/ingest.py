@@ -1238,6 +1238,7 @@ class _Run:
 def _image_meta(meta: dict[str, Any]) -> dict[str, Any]:
     extra = meta.get("extra") or {}
     return {
+        "source": meta.get("source"),  # the table that captions it now
         "caption": meta.get("caption"),
         "label": meta.get("label"),
         "record": meta.get("record") or None,
