@@ -106,8 +106,14 @@ def test_search_page_in_a_real_browser(served, browser) -> None:
     assert images.count() == 9
     assert {images.nth(i).get_attribute("loading") for i in range(images.count())} == {"lazy"}
     assert page.locator(".card.text-card").count() == 3
-    scores = [float(s) for s in page.locator(".card .score").all_inner_texts()]
-    assert scores == sorted(scores, reverse=True)
+    # "All" in a store of both kinds: images, then texts, each group best first (one ranking of
+    # both would show one kind only: a text query scores texts far above images)
+    assert page.locator(".group-title").all_inner_texts() == ["IMAGES · 9", "TEXTS · 3"]
+    kinds = page.eval_on_selector_all(".card", "cs => cs.map(c => c.classList.contains('text-card') ? 't' : 'i')")
+    assert "".join(kinds) == "i" * 9 + "t" * 3
+    for kind in ("image-card", "text-card"):
+        scores = [float(s) for s in page.locator(f".card.{kind} .score").all_inner_texts()]
+        assert scores == sorted(scores, reverse=True)
     assert "12 results for “a red circle”" in page.inner_text("#status")
     assert "q=a+red+circle" in page.url
     shot("text-query")

@@ -4,6 +4,7 @@
 
 (() => {
   const K = 60;
+  const TEXTS_IN_ALL = 12; // texts shown under the images in "All" (the Texts tab shows K)
   const RERANK = 50; // images re-scored by their grid cells when "Exact objects" is on
   const CELL_WEIGHT = 1; // the best cell counts as much as the vector: one object among several
   const $ = (sel) => document.querySelector(sel);
@@ -12,6 +13,7 @@
     modality: "any",
     image: null, // File to search with
     imageUrl: null,
+    counts: null, // {images, texts} in the store, from /api/stats
     current: null, // item shown in the viewer
     seq: 0, // drops answers to searches that were overtaken
   };
@@ -115,27 +117,31 @@
     setStatus(["Searching for ", el("strong", { text: what }), "…"]);
     syncUrl(q);
     maybeAsk(q, seq);
-    try {
+    const request = async (modality, k) => {
+      const rerank = reranking() && modality !== "text";
       let res;
       if (state.image) {
         const form = new FormData();
         form.append("image", state.image);
         if (q) form.append("q", q);
-        form.append("k", String(K));
-        form.append("modality", state.modality);
-        if (reranking()) {
+        form.append("k", String(k));
+        form.append("modality", modality);
+        if (rerank) {
           form.append("rerank", String(RERANK));
           form.append("cell_weight", String(CELL_WEIGHT));
         }
         res = await api("/api/search", { method: "POST", body: form });
       } else {
-        const params = { q, k: K, modality: state.modality };
-        if (reranking()) Object.assign(params, { rerank: RERANK, cell_weight: CELL_WEIGHT });
+        const params = { q, k, modality };
+        if (rerank) Object.assign(params, { rerank: RERANK, cell_weight: CELL_WEIGHT });
         res = await api(`/api/search?${new URLSearchParams(params)}`);
       }
-      const hits = await res.json();
+      return res.json();
+    };
+    try {
+      const groups = await fetchGroups(request);
       if (seq !== state.seq) return;
-      render(hits, ["for ", el("strong", { text: what })], performance.now() - t0);
+      render(groups, ["for ", el("strong", { text: what })], performance.now() - t0);
     } catch (err) {
       if (seq !== state.seq) return;
       $("#results").replaceChildren();
@@ -150,24 +156,42 @@
     setStatus(["Finding more like ", el("strong", { text: name }), "…"]);
     $("#answer").hidden = true;
     try {
-      const res = await api(`/api/items/${item.id}/similar?${new URLSearchParams({ k: K, modality: state.modality })}`);
-      const hits = await res.json();
+      const request = async (modality, k) =>
+        (await api(`/api/items/${item.id}/similar?${new URLSearchParams({ k, modality })}`)).json();
+      const groups = await fetchGroups(request);
       if (seq !== state.seq) return;
-      render(hits, ["like ", el("strong", { text: name })], performance.now() - t0);
+      render(groups, ["like ", el("strong", { text: name })], performance.now() - t0);
     } catch (err) {
       setStatus([err.message], true);
     }
   }
 
-  function render(hits, label, ms) {
+  // "All" in a store of both kinds asks for images and texts apart and shows them in two groups:
+  // a text query scores texts far above images (and an image query images above texts), so one
+  // ranking of both would show one kind only. Resolves to [[heading or null, hits], ...].
+  async function fetchGroups(request) {
+    const c = state.counts;
+    if (state.modality !== "any" || !c || !c.images || !c.texts) return [[null, await request(state.modality, K)]];
+    const [images, texts] = await Promise.all([request("image", K), request("text", TEXTS_IN_ALL)]);
+    return [["Images", images], ["Texts", texts]].filter(([, hits]) => hits.length);
+  }
+
+  function render(groups, label, ms) {
     $("#hero").hidden = true;
-    const grid = $("#results");
-    const best = hits.length ? hits[0].score : 1;
-    const worst = hits.length ? hits[hits.length - 1].score : 0;
-    grid.replaceChildren(...hits.map((hit, i) => card(hit, i, best, worst)));
+    const nodes = [];
+    let index = 0;
+    for (const [heading, hits] of groups) {
+      if (heading && groups.length > 1) {
+        nodes.push(el("h2", { class: "group-title", text: `${heading} · ${hits.length.toLocaleString()}` }));
+      }
+      const best = hits.length ? hits[0].score : 1; // the score bars are relative within a group
+      const worst = hits.length ? hits[hits.length - 1].score : 0;
+      for (const hit of hits) nodes.push(card(hit, index++, best, worst));
+    }
+    $("#results").replaceChildren(...nodes);
     setStatus(
-      hits.length
-        ? [el("strong", { text: plural(hits.length, "result") }), " ", ...label, ` · ${Math.round(ms)} ms`]
+      index
+        ? [el("strong", { text: plural(index, "result") }), " ", ...label, ` · ${Math.round(ms)} ms`]
         : ["Nothing found ", ...label, state.modality !== "any" ? ` among ${state.modality}s` : ""],
     );
   }
@@ -448,6 +472,7 @@
   async function loadStats() {
     try {
       const s = await (await api("/api/stats")).json();
+      state.counts = { images: s.images, texts: s.texts };
       const counts = `${plural(s.images, "image")} · ${plural(s.texts, "text")}`;
       $("#hero-stats").textContent = s.count ? `${counts} in this collection.` : "The collection is empty: index some files with clipsearch index.";
       $("#footer").textContent = `${counts} · model ${basename(s.model)} · ${s.dim}-d`;
@@ -503,7 +528,7 @@
     $("#pick-image").hidden = !f.search_by_image;
     $("#add-button").hidden = !f.add;
     $("#rerank-label").hidden = !f.rerank;
-    loadStats();
+    await loadStats(); // the counts decide how "All" asks (see fetchGroups)
 
     const params = new URLSearchParams(window.location.search);
     if (["image", "text", "any"].includes(params.get("modality"))) setModality(params.get("modality"));
