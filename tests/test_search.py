@@ -260,6 +260,12 @@ def test_cli_search_json_and_table(cli_store: Path, corpus: Path) -> None:
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     r = run_cli("search", "blue", "sea", "--store", str(cli_store), "--modality", "text", "-k", "2")
     assert r.exit_code == 0 and "A calm blue sea at dawn." in r.stdout and "score" in r.stdout
+    # a search of both kinds whose results are all of one kind says where the other kind is
+    r = run_cli("search", "--image", str(red), "--store", str(cli_store), "-k", "1")  # itself
+    assert r.exit_code == 0
+    assert "every result is an image: the store's 5 texts score lower against this query; --modality text lists them" in " ".join(r.stderr.split())
+    r = run_cli("search", "--image", str(red), "--store", str(cli_store), "-k", "1", "--modality", "image")
+    assert r.exit_code == 0 and "every result" not in r.stderr
 
 
 def test_cli_composed_query_and_like(cli_store: Path, corpus: Path) -> None:

@@ -193,6 +193,15 @@ def search(
             err_console.print("no result matches the filters", highlight=False)
     elif not as_json:
         console.print(_table(hits))
+    if modality == "any" and hits:
+        kinds = {h.modality for h in hits}
+        other = ({"image", "text"} - kinds).pop() if len(kinds) == 1 else None
+        if other and st.count(other):  # the modality gap: a text query scores texts above every image
+            err_console.print(
+                f"every result is a{'n' * (other == 'text')} {kinds.pop()}: the store's "
+                f"{st.count(other):,} {other}s score lower against this query; --modality {other} lists them",
+                highlight=False,
+            )
     if grid is not None and hits:
         from clipsearch.contact_sheet import contact_sheet
 
