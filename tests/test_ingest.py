@@ -82,6 +82,23 @@ def test_unchanged_folder_does_not_even_load_the_model(tmp_path: Path, enc: Fake
     assert again.add([photos], workers=0).unchanged == 5
 
 
+def test_a_store_from_before_the_grid_header_loads_the_model_once(tmp_path: Path, enc: FakeEncoder, monkeypatch) -> None:
+    photos = photo_folder(tmp_path / "photos")
+    open_store(tmp_path / "store", model=enc).add([photos], workers=0)
+    meta_file = tmp_path / "store" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta.pop("grid") is False  # FakeEncoder has no grid of cells
+    meta_file.write_text(json.dumps(meta))
+    assert open_store(tmp_path / "store", model=enc).add([photos], workers=0).unchanged == 5
+    assert json.loads(meta_file.read_text())["grid"] is False  # asked the model once, and wrote it down
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("clipsearch.models.registry.load_model", no_model)
+    assert open_store(tmp_path / "store").add([photos], workers=0).unchanged == 5
+
+
 def test_modified_file_is_reembedded_and_touched_file_is_not(tmp_path: Path, enc: FakeEncoder) -> None:
     photos = photo_folder(tmp_path / "photos")
     store = open_store(tmp_path / "store", model=enc)

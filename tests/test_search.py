@@ -560,6 +560,7 @@ def test_reindexing_gives_stored_images_the_cells_they_lack(tmp_path: Path) -> N
     s = store.add([root], workers=0)
     assert s.to_dict() == {"added": 0, "updated": 0, "unchanged": 5, "failed": 0, "removed": 0}
     assert (s.embedded, s.cells_added) == (0, 3)
+    assert json.loads(meta_file.read_text())["grid"] is True  # said now, for the runs to come
     assert store.version == version  # the items were not rewritten
     assert vectors == {r["id"]: r["vector"] for r in store.to_arrow(["id", "vector"]).to_pylist()}
     assert store.stats()["cells"] == 3

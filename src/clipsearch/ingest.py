@@ -1199,7 +1199,12 @@ class _Run:
             if iid is not None and iid not in by_id and w.file_unchanged(inp.path, inp.size, inp.mtime):
                 by_id[iid] = inp.path
         missing = sorted(set(by_id) - self.store.cell_ids()) if by_id else []
-        if not missing or not hasattr(self.encoder, "encode_pixels_with_grid"):
+        if not missing:
+            return
+        has_grid = hasattr(self.encoder, "encode_pixels_with_grid")
+        if "grid" not in self.store.meta:  # a store from before the header said: say it now
+            self.store.record_grid(has_grid)
+        if not has_grid:
             return
         self.bar.add(len(missing))
         preprocess = self.encoder.info.preprocess

@@ -456,6 +456,13 @@ class Store:
         table = self._cells_table()
         return 0 if table is None else int(table.count_rows())
 
+    def record_grid(self, has_grid: bool) -> None:
+        """Write into ``meta.json`` whether the store's model has a grid (stores made before
+        the header held it), so that indexing need not load the model to find out again."""
+        self._require_lock()
+        self.meta = {**self.meta, "grid": bool(has_grid)}
+        sch.write_json_atomic(self.root / sch.META_FILE, self.meta)
+
     def cell_ids(self) -> set[str]:
         """Ids of the images whose grid cells the store keeps."""
         table = self._cells_table()
