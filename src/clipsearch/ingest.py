@@ -50,7 +50,6 @@ MAX_FILE_BYTES = 512 * 1024 * 1024
 """Image files larger than this are refused before being read into memory."""
 
 
-
 TEXT_MODEL = "minilm"
 """The offline default for a new store built from text alone (a real sentence encoder)."""
 
