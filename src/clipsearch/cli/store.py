@@ -193,13 +193,15 @@ def search(
             err_console.print("no result matches the filters", highlight=False)
     elif not as_json:
         console.print(_table(hits))
-    if modality == "any" and hits:
-        kinds = {h.modality for h in hits}
-        other = ({"image", "text"} - kinds).pop() if len(kinds) == 1 else None
-        if other and st.count(other):  # the modality gap: a text query scores texts above every image
+    kinds = {h.modality for h in hits}
+    if modality == "any" and len(kinds) == 1:  # the modality gap: a text query scores texts above every image
+        (kind,) = kinds
+        other = "text" if kind == "image" else "image"
+        left_out = st.count(other)
+        if left_out:
             err_console.print(
-                f"every result is a{'n' * (other == 'text')} {kinds.pop()}: the store's "
-                f"{st.count(other):,} {other}s score lower against this query; --modality {other} lists them",
+                f"every result is {'an' if kind == 'image' else 'a'} {kind}: the store's {left_out:,} {other}s "
+                f"score lower against this query; --modality {other} lists them",
                 highlight=False,
             )
     if grid is not None and hits:

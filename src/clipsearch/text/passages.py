@@ -205,8 +205,7 @@ def read_documents(
     A text file is one document whose source is the path. Each jsonl line (a JSON object) and
     each csv row is a document: its text is ``text_field``, else the first of
     :data:`TEXT_FIELDS` present, else its ``caption`` (an image-caption pair); its source is
-    ``PATH#ID`` when it has an ``id``, else
-    ``PATH:LINE``; its other fields become metadata.
+    ``PATH#ID`` when it has an ``id``, else ``PATH:LINE``; its other fields become metadata.
 
     Args:
         path: the file.
