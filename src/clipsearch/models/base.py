@@ -197,3 +197,25 @@ def cosine_similarity(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.floa
     a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
     b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
     return (a @ b.T).astype(np.float32)
+
+
+def embeds_grid(encoder: object) -> bool:
+    """Whether ``encoder`` gives a grid of joint-space cells in the pass that embeds an image
+    (``encode_pixels_with_grid``: the demo and dual models), so a store can keep the cells.
+    (:func:`clipsearch.search.has_grid` asks less: a grid from images, for re-ranking.)"""
+    return hasattr(encoder, "encode_pixels_with_grid")
+
+
+def encode_pixels(
+    encoder: Encoder, pixels: npt.NDArray[np.float32], *, grid: bool
+) -> tuple[Vectors, npt.NDArray[np.float32] | None]:
+    """Embed a ``(n, 3, crop, crop)`` batch from :meth:`Encoder.preprocess_images`.
+
+    Returns:
+        ``(n, dim)`` unit image vectors and, with ``grid`` on a model that has one, the
+        ``(n, gh, gw, dim)`` unit cell vectors from the same forward pass (else ``None``).
+    """
+    if grid and embeds_grid(encoder):
+        vecs, cells = encoder.encode_pixels_with_grid(pixels)  # type: ignore[attr-defined]
+        return np.asarray(vecs, dtype=np.float32), np.asarray(cells, dtype=np.float32)
+    return encoder.encode_pixel_values(pixels), None

@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from clipsearch.errors import StoreError
+from clipsearch.models.base import embeds_grid
 from clipsearch.store import schema as sch
 from clipsearch.store.ann import (
     DEFAULT_ANN_THRESHOLD,
@@ -243,7 +244,7 @@ def open_store(
             encoder.dim,
             tuple(encoder.modalities),
             weights,
-            grid=hasattr(encoder, "encode_pixels_with_grid"),
+            grid=embeds_grid(encoder),
         )
         sch.write_json_atomic(root / sch.META_FILE, meta)
     store = Store(root, meta, encoder=encoder, ann_threshold=ann_threshold)

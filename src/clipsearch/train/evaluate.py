@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from clipsearch.models.base import embeds_grid, encode_pixels
+
 if TYPE_CHECKING:
     from clipsearch.models.base import Encoder
 
@@ -130,7 +132,7 @@ def evaluate_retrieval(
             items = items[:limit]
         pixels, captions, keys = pairs_eval_set(items, preprocess)
         skipped = len(items) - len(captions)
-    has_grid = hasattr(encoder, "encode_pixels_with_grid")
+    has_grid = embeds_grid(encoder)
     if rerank and not has_grid:
         raise ValueError(f"model {encoder.name!r} has no grid of cell embeddings to rerank with")
     rerank = has_grid if rerank is None else rerank
@@ -154,10 +156,7 @@ def _encode_images(
     """``(n, dim)`` image vectors and, with ``grids``, ``(n, rows, cols, dim)`` cells (one pass)."""
     vecs, cells = [], []
     for i in range(0, len(pixels), batch_size):
-        if grids:
-            v, g = encoder.encode_pixels_with_grid(pixels[i : i + batch_size])
-            cells.append(np.asarray(g, dtype=np.float32))
-        else:
-            v = encoder.encode_pixel_values(pixels[i : i + batch_size])
-        vecs.append(np.asarray(v, dtype=np.float32))
+        v, g = encode_pixels(encoder, pixels[i : i + batch_size], grid=grids)
+        vecs.append(v)
+        cells.append(g)
     return np.concatenate(vecs), (np.concatenate(cells) if grids else None)

@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from clipsearch.models.base import embeds_grid, encode_pixels
 from clipsearch.search import DEFAULT_CELL_WEIGHT, DEFAULT_RERANK
 from clipsearch.train import demo_world as dw
 
@@ -257,13 +258,9 @@ def _encode_scenes(
             img, rec = _render(rng, claim, caption)
             images.append(img)
             records.append(rec)
-        pixels = encoder.preprocess_images(images)
-        if grids:
-            vecs, grid = encoder.encode_pixels_with_grid(pixels)  # one forward pass for both
-            rows.append(vecs)
-            cells.append(grid)
-        else:
-            rows.append(encoder.encode_pixel_values(pixels))
+        vecs, grid = encode_pixels(encoder, encoder.preprocess_images(images), grid=grids)
+        rows.append(vecs)
+        cells.append(grid)
     vecs = np.concatenate(rows).astype(np.float32, copy=False)
     return vecs, records, (np.concatenate(cells) if grids else None)
 
@@ -376,7 +373,7 @@ def evaluate_demo_quality(
 
     # 1. retrieval with the gallery's own captions
     say(f"rendering and embedding {n_gallery} captioned scenes")
-    has_grid = hasattr(encoder, "encode_pixels_with_grid")
+    has_grid = embeds_grid(encoder)
     gallery_vecs, gallery, gallery_grids = _encode_scenes(
         encoder, _rng(seed, PART_GALLERY), [None] * n_gallery, caption=True, batch_size=batch_size, grids=has_grid
     )
