@@ -137,6 +137,39 @@ def test_deleted_file_is_pruned_only_with_prune(tmp_path: Path, enc: FakeEncoder
     assert str(gone) not in store.file_records()
 
 
+def test_prune_keeps_to_the_folders_indexed(tmp_path: Path, enc: FakeEncoder) -> None:
+    """Indexing one folder with prune never prunes another (a drive that is not plugged in)."""
+    home, drive = photo_folder(tmp_path / "home", n=2), tmp_path / "drive"
+    for i, colour in enumerate(["white", "yellow"]):
+        solid_image(drive / f"img{i}.png", colour, noise=8, seed=10 + i)
+    store = open_store(tmp_path / "store", model=enc)
+    store.add([home, drive], workers=0)
+    drive_ids = {i for p, i in all_paths(store).items() if p.startswith(str(drive))}
+    shutil.rmtree(drive)
+    s = store.add([home], workers=0, prune=True)
+    assert s.removed == 0 and s.prune_kept == {} and len(store) == 4
+    drive.mkdir()  # the drive's folder again, now holding one other picture
+    solid_image(drive / "other.png", "blue", noise=8, seed=12)
+    s = store.add([drive], workers=0, prune=True)
+    assert (s.added, s.removed) == (1, 2) and len(store) == 3
+    assert not drive_ids & set(all_paths(store).values())
+
+
+def test_prune_keeps_what_an_empty_folder_held(tmp_path: Path, enc: FakeEncoder) -> None:
+    """An empty folder is what an unmounted drive's mount point looks like: nothing under it is
+    pruned; removing the folder on purpose still works."""
+    mount = photo_folder(tmp_path / "mnt", n=3)
+    store = open_store(tmp_path / "store", model=enc)
+    store.add([mount], workers=0)
+    stored = len(store)
+    for child in list(mount.iterdir()):
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    s = store.add([mount], workers=0, prune=True)
+    assert s.removed == 0 and s.prune_kept == {str(mount): stored} and len(store) == stored
+    store.remove([mount])
+    assert len(store) == 0
+
+
 def test_identical_bytes_are_stored_once_with_every_path(tmp_path: Path, enc: FakeEncoder) -> None:
     photos = photo_folder(tmp_path / "photos", n=2)
     copy = photos / "copy" / "again.png"
@@ -503,3 +536,21 @@ def test_a_new_text_store_defaults_to_minilm(tmp_path: Path, monkeypatch: pytest
     assert result.exit_code == 0, result.output
     stats = CliRunner().invoke(app, ["stats", "--store", str(store), "--json"])
     assert json.loads(stats.stdout)["model"] == "minilm"
+
+
+def test_cli_prune_of_an_empty_folder_says_what_it_kept(tmp_path: Path, fake_registry) -> None:
+    from typer.testing import CliRunner
+
+    from clipsearch.cli.main import app
+
+    mount = photo_folder(tmp_path / "mnt", n=1)
+    store = tmp_path / "store"
+    runner = CliRunner()
+    runner.invoke(app, ["index", str(mount), "--store", str(store), "--model", "m", "-w", "0"])
+    (mount / "img0.png").unlink()
+    r = runner.invoke(app, ["index", str(mount), "--store", str(store), "--prune", "--json", "-w", "0"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["removed"] == 0
+    said = " ".join(r.stderr.split())
+    assert f"not pruned 1 vanished path under {mount}: the folder is empty (an unmounted drive?)" in said
+    assert f"clipsearch remove {mount} --store {store} removes them" in said

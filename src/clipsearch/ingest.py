@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clipsearch.models.base import embeds_grid, encode_pixels
 from clipsearch.store import schema as sch
 
 if TYPE_CHECKING:
@@ -125,6 +126,7 @@ class IndexSummary:
     removed: int = 0
     embedded: int = 0  # vectors the model computed in this run
     cells_added: int = 0  # images already stored that were given the grid cells they lacked
+    prune_kept: dict[str, int] = field(default_factory=dict)  # empty folder -> vanished paths under it not pruned
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
     index: str = "exact"  # what happened to the ANN index (see Store.update_index)
@@ -903,7 +905,7 @@ class _Run:
         self.w.flush()
         self._add_missing_cells(found.images)
         if prune:
-            self._prune()
+            self._prune(found.roots)
             self.w.flush()
 
     # -- text documents ------------------------------------------------------------------------
@@ -1172,11 +1174,7 @@ class _Run:
     def _embed_batch(self, batch: list[tuple[dict[str, Any], np.ndarray]]) -> None:
         rows = [r for r, _ in batch]
         pixels = np.stack([p for _, p in batch])
-        grids = None
-        if self.cells and hasattr(self.encoder, "encode_pixels_with_grid"):  # keep them, so search can re-rank
-            vecs, grids = self.encoder.encode_pixels_with_grid(pixels)
-        else:
-            vecs = self.encoder.encode_pixel_values(pixels)
+        vecs, grids = encode_pixels(self.encoder, pixels, grid=self.cells)  # cells kept, so search can re-rank
         self.summary.embedded += len(rows)
         self.w.add_embedded(rows, vecs, grids)
         self.w.flush()
@@ -1200,7 +1198,7 @@ class _Run:
         missing = sorted(set(by_id) - self.store.cell_ids()) if by_id else []
         if not missing:
             return
-        has_grid = hasattr(self.encoder, "encode_pixels_with_grid")
+        has_grid = embeds_grid(self.encoder)
         if "grid" not in self.store.meta:  # a store from before the header said: say it now
             self.store.record_grid(has_grid)
         if not has_grid:
@@ -1232,11 +1230,28 @@ class _Run:
         self.summary.cells_added += len(ids)
 
     # -- pruning -------------------------------------------------------------------------------
-    def _prune(self) -> None:
+    def _prune(self, roots: Sequence[str]) -> None:
+        """Remove stored paths under ``roots`` (the folders scanned) whose files are gone.
+
+        Paths elsewhere are left alone: indexing one folder never prunes another (a drive that
+        is not plugged in). Nor is anything under a root that is empty: that is what an
+        unmounted drive's mount point looks like. Those paths are counted in
+        ``summary.prune_kept``; ``clipsearch remove FOLDER`` takes them out on purpose.
+        """
         w = self.w
         candidates = set(w.files) | set(w.path_to_id) | {s for s in w.source_ids if s and s != API_SOURCE}
-        gone = sorted(p for p in candidates if not os.path.exists(p))
+        gone = []
+        for root in roots:
+            under = sorted(p for p in candidates if _is_under(p, root) and not os.path.exists(p))
+            if under and not any(True for _ in os.scandir(root)):
+                self.summary.prune_kept[root] = len(under)
+            else:
+                gone += under
         self.summary.removed += apply_path_removal(w, gone, prefix=False)
+
+
+def _is_under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _image_meta(meta: dict[str, Any]) -> dict[str, Any]:

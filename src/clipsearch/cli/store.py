@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from clipsearch.cli.common import (
     DEFAULT_MODEL_ENV,
@@ -58,7 +60,7 @@ def index(
             "--workers", "-w", min=0, help="Decoding processes (0: decode in this process). Default: min(2, CPUs)."
         ),
     ] = None,
-    prune: Annotated[bool, typer.Option("--prune", help="Remove items whose files no longer exist.")] = False,
+    prune: Annotated[bool, typer.Option("--prune", help="Remove items under PATH whose files no longer exist (never under an empty folder: an unmounted drive).")] = False,
     both: Annotated[bool, typer.Option("--both", help="Index jsonl/csv image-caption pairs as texts too.")] = False,
     cells: Annotated[
         bool,
@@ -112,6 +114,13 @@ def index(
     )
     cells = f"; grid cells added for {summary.cells_added} stored images" if summary.cells_added else ""
     err_console.print(f"{counts} ({summary.seconds:.1f} s{rate}{ann}{cells}) -> {st.root}", highlight=False)
+    for folder, n in summary.prune_kept.items():
+        err_console.print(
+            f"  [yellow]not pruned[/] {n} vanished {'path' if n == 1 else 'paths'} under {escape(folder)}: the folder "
+            f"is empty (an unmounted drive?); {escape(f'clipsearch remove {shlex.quote(folder)} --store {shlex.quote(str(st.root))}')} removes them",
+            highlight=False,
+            markup=True,
+        )
     if summary.failures and report is None:
         for f in summary.failures[:10]:
             err_console.print(f"  [yellow]failed[/] {f.path}: {f.reason}", highlight=False, markup=True)
