@@ -286,6 +286,34 @@ def test_jsonl_and_csv_records_with_images_captions_and_labels(tmp_path: Path, e
     assert store.count("image") == 2 and store.count("text") == 4
 
 
+def test_a_table_takes_back_the_captions_it_no_longer_gives(tmp_path: Path, enc: FakeEncoder) -> None:
+    solid_image(tmp_path / "r.png", "red")
+    solid_image(tmp_path / "g.png", "green")
+    table = tmp_path / "metadata.jsonl"
+    table.write_text('{"image": "r.png", "caption": "a red square"}\n{"image": "g.png", "caption": "a green square"}\n')
+    store = open_store(tmp_path / "store", model=enc)
+    store.add([tmp_path], workers=0)
+
+    def caption(name: str) -> tuple[str | None, str | None]:
+        item = store.get(all_paths(store)[str(tmp_path / name)])
+        return item.caption, item.source
+
+    assert caption("g.png") == ("a green square", str(table))
+    # the green row deleted: the green square loses its caption, the red one keeps its own
+    table.write_text('{"image": "r.png", "caption": "a red square"}\n')
+    s = store.add([tmp_path], workers=0)
+    assert s.captions_dropped == 1 and s.embedded == 0
+    assert caption("g.png") == (None, None) and caption("r.png") == ("a red square", str(table))
+    # the table deleted and pruned: nothing is captioned by it any more, the images stay
+    table.unlink()
+    s = store.add([tmp_path], workers=0, prune=True)
+    assert s.captions_dropped == 1 and caption("r.png") == (None, None) and store.count("image") == 2
+    # removing a table that only captions images is not "nothing to remove"
+    table.write_text('{"image": "r.png", "caption": "a red square"}\n')
+    store.add([tmp_path], workers=0)
+    assert store.remove([table]) == 0 and caption("r.png") == (None, None)
+
+
 def test_caption_only_pairs_and_demo_world_metadata_are_image_caption_pairs(tmp_path: Path, enc: FakeEncoder) -> None:
     # what `clipsearch train --pairs` reads is indexable as it is: {"image", "caption"} records,
     # and a demo world's metadata.jsonl, which names its images by "file"

@@ -126,6 +126,7 @@ class IndexSummary:
     removed: int = 0
     embedded: int = 0  # vectors the model computed in this run
     cells_added: int = 0  # images already stored that were given the grid cells they lacked
+    captions_dropped: int = 0  # stored images whose table no longer names them (or is gone): caption cleared
     prune_kept: dict[str, int] = field(default_factory=dict)  # empty folder -> vanished paths under it not pruned
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
@@ -589,11 +590,14 @@ class _Writer:
         self.path_to_id: dict[str, str] = {}
         self.source_ids: dict[str, set[str]] = defaultdict(set)
         self.text_source: dict[str, str] = {}  # text item id -> its source
+        self.image_source: dict[str, str] = {}  # image id -> the table that captions it
         for i, m, p, e, s in zip(ids, modality, paths, extra, sources):
             if m == "image":
                 for q in [p, *(e or [])]:
                     if q:
                         self.path_to_id[q] = i
+                if s:
+                    self.image_source[i] = s
             else:
                 self.source_ids[s or ""].add(i)
                 self.text_source[i] = s or ""
@@ -668,6 +672,16 @@ class _Writer:
     def delete_ids(self, ids: Iterable[str]) -> None:
         self.deletes.update(ids)
 
+    def drop_captions(self, sources: Callable[[str], bool], *, keep: Iterable[str] = ()) -> int:
+        """Clear what a table gave the stored images whose table ``sources(table)`` selects
+        (caption, label, record, extra, source), except the ids in ``keep``; the images stay.
+        Returns how many."""
+        skip = set(keep) | self.deletes
+        ids = [i for i, table in self.image_source.items() if sources(table) and i not in skip]
+        for item_id in ids:
+            self.update_meta(item_id, dict.fromkeys(("source", "caption", "label", "record", "extra")), count=False)
+        return len(ids)
+
     # -- commit ----------------------------------------------------------------------------------
     def pending(self) -> int:
         return (
@@ -737,11 +751,16 @@ class _Writer:
             if row["modality"] == "image":
                 for p in [row["path"], *row["extra_paths"]]:
                     self.path_to_id[p] = row["id"]
+                if row.get("source"):
+                    self.image_source[row["id"]] = row["source"]
+                else:
+                    self.image_source.pop(row["id"], None)
             else:
                 self.source_ids[row["source"] or ""].add(row["id"])
                 self.text_source[row["id"]] = row["source"] or ""
         for item_id in deletes:
             self.ids.discard(item_id)
+            self.image_source.pop(item_id, None)
             source = self.text_source.pop(item_id, None)
             if source is not None:
                 self.source_ids[source].discard(item_id)
@@ -890,6 +909,7 @@ class _Run:
         self.both = both
         self.bar = bar
         self.w = _Writer(store, summary)
+        self.named_by_table: dict[str, set[str]] = {}  # table read in this run -> the image paths it names
 
     @property
     def encoder(self) -> Encoder:
@@ -900,6 +920,7 @@ class _Run:
         self.bar.add(len(found.images))
         docs_items = self._read_docs(found)
         self._index_images(found.images, docs_items)
+        self._drop_unnamed_captions()
         if texts:
             self._index_raw_texts(texts)
         self.w.flush()
@@ -933,10 +954,25 @@ class _Run:
                 self.summary.fail(where, reason)
             if not items and not image_refs and not errors:
                 self.summary.fail(path, "the file holds no text")
+            if kind == "table":
+                self.named_by_table[path] = {img_path for img_path, _ in image_refs}
             for img_path, meta in image_refs:
                 self._add_image_ref(found, img_path, meta, table_changed=not unchanged)
             out.append((path, kind, st, None if unchanged else items))
         return out
+
+    def _drop_unnamed_captions(self) -> None:
+        """A table read in this run takes back what it gave a stored image it no longer names
+        (a row deleted, or the file name in it changed)."""
+        if not self.named_by_table:
+            return
+        w = self.w
+        w.flush()  # what this run wrote first: the images' sources and paths as they are now
+        named = {w.path_to_id[p] for paths in self.named_by_table.values() for p in paths if p in w.path_to_id}
+        dropped = w.drop_captions(lambda table: table in self.named_by_table, keep=named)
+        if dropped:
+            self.summary.captions_dropped += dropped
+            w.flush()
 
     def _doc_kind(self, kind: str) -> str:
         """The files-table kind of a document: a table read with ``both`` differs from one without."""
@@ -1267,6 +1303,7 @@ def _image_meta(meta: dict[str, Any]) -> dict[str, Any]:
 
 def apply_path_removal(w: _Writer, paths: Sequence[str], *, prefix: bool) -> int:
     """Detach ``paths`` from images and delete text items whose source they are; returns the count.
+    Images captioned by a table among ``paths`` lose that caption (``summary.captions_dropped``).
 
     With ``prefix``, a path also covers everything under it (a folder).
     """
@@ -1289,6 +1326,7 @@ def apply_path_removal(w: _Writer, paths: Sequence[str], *, prefix: bool) -> int
             w.delete_ids(ids)
             count += len(ids)
     w.file_deletes.update(p for p in w.files if covered(p))
+    w.summary.captions_dropped += w.drop_captions(covered)  # a table gone: what it gave images goes too
     return count
 
 
@@ -1303,8 +1341,9 @@ def remove_targets(store: Store, targets: Iterable[str | os.PathLike[str]]) -> i
         for target in targets:
             text = os.fspath(target)
             path = os.path.abspath(os.path.expanduser(text))
+            dropped = summary.captions_dropped
             n = apply_path_removal(w, [path], prefix=True)
-            if n:
+            if n or summary.captions_dropped > dropped:
                 count += n
                 continue
             item = store.get(text)

@@ -113,6 +113,9 @@ def index(
         summary.index, ""
     )
     cells = f"; grid cells added for {summary.cells_added} stored images" if summary.cells_added else ""
+    dropped = summary.captions_dropped
+    if dropped:
+        cells += f"; {dropped} {'image' if dropped == 1 else 'images'} lost the caption of a table that no longer names them"
     err_console.print(f"{counts} ({summary.seconds:.1f} s{rate}{ann}{cells}) -> {st.root}", highlight=False)
     for folder, n in summary.prune_kept.items():
         err_console.print(
