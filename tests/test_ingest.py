@@ -133,6 +133,7 @@ def test_deleted_file_is_pruned_only_with_prune(tmp_path: Path, enc: FakeEncoder
     assert store.get(gone_id) is not None
     pruned = store.add([photos], workers=0, prune=True)
     assert pruned.to_dict() == {"added": 0, "updated": 0, "unchanged": 4, "failed": 0, "removed": 3}
+    assert pruned.captions_dropped == 0  # an image's own file is not a table that captions it
     assert store.get(gone_id) is None and store.count("text") == 0
     assert str(gone) not in store.file_records()
 
@@ -183,8 +184,8 @@ def test_identical_bytes_are_stored_once_with_every_path(tmp_path: Path, enc: Fa
     # the first copy goes: the item stays, under the other path
     (photos / "img0.png").unlink()
     s = store.add([photos], workers=0, prune=True)
-    assert s.removed == 1 and s.embedded == 0
-    assert store.get(item.id).paths == [str(copy)]
+    assert s.removed == 1 and s.embedded == 0 and s.captions_dropped == 0
+    assert store.get(item.id).paths == [str(copy)] and store.get(item.id).source == str(copy)
     # the last copy goes: the item goes
     copy.unlink()
     store.add([photos], workers=0, prune=True)
@@ -303,15 +304,16 @@ def test_a_table_takes_back_the_captions_it_no_longer_gives(tmp_path: Path, enc:
     table.write_text('{"image": "r.png", "caption": "a red square"}\n')
     s = store.add([tmp_path], workers=0)
     assert s.captions_dropped == 1 and s.embedded == 0
-    assert caption("g.png") == (None, None) and caption("r.png") == ("a red square", str(table))
+    assert caption("g.png") == (None, str(tmp_path / "g.png")) and caption("r.png") == ("a red square", str(table))
     # the table deleted and pruned: nothing is captioned by it any more, the images stay
     table.unlink()
     s = store.add([tmp_path], workers=0, prune=True)
-    assert s.captions_dropped == 1 and caption("r.png") == (None, None) and store.count("image") == 2
+    assert s.captions_dropped == 1 and caption("r.png") == (None, str(tmp_path / "r.png"))
+    assert store.count("image") == 2 and s.removed == 0
     # removing a table that only captions images is not "nothing to remove"
     table.write_text('{"image": "r.png", "caption": "a red square"}\n')
     store.add([tmp_path], workers=0)
-    assert store.remove([table]) == 0 and caption("r.png") == (None, None)
+    assert store.remove([table]) == 0 and caption("r.png") == (None, str(tmp_path / "r.png"))
 
 
 def test_caption_only_pairs_and_demo_world_metadata_are_image_caption_pairs(tmp_path: Path, enc: FakeEncoder) -> None:

@@ -596,7 +596,7 @@ class _Writer:
                 for q in [p, *(e or [])]:
                     if q:
                         self.path_to_id[q] = i
-                if s:
+                if s and s != p and s not in (e or []):  # else it is its own source: no table captions it
                     self.image_source[i] = s
             else:
                 self.source_ids[s or ""].add(i)
@@ -723,8 +723,12 @@ class _Writer:
                 if rec is not None:
                     row["mtime"] = rec["mtime"]
             row["extra_paths"] = paths[1:]
+            if row["modality"] == "image" and row.get("source") in gone:  # its own file was its source
+                row["source"] = row["path"]
             if item_id in self.set_meta:
                 row.update(self.set_meta[item_id])
+                if row["modality"] == "image" and not row.get("source"):  # no table captions it: its own file
+                    row["source"] = row["path"]
             if row == before:
                 continue
             changed.add(item_id)
@@ -751,7 +755,7 @@ class _Writer:
             if row["modality"] == "image":
                 for p in [row["path"], *row["extra_paths"]]:
                     self.path_to_id[p] = row["id"]
-                if row.get("source"):
+                if row.get("source") and row["source"] not in [row["path"], *row["extra_paths"]]:
                     self.image_source[row["id"]] = row["source"]
                 else:
                     self.image_source.pop(row["id"], None)
