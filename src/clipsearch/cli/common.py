@@ -16,7 +16,7 @@ from rich.console import Console
 from clipsearch.errors import ClipsearchError
 
 console = Console()  # results, on stdout
-err_console = Console(stderr=True)  # progress, summaries and errors, on stderr
+err_console = Console(stderr=True, soft_wrap=True)  # progress, summaries and errors, on stderr; one line per message, as logs want
 
 DEFAULT_MODEL_ENV = "CLIPSEARCH_MODEL"
 DEFAULT_CLI_MODEL = "demo"  # the bundled offline model; hub models need their weights cached locally
