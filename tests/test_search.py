@@ -580,3 +580,15 @@ def test_stats_says_when_some_images_lack_cells() -> None:
     assert _cells_line(3, 4) == "kept for 3 of 4 images; index the same folders again to add the rest"
     assert _cells_line(4, 4) == "kept for 4 images (search re-ranks by them)"
     assert _cells_line(1, 1) == "kept for 1 image (search re-ranks by them)"
+
+
+def test_cli_search_table_shows_an_images_caption(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("clipsearch.models.registry.load_model", lambda name, **kw: FakeEncoder(name))
+    solid_image(tmp_path / "pics" / "red.png", "red")
+    (tmp_path / "pics" / "captions.jsonl").write_text('{"image": "red.png", "caption": "a red square at dusk"}\n')
+    store = tmp_path / "store"
+    assert run_cli("index", str(tmp_path / "pics"), "--store", str(store), "--model", "fake", "-w", "0").exit_code == 0
+    r = run_cli("search", "red", "--store", str(store), "-k", "1")
+    assert r.exit_code == 0, r.output
+    cells = re.sub(r"[\s│]", "", r.stdout)  # the table folds long cells over lines
+    assert str(tmp_path / "pics" / "red.png") + "aredsquareatdusk" in cells

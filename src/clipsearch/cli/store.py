@@ -248,6 +248,10 @@ def _table(hits):
             shown = escape(h.path or "")
             if h.extra_paths:
                 shown += f" [dim](+{len(h.extra_paths)} more)[/]"
+            if h.caption:  # what the table that names it says: the reason a caption search finds it
+                caption = " ".join(h.caption.split())
+                caption = caption if len(caption) <= 120 else caption[:117] + "..."
+                shown += f" [dim italic]{escape(caption)}[/]"
         table.add_row(str(rank), f"{h.score:.4f}", h.id, shown)
     return table
 

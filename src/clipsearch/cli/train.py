@@ -25,9 +25,12 @@ def demo_world_cmd(
     max_side: Annotated[int, typer.Option("--max-side", min=16, help="Largest image side in pixels.")] = 640,
 ) -> None:
     """Generate a world of captioned shape scenes with exact ground truth (boxes, attributes)."""
+    import sys
+
     from clipsearch.train.demo_world import generate_world
 
-    meta = generate_world(out, n, seed=seed, split=split, size_range=(min_side, max_side), progress=n >= 50)
+    bar = n >= 50 and sys.stderr.isatty()  # a bar in a terminal; no carriage returns in a log
+    meta = generate_world(out, n, seed=seed, split=split, size_range=(min_side, max_side), progress=bar)
     err_console.print(f"wrote {n} images and {meta}")
 
 
