@@ -1283,7 +1283,7 @@ class _Run:
         gone = []
         for root in roots:
             under = sorted(p for p in candidates if _is_under(p, root) and not os.path.exists(p))
-            if under and not any(True for _ in os.scandir(root)):
+            if under and _is_empty(root):
                 self.summary.prune_kept[root] = len(under)
             else:
                 gone += under
@@ -1292,6 +1292,15 @@ class _Run:
 
 def _is_under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _is_empty(folder: str) -> bool:
+    """No entries, or none that can be listed (then nothing under it is known to be gone)."""
+    try:
+        with os.scandir(folder) as entries:
+            return next(entries, None) is None
+    except OSError:
+        return True
 
 
 def _image_meta(meta: dict[str, Any]) -> dict[str, Any]:
