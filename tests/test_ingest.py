@@ -82,6 +82,37 @@ def test_unchanged_folder_does_not_even_load_the_model(tmp_path: Path, enc: Fake
     assert again.add([photos], workers=0).unchanged == 5
 
 
+def test_a_file_that_failed_is_not_read_again_until_it_changes(tmp_path: Path, enc: FakeEncoder, monkeypatch) -> None:
+    photos = photo_folder(tmp_path / "photos", n=2)
+    bad = photos / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    first = open_store(tmp_path / "store", model=enc).add([photos], workers=0)
+    assert (first.added, first.failed, first.failed_unread) == (2, 1, 0)
+    reason = first.failures[0].reason
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    with monkeypatch.context() as m:  # reported again with its reason, unread: no model needed
+        m.setattr("clipsearch.models.registry.load_model", no_model)
+        again = open_store(tmp_path / "store").add([photos], workers=0)
+    assert (again.unchanged, again.failed, again.failed_unread) == (2, 1, 1)
+    assert [(f.path, f.reason) for f in again.failures] == [(str(bad), reason)]
+    store = open_store(tmp_path / "store", model=enc)
+    retried = store.add([photos], workers=0, retry_failed=True)
+    assert (retried.failed, retried.failed_unread, retried.failures[0].reason) == (1, 0, reason)
+    # mended: read, indexed, and no longer on record
+    solid_image(bad, "blue", noise=8, seed=7)
+    mended = store.add([photos], workers=0)
+    assert (mended.added, mended.failed) == (1, 0) and store.failed_files() == {}
+    # a failure whose file goes is forgotten too
+    bad.write_bytes(b"broken again")
+    assert store.add([photos], workers=0).failed == 1 and list(store.failed_files()) == [str(bad)]
+    bad.unlink()
+    store.add([photos], workers=0, prune=True)
+    assert store.failed_files() == {}
+
+
 def test_a_store_from_before_the_grid_header_loads_the_model_once(tmp_path: Path, enc: FakeEncoder, monkeypatch) -> None:
     photos = photo_folder(tmp_path / "photos")
     open_store(tmp_path / "store", model=enc).add([photos], workers=0)
@@ -406,6 +437,11 @@ def test_hostile_corpus_beside_good_images(tmp_path: Path, fake_registry) -> Non
     for p in sorted(good):
         hit = store.search(Path(p), k=1, modality="image")[0]
         assert p in hit.paths and hit.score == pytest.approx(1.0, abs=1e-4)
+    # again: the same failures with the same reasons in the report, none of them read again
+    r = CliRunner().invoke(app, [*args, "-w", "2"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["failed"] == len(bad)
+    assert {d["path"]: d["reason"] for d in map(json.loads, report.read_text().splitlines())} == bad
+    assert f"{len(bad)} failed as before, unchanged and not read again: --retry-failed reads them" in r.stderr
 
 
 def test_worker_processes_give_the_same_store_as_inline(tmp_path: Path) -> None:

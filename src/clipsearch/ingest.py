@@ -126,6 +126,7 @@ class IndexSummary:
     removed: int = 0
     embedded: int = 0  # vectors the model computed in this run
     cells_added: int = 0  # images already stored that were given the grid cells they lacked
+    failed_unread: int = 0  # of the failed: unchanged since they failed before, so not read again
     captions_dropped: int = 0  # stored images whose table no longer names them (or is gone): caption cleared
     prune_kept: dict[str, int] = field(default_factory=dict)  # empty folder -> vanished paths under it not pruned
     failures: list[Failure] = field(default_factory=list)
@@ -851,6 +852,7 @@ def index_paths(
     prune: bool = False,
     both: bool = False,
     cells: bool = True,
+    retry_failed: bool = False,
     progress: bool | Any = False,
 ) -> IndexSummary:
     """Index files and folders (and raw ``texts``) into ``store``; see the module docstring.
@@ -865,6 +867,9 @@ def index_paths(
         both: jsonl/csv image-caption pairs also become text items (the caption, showing the image).
         cells: for a model with a grid, keep each new image's grid cells in the store (what
             search re-ranks by without reading images again); False keeps vectors only.
+        retry_failed: read again the image files that failed before though they did not change
+            (by default such a file is reported with its earlier reason, unread:
+            :meth:`Store.failed_files`).
         progress: True for a progress bar on stderr.
 
     Returns:
@@ -883,7 +888,10 @@ def index_paths(
     bar = _Progress(progress)
     try:
         with store.writing():
-            run = _Run(store, summary, batch_size=batch_size, workers=workers, both=both, cells=cells, bar=bar)
+            run = _Run(
+                store, summary, batch_size=batch_size, workers=workers, both=both, cells=cells, bar=bar,
+                retry_failed=retry_failed,
+            )  # fmt: skip
             run.execute(paths, texts, prune=prune)
             summary.index = store.update_index()
             store.compact()
@@ -904,6 +912,7 @@ class _Run:
         both: bool,
         cells: bool,
         bar: _Progress,
+        retry_failed: bool = False,
     ):
         self.store = store
         self.cells = cells
@@ -914,6 +923,9 @@ class _Run:
         self.bar = bar
         self.w = _Writer(store, summary)
         self.named_by_table: dict[str, set[str]] = {}  # table read in this run -> the image paths it names
+        self.failed_before = store.failed_files()  # path -> {size, mtime, reason}
+        self.retry_failed = retry_failed
+        self.failed_now: dict[str, dict[str, Any]] = {}  # image files that failed in this run, or as before
 
     @property
     def encoder(self) -> Encoder:
@@ -932,6 +944,25 @@ class _Run:
         if prune:
             self._prune(found.roots)
             self.w.flush()
+        self._record_failures(found)
+
+    def _record_failures(self, found: _Scan) -> None:
+        """Write down the image files that failed, for the next run (:meth:`Store.failed_files`):
+        this run's failures, and earlier ones it did not scan whose files still exist."""
+        kept = {p: r for p, r in self.failed_before.items() if p not in found.images and os.path.exists(p)}
+        now = kept | self.failed_now
+        if now != self.failed_before:
+            self.store.record_failed_files(now)
+
+    def _failed_as_before(self, inp: ImageInput) -> bool:
+        """Report ``inp`` as failed without reading it: it failed before and did not change since."""
+        rec = self.failed_before.get(inp.path)
+        if self.retry_failed or rec is None or rec.get("size") != inp.size or rec.get("mtime") != inp.mtime:
+            return False
+        self.summary.fail(inp.path, str(rec.get("reason") or "failed before"))
+        self.summary.failed_unread += 1
+        self.failed_now[inp.path] = rec
+        return True
 
     # -- text documents ------------------------------------------------------------------------
     def _read_docs(self, found: _Scan) -> list[tuple[str, str, os.stat_result, list[TextItem] | None]]:
@@ -1120,6 +1151,8 @@ class _Run:
                 else:
                     self.summary.unchanged += 1
                 self.bar.advance()
+            elif self._failed_as_before(inp):
+                self.bar.advance()
             else:
                 todo.append(inp)
         can_embed = bool(todo) and self.encoder.supports("image")
@@ -1165,6 +1198,7 @@ class _Run:
         rec = {"path": inp.path, "kind": "image", "size": inp.size, "mtime": inp.mtime, "sha256": prep.sha256}
         if prep.error is not None:
             self.summary.fail(inp.path, prep.error)
+            self.failed_now[inp.path] = {"size": inp.size, "mtime": inp.mtime, "reason": prep.error}
             if w.detach_path(inp.path):  # its old content is gone
                 self.summary.removed += 1
             w.file_deletes.add(inp.path)

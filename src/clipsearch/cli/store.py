@@ -70,6 +70,14 @@ def index(
             "images (32 KB per image for the demo model).",
         ),
     ] = True,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Read again the images that failed before though they did not change (by default they "
+            "are reported with their earlier reason, unread).",
+        ),
+    ] = False,
     report: Annotated[
         Path | None, typer.Option("--report", help="Write every failure to FILE.jsonl: {path, reason}.")
     ] = None,
@@ -98,6 +106,7 @@ def index(
         prune=prune,
         both=both,
         cells=cells,
+        retry_failed=retry_failed,
         progress=not no_progress and sys.stderr.isatty(),
     )
     if report is not None:
@@ -113,6 +122,8 @@ def index(
         summary.index, ""
     )
     cells = f"; grid cells added for {summary.cells_added} stored images" if summary.cells_added else ""
+    if summary.failed_unread:
+        cells += f"; {summary.failed_unread} failed as before, unchanged and not read again: --retry-failed reads them"
     dropped = summary.captions_dropped
     if dropped:
         cells += f"; {dropped} {'image' if dropped == 1 else 'images'} lost the caption of a table that no longer names them"
@@ -275,6 +286,7 @@ def stats(store: StoreOption = None, as_json: JsonOption = False) -> None:
         ("store", info["store"]),
         ("items", f"{info['count']:,} ({info['images']:,} images, {info['texts']:,} texts)"),
         ("files tracked", f"{info['files']:,}"),
+        *([("files failed", f"{info['failed_files']:,} (index --retry-failed reads them again)")] if info["failed_files"] else []),
         ("grid cells", _cells_line(info["cells"], info["images"])),
         ("model", f"{info['model']} ({info['dim']}-d)"),
         ("size on disk", _human_bytes(info["size_bytes"])),

@@ -464,6 +464,24 @@ class Store:
         self.meta = {**self.meta, "grid": bool(has_grid)}
         sch.write_json_atomic(self.root / sch.META_FILE, self.meta)
 
+    def failed_files(self) -> dict[str, dict[str, Any]]:
+        """Image files the last runs could not index: path -> ``{"size", "mtime", "reason"}``.
+
+        Indexing reports such a file again without reading it while its size and mtime stay
+        the same (``retry_failed`` reads it anyway). An unreadable record counts as none.
+        """
+        try:
+            data = json.loads((self.root / sch.FAILED_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        files = data.get("files") if isinstance(data, dict) else None
+        return files if isinstance(files, dict) else {}
+
+    def record_failed_files(self, files: dict[str, dict[str, Any]]) -> None:
+        """Replace :meth:`failed_files` (atomically; under the write lock)."""
+        self._require_lock()
+        sch.write_json_atomic(self.root / sch.FAILED_FILE, {"format_version": 1, "files": files})
+
     def cell_ids(self) -> set[str]:
         """Ids of the images whose grid cells the store keeps."""
         table = self._cells_table()
@@ -1026,6 +1044,7 @@ class Store:
             "schema_version": int(self.meta["schema_version"]),
             "created": self.meta.get("created"),
             "files": int(self._files.count_rows()),
+            "failed_files": len(self.failed_files()),
             "cells": self.count_cells(),
             "size_bytes": _folder_size(self.root),
             "table_version": self.version,

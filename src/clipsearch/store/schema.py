@@ -31,6 +31,7 @@ META_FILE = "meta.json"
 LANCE_DIR = "lance"
 ANN_DIR = "ann"
 LOCK_FILE = ".write.lock"
+FAILED_FILE = "failed.json"  # files that failed to index, so that an unchanged one is not read again
 ITEMS_TABLE = "items"
 FILES_TABLE = "files"
 CELLS_TABLE = "cells"
