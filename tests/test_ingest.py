@@ -99,6 +99,9 @@ def test_a_file_that_failed_is_not_read_again_until_it_changes(tmp_path: Path, e
     assert (again.unchanged, again.failed, again.failed_unread) == (2, 1, 1)
     assert [(f.path, f.reason) for f in again.failures] == [(str(bad), reason)]
     store = open_store(tmp_path / "store", model=enc)
+    monkeypatch.setenv("CLIPSEARCH_MAX_PIXELS", "10000000")  # another cap: it may pass now, so it is read
+    assert store.add([photos], workers=0).failed_unread == 0
+    monkeypatch.delenv("CLIPSEARCH_MAX_PIXELS")
     retried = store.add([photos], workers=0, retry_failed=True)
     assert (retried.failed, retried.failed_unread, retried.failures[0].reason) == (1, 0, reason)
     # mended: read, indexed, and no longer on record

@@ -923,7 +923,8 @@ class _Run:
         self.bar = bar
         self.w = _Writer(store, summary)
         self.named_by_table: dict[str, set[str]] = {}  # table read in this run -> the image paths it names
-        self.failed_before = store.failed_files()  # path -> {size, mtime, reason}
+        self.failed_before = store.failed_files()  # path -> {size, mtime, reason, max_pixels}
+        self.max_pixels = _pixel_cap()  # a failure under another cap is read again (it may pass now)
         self.retry_failed = retry_failed
         self.failed_now: dict[str, dict[str, Any]] = {}  # image files that failed in this run, or as before
 
@@ -957,7 +958,9 @@ class _Run:
     def _failed_as_before(self, inp: ImageInput) -> bool:
         """Report ``inp`` as failed without reading it: it failed before and did not change since."""
         rec = self.failed_before.get(inp.path)
-        if self.retry_failed or rec is None or rec.get("size") != inp.size or rec.get("mtime") != inp.mtime:
+        if self.retry_failed or rec is None or rec.get("max_pixels", False) != self.max_pixels:
+            return False
+        if rec.get("size") != inp.size or rec.get("mtime") != inp.mtime:
             return False
         self.summary.fail(inp.path, str(rec.get("reason") or "failed before"))
         self.summary.failed_unread += 1
@@ -1198,7 +1201,8 @@ class _Run:
         rec = {"path": inp.path, "kind": "image", "size": inp.size, "mtime": inp.mtime, "sha256": prep.sha256}
         if prep.error is not None:
             self.summary.fail(inp.path, prep.error)
-            self.failed_now[inp.path] = {"size": inp.size, "mtime": inp.mtime, "reason": prep.error}
+            failure = {"size": inp.size, "mtime": inp.mtime, "reason": prep.error, "max_pixels": self.max_pixels}
+            self.failed_now[inp.path] = failure
             if w.detach_path(inp.path):  # its old content is gone
                 self.summary.removed += 1
             w.file_deletes.add(inp.path)
@@ -1322,6 +1326,17 @@ class _Run:
             else:
                 gone += under
         self.summary.removed += apply_path_removal(w, gone, prefix=False)
+
+
+def _pixel_cap() -> int | None | str:
+    """The decoders' pixel cap for this run (``$CLIPSEARCH_MAX_PIXELS``); "invalid" when the
+    variable cannot be read (the decode stage then says why)."""
+    from clipsearch.images import max_pixels_from_env
+
+    try:
+        return max_pixels_from_env()
+    except ValueError:
+        return "invalid"
 
 
 def _is_under(path: str, folder: str) -> bool:
