@@ -502,7 +502,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
         history.append({"step": step, "eval": last_eval})
         t2i, i2t = last_eval["text_to_image"], last_eval["image_to_text"]
         _log(
-            f"step {step}: eval text->image R@1 {t2i['R@1']:.3f} R@5 {t2i['R@5']:.3f} R@10 {t2i['R@10']:.3f} | "
+            f"step {step}: eval (vectors alone) text->image R@1 {t2i['R@1']:.3f} R@5 {t2i['R@5']:.3f} R@10 {t2i['R@10']:.3f} | "
             f"image->text R@1 {i2t['R@1']:.3f} R@5 {i2t['R@5']:.3f} R@10 {i2t['R@10']:.3f}"
         )
 
