@@ -255,7 +255,7 @@ def test_cli_search_json_and_table(cli_store: Path, corpus: Path) -> None:
     r = run_cli("search", "--image", str(red), "--store", str(cli_store), "-k", "3", "--json")
     assert r.exit_code == 0, r.output
     hits = json.loads(r.stdout)
-    assert len(hits) == 3 and set(hits[0]) == {"id", "path", "text", "modality", "score"}
+    assert len(hits) == 3 and set(hits[0]) == {"id", "path", "text", "modality", "score", "caption", "label"}
     assert hits[0]["path"] == str(red) and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     r = run_cli("search", "blue", "sea", "--store", str(cli_store), "--modality", "text", "-k", "2")
@@ -592,3 +592,5 @@ def test_cli_search_table_shows_an_images_caption(tmp_path: Path, monkeypatch: p
     assert r.exit_code == 0, r.output
     cells = re.sub(r"[\s│]", "", r.stdout)  # the table folds long cells over lines
     assert str(tmp_path / "pics" / "red.png") + "aredsquareatdusk" in cells
+    hit = json.loads(run_cli("search", "red", "--store", str(store), "-k", "1", "--json").stdout)[0]
+    assert (hit["caption"], hit["label"]) == ("a red square at dusk", None)

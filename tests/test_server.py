@@ -183,7 +183,7 @@ def test_get_search_is_the_library_search(client: TestClient, store) -> None:
     assert response.status_code == 200
     assert response.headers["server-timing"].startswith("search;dur=")
     hits = response.json()
-    assert [set(h) for h in hits] == [{"id", "path", "text", "modality", "score"}] * 5
+    assert [set(h) for h in hits] == [{"id", "path", "text", "modality", "score", "caption", "label"}] * 5
     assert ranked(hits)
     expected = [h.to_dict() for h in store.search("a red circle", k=5)]
     assert [h["id"] for h in hits] == [h["id"] for h in expected]

@@ -195,7 +195,7 @@ def search(
     """Search the store by text, image or stored item, in any direction.
 
     Results are a table (rank, score, id, path or text); with --json, a JSON array of
-    {"id", "path", "text", "modality", "score"}, best first.
+    {"id", "path", "text", "modality", "score", "caption", "label"}, best first.
     """
     from clipsearch.search import parse_query
 

@@ -4,7 +4,8 @@ Routes (the schema is served at ``/openapi.json``):
 
 - ``GET /health``, ``GET /api/config`` (what the page needs to know), ``GET /api/stats``
 - ``GET /api/search?q=...`` and ``POST /api/search`` (JSON terms with weights, or a multipart
-  form with an image), results ``[{"id", "path", "text", "modality", "score"}]`` best first
+  form with an image), results ``[{"id", "path", "text", "modality", "score", "caption",
+  "label"}]`` best first
 - ``GET /api/items/{id}``, ``.../thumbnail``, ``.../image``, ``.../similar``
 - ``POST /api/items``: add images by upload (needs the token)
 - ``POST /api/classify``, ``POST /api/localize`` and ``GET /api/items/{id}/localize``,

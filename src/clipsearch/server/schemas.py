@@ -129,6 +129,8 @@ class ResultOut(BaseModel):
     text: str | None
     modality: str
     score: float
+    caption: str | None = None  # what a table says of an image (or a text record's caption field)
+    label: str | None = None
 
 
 def _item_model() -> type[BaseModel]:

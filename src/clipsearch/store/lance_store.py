@@ -144,6 +144,8 @@ class Hit(Item):
             "text": self.text,
             "modality": self.modality,
             "score": round(float(self.score), 6),
+            "caption": self.caption,
+            "label": self.label,
         }
 
 

@@ -228,6 +228,7 @@
       bar,
       caption,
     );
+    if (hit.caption && hit.modality === "image") node.title = hit.caption; // what its table says of it
     node.style.animationDelay = `${Math.min(index, 24) * 18}ms`;
     node.addEventListener("click", (ev) => {
       if (ev.metaKey || ev.ctrlKey || ev.shiftKey || ev.button !== 0) return;
