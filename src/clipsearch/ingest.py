@@ -597,7 +597,7 @@ class _Writer:
                 for q in [p, *(e or [])]:
                     if q:
                         self.path_to_id[q] = i
-                if s and s != p and s not in (e or []):  # else it is its own source: no table captions it
+                if _captioning_table(s, [p, *(e or [])]):
                     self.image_source[i] = s
             else:
                 self.source_ids[s or ""].add(i)
@@ -680,7 +680,7 @@ class _Writer:
         skip = set(keep) | self.deletes
         ids = [i for i, table in self.image_source.items() if sources(table) and i not in skip]
         for item_id in ids:
-            self.update_meta(item_id, dict.fromkeys(("source", "caption", "label", "record", "extra")), count=False)
+            self.update_meta(item_id, _image_meta({}), count=False)  # every field a table sets, unset
         return len(ids)
 
     # -- commit ----------------------------------------------------------------------------------
@@ -724,12 +724,10 @@ class _Writer:
                 if rec is not None:
                     row["mtime"] = rec["mtime"]
             row["extra_paths"] = paths[1:]
-            if row["modality"] == "image" and row.get("source") in gone:  # its own file was its source
-                row["source"] = row["path"]
             if item_id in self.set_meta:
                 row.update(self.set_meta[item_id])
-                if row["modality"] == "image" and not row.get("source"):  # no table captions it: its own file
-                    row["source"] = row["path"]
+            if row["modality"] == "image" and (not row.get("source") or row["source"] in gone):
+                row["source"] = row["path"]  # no table captions it (any more), or its own file was its source
             if row == before:
                 continue
             changed.add(item_id)
@@ -756,7 +754,7 @@ class _Writer:
             if row["modality"] == "image":
                 for p in [row["path"], *row["extra_paths"]]:
                     self.path_to_id[p] = row["id"]
-                if row.get("source") and row["source"] not in [row["path"], *row["extra_paths"]]:
+                if _captioning_table(row.get("source"), [row["path"], *row["extra_paths"]]):
                     self.image_source[row["id"]] = row["source"]
                 else:
                     self.image_source.pop(row["id"], None)
@@ -1328,6 +1326,12 @@ class _Run:
         self.summary.removed += apply_path_removal(w, gone, prefix=False)
 
 
+def _captioning_table(source: str | None, paths: Sequence[str]) -> bool:
+    """Whether an image's ``source`` is a table that captions it: set, and not one of its own
+    ``paths`` (an image no table names is its own source)."""
+    return bool(source) and source not in paths
+
+
 def _pixel_cap() -> int | None | str:
     """The decoders' pixel cap for this run (``$CLIPSEARCH_MAX_PIXELS``); "invalid" when the
     variable cannot be read (the decode stage then says why)."""
@@ -1376,7 +1380,7 @@ def apply_path_removal(w: _Writer, paths: Sequence[str], *, prefix: bool) -> int
     def covered(p: str) -> bool:
         if p in targets_set:
             return True
-        return prefix and any(p.startswith(t.rstrip(os.sep) + os.sep) for t in targets)
+        return prefix and any(_is_under(p, t) for t in targets)
 
     targets_set = set(targets)
     count = 0

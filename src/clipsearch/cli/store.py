@@ -121,13 +121,13 @@ def index(
     ann = {"built": "; ANN index built", "updated": "; ANN index updated", "dropped": "; ANN index dropped"}.get(
         summary.index, ""
     )
-    cells = f"; grid cells added for {summary.cells_added} stored images" if summary.cells_added else ""
+    notes = f"; grid cells added for {summary.cells_added} stored images" if summary.cells_added else ""
     if summary.failed_unread:
-        cells += f"; {summary.failed_unread} failed as before, unchanged and not read again: --retry-failed reads them"
+        notes += f"; {summary.failed_unread} failed as before, unchanged and not read again: --retry-failed reads them"
     dropped = summary.captions_dropped
     if dropped:
-        cells += f"; {dropped} {'image' if dropped == 1 else 'images'} lost the caption of a table that no longer names them"
-    err_console.print(f"{counts} ({summary.seconds:.1f} s{rate}{ann}{cells}) -> {st.root}", highlight=False)
+        notes += f"; {dropped} {'image' if dropped == 1 else 'images'} lost the caption of a table that no longer names them"
+    err_console.print(f"{counts} ({summary.seconds:.1f} s{rate}{ann}{notes}) -> {st.root}", highlight=False)
     for folder, n in summary.prune_kept.items():
         err_console.print(
             f"  [yellow]not pruned[/] {n} vanished {'path' if n == 1 else 'paths'} under {escape(folder)}: the folder "
