@@ -205,6 +205,26 @@ def test_prune_keeps_what_an_empty_folder_held(tmp_path: Path, enc: FakeEncoder)
     assert len(store) == 0
 
 
+def test_prune_keeps_what_an_emptied_subfolder_held(tmp_path: Path, enc: FakeEncoder) -> None:
+    """A drive is often mounted below the folder indexed: an empty subfolder keeps its paths,
+    while a subfolder deleted outright is pruned (its nearest folder still there is not empty)."""
+    photos = photo_folder(tmp_path / "photos", n=4)  # img0, img2 on top; sub/img1, sub/img3
+    card = photos / "card"
+    for i, colour in enumerate(["white", "yellow"]):
+        solid_image(card / f"c{i}.png", colour, noise=8, seed=20 + i)
+    store = open_store(tmp_path / "store", model=enc)
+    store.add([photos], workers=0)
+    before = all_paths(store)
+    for child in card.iterdir():
+        child.unlink()
+    shutil.rmtree(photos / "sub")
+    s = store.add([photos], workers=0, prune=True)
+    assert s.prune_kept == {str(card): 2} and s.removed == 2
+    after = all_paths(store)
+    assert set(after) == {str(photos / "img0.png"), str(photos / "img2.png"), str(card / "c0.png"), str(card / "c1.png")}
+    assert after.items() <= before.items()
+
+
 def test_identical_bytes_are_stored_once_with_every_path(tmp_path: Path, enc: FakeEncoder) -> None:
     photos = photo_folder(tmp_path / "photos", n=2)
     copy = photos / "copy" / "again.png"
@@ -220,8 +240,12 @@ def test_identical_bytes_are_stored_once_with_every_path(tmp_path: Path, enc: Fa
     s = store.add([photos], workers=0, prune=True)
     assert s.removed == 1 and s.embedded == 0 and s.captions_dropped == 0
     assert store.get(item.id).paths == [str(copy)] and store.get(item.id).source == str(copy)
-    # the last copy goes: the item goes
+    # the last copy goes, its folder left empty: kept, as an unmounted drive's would be
     copy.unlink()
+    s = store.add([photos], workers=0, prune=True)
+    assert s.prune_kept == {str(copy.parent): 1} and store.get(item.id) is not None
+    # its folder goes too: the item goes
+    copy.parent.rmdir()
     store.add([photos], workers=0, prune=True)
     assert store.get(item.id) is None
 
@@ -621,5 +645,5 @@ def test_cli_prune_of_an_empty_folder_says_what_it_kept(tmp_path: Path, fake_reg
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["removed"] == 0
     said = " ".join(r.stderr.split())
-    assert f"not pruned 1 vanished path under {mount}: the folder is empty (an unmounted drive?)" in said
+    assert f"not pruned 1 vanished path under {mount}: the folder is empty or unreadable (an unmounted drive?)" in said
     assert f"clipsearch remove {mount} --store {store} removes them" in said

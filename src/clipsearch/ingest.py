@@ -128,7 +128,7 @@ class IndexSummary:
     cells_added: int = 0  # images already stored that were given the grid cells they lacked
     failed_unread: int = 0  # of the failed: unchanged since they failed before, so not read again
     captions_dropped: int = 0  # stored images whose table no longer names them (or is gone): caption cleared
-    prune_kept: dict[str, int] = field(default_factory=dict)  # empty folder -> vanished paths under it not pruned
+    prune_kept: dict[str, int] = field(default_factory=dict)  # empty or unlistable folder -> vanished paths under it not pruned
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
     index: str = "exact"  # what happened to the ANN index (see Store.update_index)
@@ -1301,7 +1301,7 @@ class _Run:
                 close()
 
     def _commit_grids(self, ids: list[str], pixels: list[np.ndarray]) -> None:
-        _, grids = self.encoder.encode_pixels_with_grid(np.stack(pixels))
+        _, grids = encode_pixels(self.encoder, np.stack(pixels), grid=True)
         self.store.commit_cells(ids, grids)
         self.summary.cells_added += len(ids)
 
@@ -1310,19 +1310,25 @@ class _Run:
         """Remove stored paths under ``roots`` (the folders scanned) whose files are gone.
 
         Paths elsewhere are left alone: indexing one folder never prunes another (a drive that
-        is not plugged in). Nor is anything under a root that is empty: that is what an
-        unmounted drive's mount point looks like. Those paths are counted in
-        ``summary.prune_kept``; ``clipsearch remove FOLDER`` takes them out on purpose.
+        is not plugged in). Nor is a path whose nearest folder still there, the root or one
+        below it, is empty or cannot be listed: that is what an unmounted drive's mount point
+        looks like, wherever it is mounted, and what a folder we may not read looks like (its
+        files only seem gone). Those paths are counted in ``summary.prune_kept`` by that
+        folder; ``clipsearch remove FOLDER`` takes them out on purpose.
         """
         w = self.w
         candidates = set(w.files) | set(w.path_to_id) | {s for s in w.source_ids if s and s != API_SOURCE}
         gone = []
+        blank: dict[str, bool] = {}  # folder -> empty or unlistable, asked once per folder
         for root in roots:
-            under = sorted(p for p in candidates if _is_under(p, root) and not os.path.exists(p))
-            if under and _is_empty(root):
-                self.summary.prune_kept[root] = len(under)
-            else:
-                gone += under
+            for path in sorted(p for p in candidates if _is_under(p, root) and not os.path.exists(p)):
+                folder = _nearest_folder(path, root)
+                if folder not in blank:
+                    blank[folder] = _is_empty(folder)
+                if blank[folder]:
+                    self.summary.prune_kept[folder] = self.summary.prune_kept.get(folder, 0) + 1
+                else:
+                    gone.append(path)
         self.summary.removed += apply_path_removal(w, gone, prefix=False)
 
 
@@ -1345,6 +1351,14 @@ def _pixel_cap() -> int | None | str:
 
 def _is_under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _nearest_folder(path: str, root: str) -> str:
+    """The deepest folder above ``path``, up to ``root``, that still exists."""
+    folder = os.path.dirname(path)
+    while folder != root and _is_under(folder, root) and not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    return folder if _is_under(folder, root) else root
 
 
 def _is_empty(folder: str) -> bool:

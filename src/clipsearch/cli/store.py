@@ -131,7 +131,7 @@ def index(
     for folder, n in summary.prune_kept.items():
         err_console.print(
             f"  [yellow]not pruned[/] {n} vanished {'path' if n == 1 else 'paths'} under {escape(folder)}: the folder "
-            f"is empty (an unmounted drive?); {escape(f'clipsearch remove {shlex.quote(folder)} --store {shlex.quote(str(st.root))}')} removes them",
+            f"is empty or unreadable (an unmounted drive?); {escape(f'clipsearch remove {shlex.quote(folder)} --store {shlex.quote(str(st.root))}')} removes them",
             highlight=False,
             markup=True,
         )
