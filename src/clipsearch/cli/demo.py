@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -32,7 +33,8 @@ def demo(
 
     from clipsearch.demo import run_demo
 
-    report = run_demo(folder, n=n, seed=seed, model=model, progress=True, say=lambda m: err_console.print(m, highlight=False))
+    bars = sys.stderr.isatty()  # bars in a terminal; no carriage returns in a log
+    report = run_demo(folder, n=n, seed=seed, model=model, progress=bars, say=lambda m: err_console.print(m, highlight=False))
     s = report.indexed
     console.print(
         f"[bold]indexed[/] {s['added']} new, {s['updated']} updated, {s['unchanged']} unchanged, "
