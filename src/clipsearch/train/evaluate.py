@@ -67,10 +67,15 @@ def recall_at_k(
         )
     if n == 0:
         raise ValueError("cannot measure recall on zero pairs")
-    rel = relevance(captions, image_keys)
-    sims = txt @ img.T  # (texts, images)
+    return _recall_both_ways(txt @ img.T, relevance(captions, image_keys), ks)
+
+
+def _recall_both_ways(
+    sims: npt.NDArray[np.float32], rel: npt.NDArray[np.bool_], ks: Sequence[int] = KS
+) -> dict[str, Any]:
+    """:func:`recall_at_k`'s dict from ``(texts, images)`` similarities and relevance."""
     return {
-        "n": n,
+        "n": len(sims),
         "text_to_image": recall_from_scores(sims, rel, ks),
         "image_to_text": recall_from_scores(sims.T, rel.T, ks),
     }
@@ -137,15 +142,14 @@ def evaluate_retrieval(
         raise ValueError(f"model {encoder.name!r} has no grid of cell embeddings to rerank with")
     rerank = has_grid if rerank is None else rerank
     image_vecs, grids = _encode_images(encoder, pixels, batch_size, grids=rerank)
-    text_vecs = encoder.encode_texts(captions, batch_size=batch_size)
-    out = recall_at_k(image_vecs, text_vecs, captions, keys) | {"skipped": skipped, "ranking": "vectors"}
+    text_vecs = np.asarray(encoder.encode_texts(captions, batch_size=batch_size), dtype=np.float32)
+    sims, rel = text_vecs @ image_vecs.T, relevance(captions, keys)  # (texts, images)
+    out = _recall_both_ways(sims, rel) | {"skipped": skipped, "ranking": "vectors"}
     if grids is not None:
         from clipsearch.train.quality import default_ranking
 
-        text_vecs = np.asarray(text_vecs, dtype=np.float32)
-        ranked = default_ranking(text_vecs @ np.asarray(image_vecs, dtype=np.float32).T, grids, text_vecs)
         out["text_to_image_vectors"] = out["text_to_image"]
-        out["text_to_image"] = recall_from_scores(ranked, relevance(captions, keys))
+        out["text_to_image"] = recall_from_scores(default_ranking(sims, grids, text_vecs), rel)
         out["ranking"] = "grid re-rank"
     return out
 
@@ -159,4 +163,4 @@ def _encode_images(
         v, g = encode_pixels(encoder, pixels[i : i + batch_size], grid=grids)
         vecs.append(v)
         cells.append(g)
-    return np.concatenate(vecs), (np.concatenate(cells) if grids else None)
+    return np.concatenate(vecs).astype(np.float32, copy=False), (np.concatenate(cells) if grids else None)
