@@ -687,6 +687,20 @@ def test_resume_continues_exactly(tmp_path: Path, tiny_sbert: Path) -> None:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
 
 
+def test_train_outside_a_terminal_logs_lines_not_a_bar(tmp_path: Path, tiny_sbert: Path) -> None:
+    """A log (stderr not a terminal) gets a plain line per logged window, no carriage returns."""
+    from typer.testing import CliRunner
+
+    from clipsearch.train.demo_world import generate_world
+
+    generate_world(tmp_path / "world", 8, seed=0, size_range=(40, 80))
+    args = [a for a in _train_args(str(tmp_path / "world"), tmp_path / "m", tiny_sbert, "--steps", "2") if a != "--no-progress"]
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    assert "\r" not in result.stderr and "it/s" not in result.stderr and "step/s" not in result.stderr
+    assert re.search(r"^step 2 of 2: loss \d+\.\d{4}, temperature 0\.\d{4}, \d+ img/s$", result.stderr, re.M), result.stderr
+
+
 def test_train_from_a_tiny_hf_clip_base(tmp_path: Path, tiny_hf_clip: Path) -> None:
     from typer.testing import CliRunner
 

@@ -23,9 +23,11 @@ Folder layout (kind "dual")::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -628,10 +630,32 @@ def save_model(model: Any, folder: str | Path, *, training: dict[str, Any] | Non
         folder: created if missing; existing model files in it are replaced.
         training: a JSON-ready summary of how it was trained, kept in the config.
     """
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    with _hf_bars_in_a_terminal_only():
+        _write_model(model, folder, training)
+    return folder
+
+
+@contextlib.contextmanager
+def _hf_bars_in_a_terminal_only() -> Iterator[None]:
+    """transformers' "Writing model shards" bar, only when stderr is a terminal (no carriage
+    returns in a log)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    if was_on and not sys.stderr.isatty():
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
+def _write_model(model: Any, folder: Path, training: dict[str, Any] | None) -> None:
+    from safetensors.torch import save_file
+
     scale = float(model.logit_scale.detach().clamp(max=math.log(100.0)).exp())
     meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "kind": model.kind}
     if model.kind == "hf_clip":
@@ -663,7 +687,6 @@ def save_model(model: Any, folder: str | Path, *, training: dict[str, Any] | Non
     tmp = folder / (CONFIG_FILE + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     tmp.replace(folder / CONFIG_FILE)
-    return folder
 
 
 def read_config(folder: str | Path) -> dict[str, Any]:

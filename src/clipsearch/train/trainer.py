@@ -95,7 +95,7 @@ class TrainOptions:
     pool_positions: bool = False  # attention pool: a learned embedding of each cell's place (added to a --base too)
     attend_objects: float = 0.0  # demo-world: weight of a loss that draws the attention pool to the objects' boxes
     lock_image: bool = False  # train the text side only (LiT): the image side stays exactly as it is
-    progress: bool = True  # show a progress bar on stderr
+    progress: bool = True  # a progress bar on stderr in a terminal; elsewhere a line per logged window
 
 
 @dataclass
@@ -440,7 +440,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
         texts += object_query_texts() if opts.object_queries else []
         if texts:
             t0 = time.perf_counter()
-            model.precompute_text(texts, progress=opts.progress)
+            model.precompute_text(texts, progress=opts.progress and sys.stderr.isatty())
             _log(f"cached text tower states for {len(texts)} captions in {time.perf_counter() - t0:.0f} s")
 
     eval_set = _EvalSet(opts, preprocess) if opts.eval_pairs else None
@@ -485,6 +485,8 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
             entry["object_attention"] = float(np.mean(attention_window))
         history.append(entry)
         window, attention_window = [], []
+        if opts.progress and bar.disable:  # no bar outside a terminal: a plain line in the log instead
+            _log(f"step {step} of {steps}: loss {entry['loss']:.4f}, temperature {1 / entry['logit_scale']:.4f}, {rate:.0f} img/s")
 
     def checkpoint() -> None:
         state = {"step": step, "options": asdict(opts), "history": history,
@@ -506,7 +508,10 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
             f"image->text R@1 {i2t['R@1']:.3f} R@5 {i2t['R@5']:.3f} R@10 {i2t['R@10']:.3f}"
         )
 
-    bar = tqdm(total=steps, initial=start, unit="step", disable=not opts.progress, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(  # a bar in a terminal; no carriage returns in a log (log_window writes lines there)
+        total=steps, initial=start, unit="step", disable=not (opts.progress and sys.stderr.isatty()), file=sys.stderr,
+        dynamic_ncols=True,
+    )  # fmt: skip
     model.train()
     batches = iterate_batches(source, start, steps, opts.workers)
     t_seen = time.perf_counter()
