@@ -225,6 +225,31 @@ def test_prune_keeps_what_an_emptied_subfolder_held(tmp_path: Path, enc: FakeEnc
     assert after.items() <= before.items()
 
 
+def test_prune_keeps_what_an_unlistable_folder_held(
+    tmp_path: Path, enc: FakeEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder we may not list (its files only seem gone) keeps its paths. Tests run as root,
+    where chmod binds nothing, so listing that folder is made to fail instead."""
+    import clipsearch.ingest as ingest
+
+    photos = photo_folder(tmp_path / "photos", n=4)
+    store = open_store(tmp_path / "store", model=enc)
+    store.add([photos], workers=0)
+    shutil.rmtree(photos / "sub")
+    (photos / "sub").mkdir()
+    (photos / "sub" / "unseen.txt").write_text("here, but not listable")
+    real_scandir = os.scandir
+
+    def scandir(path):  # type: ignore[no-untyped-def]
+        if Path(path) == photos / "sub":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(ingest.os, "scandir", scandir)
+    s = store.add([photos], workers=0, prune=True)
+    assert s.prune_kept == {str(photos / "sub"): 2} and s.removed == 0 and len(store) == 4
+
+
 def test_identical_bytes_are_stored_once_with_every_path(tmp_path: Path, enc: FakeEncoder) -> None:
     photos = photo_folder(tmp_path / "photos", n=2)
     copy = photos / "copy" / "again.png"
