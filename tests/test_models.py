@@ -456,8 +456,10 @@ def test_demo_dual_and_dpr_dispatch(tmp_path, monkeypatch):
         load_model("demo")
     # Written: the registry calls their loaders.
     calls = []
-    fake_demo = types.SimpleNamespace(load_demo=lambda: calls.append("demo") or "DEMO")
-    fake_dual = types.SimpleNamespace(load_dual=lambda folder, name=None: calls.append(("dual", folder)) or "DUAL")
+    fake_demo = types.SimpleNamespace(load_demo=lambda device: calls.append(("demo", device)) or "DEMO")
+    fake_dual = types.SimpleNamespace(
+        load_dual=lambda folder, name=None, device="?": calls.append(("dual", folder, device)) or "DUAL"
+    )
     fake_dpr = types.SimpleNamespace(load_dpr=lambda src, name=None, device="cpu": calls.append(("dpr", src)) or "DPR")
     monkeypatch.setitem(sys.modules, "clipsearch.models.demo", fake_demo)
     monkeypatch.setitem(sys.modules, "clipsearch.models.dual", fake_dual)
@@ -474,7 +476,7 @@ def test_demo_dual_and_dpr_dispatch(tmp_path, monkeypatch):
         assert load_model(str(dpr)) == "DPR"
         assert load_model(str(pair)) == "DPR"
         assert load_model("dpr:q,c") == "DPR"
-        assert calls == ["demo", ("dual", dual), ("dpr", dpr), ("dpr", pair), ("dpr", "dpr:q,c")]
+        assert calls == [("demo", "cpu"), ("dual", dual, "cpu"), ("dpr", dpr), ("dpr", pair), ("dpr", "dpr:q,c")]
     finally:
         clear_cache()
 
@@ -503,3 +505,43 @@ def test_folder_without_weights_is_a_clear_error(tiny_hf_clip, tmp_path):
         load_model(str(broken))
     assert str(err.value).startswith(f"model {str(broken.resolve())!r} cannot be loaded from {str(broken.resolve())!r}: ")
     assert "\n" not in str(err.value)
+
+
+def test_device_names_resolve_or_say_what_to_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cpu by default; $CLIPSEARCH_DEVICE or an argument picks another; a GPU that is not
+    there is an error naming the choices, never a silent fall back."""
+    import torch
+
+    from clipsearch.models.device import DEVICE_ENV, DeviceUnavailable, resolve_device
+
+    monkeypatch.delenv(DEVICE_ENV, raising=False)
+    assert resolve_device() == "cpu" and resolve_device(" CPU ") == "cpu"
+    auto = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    assert resolve_device("auto") == auto
+    monkeypatch.setenv(DEVICE_ENV, "auto")
+    assert resolve_device() == auto and resolve_device("cpu") == "cpu"  # the argument wins
+    with pytest.raises(DeviceUnavailable, match=re.escape("unknown device 'gpu'; use cpu, cuda, cuda:N, mps or auto")):
+        resolve_device("gpu")
+    monkeypatch.setenv(DEVICE_ENV, "cuda:x")
+    with pytest.raises(DeviceUnavailable, match=re.escape("unknown $CLIPSEARCH_DEVICE='cuda:x'")):
+        resolve_device()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceUnavailable, match="torch sees no CUDA GPU on this machine; use cpu or auto"):
+        resolve_device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(DeviceUnavailable, match=re.escape("this machine has 2 CUDA GPU(s), numbered from 0")):
+        resolve_device("cuda:2")
+
+
+def test_load_model_refuses_a_missing_gpu_before_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from clipsearch.models.device import DeviceUnavailable
+
+    clear_cache()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CLIPSEARCH_DEVICE", "cuda")
+    with pytest.raises(DeviceUnavailable, match="no CUDA GPU"):
+        load_model("demo")

@@ -846,11 +846,15 @@ def test_train_option_errors(tmp_path: Path, tiny_sbert: Path) -> None:
         ("demo-world", ["--steps", "2", "--twin-kind", "colour"], "unknown twin kind 'colour'; use one of binding, contrast"),
         (csv, ["--attend-objects", "0.5"], "--attend-objects needs pairs 'demo-world'"),
         ("demo-world", ["--steps", "2", "--pool", "mean", "--attend-objects", "0.5"], "this model pools by mean"),
+        ("demo-world", ["--steps", "2", "--device", "gpu"], "unknown device 'gpu'; use cpu, cuda, cuda:N, mps or auto"),
     ]  # fmt: skip
+    if not torch.cuda.is_available():
+        cases.append(("demo-world", ["--steps", "2", "--device", "cuda"], "torch sees no CUDA GPU on this machine"))
     for pairs, extra, message in cases:
         result = CliRunner().invoke(_app(), _train_args(pairs, tmp_path / "m", tiny_sbert, *extra))
         assert result.exit_code == 2, (extra, result.output)
         assert message in result.output, (extra, result.output)
+        assert not (tmp_path / "m").exists(), extra  # refused before anything is written
 
 
 def test_train_text_tower_and_skip_undecodable_images(tmp_path: Path, tiny_sbert: Path) -> None:

@@ -17,8 +17,8 @@ BUILD_COMMAND = "scripts/train_demo_model.sh"
 """Trains the demo model from the demo world (about an hour on 2 CPU cores) and copies it here."""
 
 
-def load_demo(*, name: str = "demo") -> Encoder:
-    """Load the bundled demo model.
+def load_demo(*, name: str = "demo", device: str = "cpu") -> Encoder:
+    """Load the bundled demo model onto torch ``device``.
 
     Raises:
         ModelNotAvailable: the weights were not built; the message says how to build them.
@@ -30,4 +30,4 @@ def load_demo(*, name: str = "demo") -> Encoder:
             f"the demo model is not built yet: {DEMO_WEIGHTS_DIR} has no {CONFIG_FILE}; "
             f"build it with {BUILD_COMMAND} (about an hour on 2 CPU cores)"
         )
-    return load_dual(DEMO_WEIGHTS_DIR, name=name)
+    return load_dual(DEMO_WEIGHTS_DIR, name=name, device=device)

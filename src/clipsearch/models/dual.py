@@ -406,6 +406,11 @@ def _build_module_classes() -> Any:  # noqa: C901 - one closure that defines the
             self.text_tower.train(False)
             self.image_locked = False
 
+        @property
+        def device(self) -> torch.device:
+            """Where the weights are; inputs built here go there."""
+            return self.logit_scale.device
+
         def train(self, mode: bool = True) -> DualModel:
             super().train(mode)
             self.text_tower.train(mode and self.cfg.text_trainable)  # a frozen tower never drops out
@@ -446,7 +451,7 @@ def _build_module_classes() -> Any:  # noqa: C901 - one closure that defines the
             enc = self.tokenizer(
                 list(texts), padding=True, truncation=True, max_length=self.cfg.context_length, return_tensors="pt"
             )
-            return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+            return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
 
         def _tower_states(self, ids: dict[str, torch.Tensor]) -> torch.Tensor:
             return self.text_tower(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).last_hidden_state
@@ -474,7 +479,7 @@ def _build_module_classes() -> Any:  # noqa: C901 - one closure that defines the
                 for i in range(0, len(todo), batch_size):
                     chunk = todo[i : i + batch_size]
                     ids = self.tokenize(chunk)
-                    states = self._tower_states(ids).to(torch.float16)
+                    states = self._tower_states(ids).to(torch.float16).cpu()  # the cache stays in host memory
                     lengths = ids["attention_mask"].sum(1).tolist()
                     for text, st, n in zip(chunk, states, lengths):
                         self.text_cache[text] = st[:n].clone()
@@ -497,7 +502,7 @@ def _build_module_classes() -> Any:  # noqa: C901 - one closure that defines the
             for i, s in enumerate(states):
                 hidden[i, : s.shape[0]] = s.float()
                 mask[i, : s.shape[0]] = True
-            return {"hidden": hidden, "mask": mask}
+            return {"hidden": hidden.to(self.device), "mask": mask.to(self.device)}
 
         def encode_text(self, inputs: dict[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
             """:meth:`text_inputs` of n texts -> ``(n, D)``."""
@@ -550,6 +555,10 @@ def _build_module_classes() -> Any:  # noqa: C901 - one closure that defines the
         def logit_scale(self) -> nn.Parameter:
             return self.clip.logit_scale
 
+        @property
+        def device(self) -> torch.device:
+            return self.clip.logit_scale.device
+
         def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
             out = self.clip.vision_model(pixel_values=pixels)
             v = self.clip.visual_projection(out.pooler_output)
@@ -559,7 +568,7 @@ def _build_module_classes() -> Any:  # noqa: C901 - one closure that defines the
             enc = self.tokenizer(
                 list(texts), padding=True, truncation=True, max_length=self.context_length, return_tensors="pt"
             )
-            return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+            return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
 
         def encode_text(self, inputs: dict[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
             out = self.clip.text_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
@@ -666,7 +675,7 @@ def _write_model(model: Any, folder: Path, training: dict[str, Any] | None) -> N
         meta |= {"dim": int(model.clip.config.projection_dim), "context_length": model.context_length}
     else:
         cfg: DualConfig = model.cfg
-        state = {k: v.detach().contiguous() for k, v in model.own_state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in model.own_state_dict().items()}
         save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
         if model.text_packaged and not cfg.text_trainable:
             text_ref = {"source": "package", "package": MINILM_PACKAGE}
@@ -757,14 +766,14 @@ class DualEncoder(Encoder):
         import torch
 
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
-            return self.model.encode_image(x, normalize=False).numpy()
+            x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(self.model.device)
+            return self.model.encode_image(x, normalize=False).float().cpu().numpy()
 
     def _encode_text_batch(self, texts: list[str], role: TextRole) -> npt.NDArray:
         import torch
 
         with torch.inference_mode():
-            return self.model.encode_text(self.model.tokenize(texts), normalize=False).numpy()
+            return self.model.encode_text(self.model.tokenize(texts), normalize=False).float().cpu().numpy()
 
     def count_truncated(self, texts: Sequence[str]) -> int:
         ids = self.model.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
@@ -800,8 +809,8 @@ class DualEncoder(Encoder):
         import torch
 
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
-            return np.ascontiguousarray(self.model.encode_image_grid(x).numpy(), dtype=np.float32)
+            x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(self.model.device)
+            return np.ascontiguousarray(self.model.encode_image_grid(x).float().cpu().numpy(), dtype=np.float32)
 
     def encode_pixels_with_grid(
         self, pixels: npt.NDArray[np.float32]
@@ -812,9 +821,12 @@ class DualEncoder(Encoder):
         import torch
 
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
+            x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(self.model.device)
             vecs, grid = self.model.encode_image_with_grid(x)
-        return np.ascontiguousarray(vecs.numpy(), dtype=np.float32), np.ascontiguousarray(grid.numpy(), dtype=np.float32)
+        return (
+            np.ascontiguousarray(vecs.float().cpu().numpy(), dtype=np.float32),
+            np.ascontiguousarray(grid.float().cpu().numpy(), dtype=np.float32),
+        )
 
 
 def encoder_from_module(model: Any, *, name: str, extra: dict[str, Any] | None = None) -> Encoder:
@@ -835,12 +847,13 @@ def encoder_from_module(model: Any, *, name: str, extra: dict[str, Any] | None =
     return DualEncoder(model, info)
 
 
-def load_dual(folder: str | Path, *, name: str | None = None) -> Encoder:
+def load_dual(folder: str | Path, *, name: str | None = None, device: str = "cpu") -> Encoder:
     """Load a folder written by ``clipsearch train`` as an :class:`Encoder`.
 
     Args:
         folder: a folder with ``clipsearch_model.json``.
         name: the name to report (default: the folder's absolute path).
+        device: the torch device to run on.
 
     Returns:
         A :class:`DualEncoder` (kind "dual", with :meth:`DualEncoder.encode_patch_grid`) or an
@@ -855,6 +868,6 @@ def load_dual(folder: str | Path, *, name: str | None = None) -> Encoder:
     if meta["kind"] == "hf_clip":
         from clipsearch.models.hf_clip import load_hf_clip
 
-        return load_hf_clip(folder / HF_DIR, name=name)
-    model = load_module(folder)
+        return load_hf_clip(folder / HF_DIR, name=name, device=device)
+    model = load_module(folder).to(device)
     return encoder_from_module(model, name=name, extra={"path": str(folder.resolve())})

@@ -41,13 +41,14 @@ def offline_message(name: str) -> str:
     return f"model {name!r} is not available offline: downloads are unavailable here, so {OFFLINE_OPTIONS}"
 
 
-def load_model(name: str, *, weights: str | None = None, device: str = "cpu") -> Encoder:
+def load_model(name: str, *, weights: str | None = None, device: str | None = None) -> Encoder:
     """Turn a model name into a ready encoder, loading it at most once per process.
 
     Args:
         name: see the module docstring for the accepted forms.
         weights: a local checkpoint file, for ``open_clip:ARCH`` names.
-        device: torch device to run on ("cpu").
+        device: torch device to run on: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``;
+            ``None``: ``$CLIPSEARCH_DEVICE``, else ``cpu`` (see :mod:`clipsearch.models.device`).
 
     Returns:
         The :class:`Encoder`; ``encoder.info`` describes it.
@@ -55,7 +56,11 @@ def load_model(name: str, *, weights: str | None = None, device: str = "cpu") ->
     Raises:
         ModelNotAvailable: unknown or malformed name, a hub model that is not cached, a folder
             with no recognised model files, or weights that cannot be loaded.
+        DeviceUnavailable: a device that is malformed or not on this machine.
     """
+    from clipsearch.models.device import resolve_device
+
+    device = resolve_device(device)
     if not isinstance(name, str) or not name.strip():
         raise ModelNotAvailable(f"model name {name!r} is empty: give a model name, {OFFLINE_OPTIONS}")
     name = name.strip()
@@ -82,7 +87,7 @@ def _load(name: str, weights: str | None, device: str) -> Encoder:
     if weights and not name.startswith("open_clip:"):
         raise ModelNotAvailable(f"weights=FILE only goes with 'open_clip:ARCH' model names, not {name!r}")
     if name == "demo":
-        return _load_demo()
+        return _load_demo(device)
     if name == "minilm":
         from clipsearch.models.sbert import load_minilm
 
@@ -129,7 +134,7 @@ def load_folder(folder: str | Path, *, name: str, device: str = "cpu") -> Encode
 def _load_folder(folder: Path, *, name: str, device: str) -> Encoder:
     if (folder / "clipsearch_model.json").is_file():
         load_dual = _lazy("clipsearch.models.dual", "load_dual", name, "our dual-encoder backend")
-        return load_dual(folder, name=name)
+        return load_dual(folder, name=name, device=device)
     if (folder / "modules.json").is_file() or (folder / "config_sentence_transformers.json").is_file():
         from clipsearch.models.sbert import load_sbert
 
@@ -169,10 +174,10 @@ def cached_hub_folder(repo_id: str, *, name: str) -> Path:
         raise ModelNotAvailable(offline_message(name)) from e
 
 
-def _load_demo() -> Encoder:
+def _load_demo(device: str) -> Encoder:
     load_demo = _lazy("clipsearch.models.demo", "load_demo", "demo", "the demo model")
     try:
-        return load_demo()
+        return load_demo(device=device)
     except FileNotFoundError as e:
         raise ModelNotAvailable(f"the demo model is not built yet: its weights are missing ({e.filename or e})") from e
 

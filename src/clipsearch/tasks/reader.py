@@ -71,16 +71,25 @@ class Reader:
         return min(limits)
 
 
-def load_reader(name_or_folder: str | Path, *, device: str = "cpu") -> Reader:
+def load_reader(name_or_folder: str | Path, *, device: str | None = None) -> Reader:
     """Load a question-answering model from a local folder or the local Hugging Face cache.
+
+    Args:
+        name_or_folder: a folder, or a hub id in the local cache.
+        device: torch device (see :func:`clipsearch.models.device.resolve_device`; ``None``:
+            ``$CLIPSEARCH_DEVICE``, else cpu).
 
     Raises:
         ModelNotAvailable: not on this machine, not a QA model, or without a fast tokenizer.
+        DeviceUnavailable: a device that is malformed or not on this machine.
     """
     from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_QUESTION_ANSWERING_MAPPING
 
+    from clipsearch.models.device import resolve_device
     from clipsearch.models.hf_clip import quiet_transformers
+
+    device = resolve_device(device)
 
     name = str(name_or_folder)
     source = local_source(name, "reader")

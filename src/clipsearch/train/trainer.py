@@ -80,6 +80,7 @@ class TrainOptions:
     resume: bool = False  # continue from OUT/checkpoint
     minutes: float | None = None  # stop (with a checkpoint) after this much wall time of this run's loop
     threads: int | None = None  # torch threads for the training step
+    device: str | None = None  # cpu, cuda, cuda:N, mps or auto; None: $CLIPSEARCH_DEVICE, else cpu
     workers: int = 0  # processes that render / decode batches ahead of the training step
     caption_pool: int = 20000  # demo-world: distinct captions drawn once; 0 = fresh captions
     twins: float = 0.0  # demo-world: share of each batch's images that are binding twins (hard negatives)
@@ -118,8 +119,11 @@ def _resolve_defaults(opts: TrainOptions) -> TrainOptions:
     from clipsearch.models.dual import DEFAULT_IMAGE_SIZE, IMAGE_TOWERS
     from clipsearch.train.data import DEMO_WORLD, TWIN_KINDS
 
+    from clipsearch.models.device import resolve_device
+
     if opts.image_tower not in IMAGE_TOWERS:
         raise ValueError(f"unknown image tower {opts.image_tower!r}; use one of {', '.join(IMAGE_TOWERS)}")
+    opts.device = resolve_device(opts.device)  # the saved options say where it trained
     base_cfg = dual_base_config(opts.base) if opts.base else None
     if base_cfg is not None:
         if base_cfg["text_head_layers"] and opts.text_layers not in (0, base_cfg["text_head_layers"]):
@@ -158,6 +162,10 @@ def _resolve_defaults(opts: TrainOptions) -> TrainOptions:
         raise ValueError(f"twins is a share of the batch in [0, 0.5], got {opts.twins}")
     if opts.twin_kind not in TWIN_KINDS:
         raise ValueError(f"unknown twin kind {opts.twin_kind!r}; use one of {', '.join(TWIN_KINDS)}")
+    if opts.pairs == DEMO_WORLD and opts.steps is None:
+        raise ValueError("pairs 'demo-world' is endless: give the number of steps (--steps N)")
+    if opts.pairs == DEMO_WORLD and opts.epochs is not None:
+        raise ValueError("pairs 'demo-world' has no epochs: give --steps N instead of --epochs")
     if opts.twins and opts.pairs != DEMO_WORLD:
         raise ValueError("--twins needs pairs 'demo-world': twins are drawn from the generator's scenes")
     if opts.soft_targets and opts.pairs != DEMO_WORLD:
@@ -265,13 +273,13 @@ def _embed_eval(model: Any, pixels: np.ndarray, captions: list[str], batch: int 
     model.eval()
     with torch.inference_mode():
         img = torch.cat(
-            [model.encode_image(torch.from_numpy(pixels[i : i + batch])) for i in range(0, len(pixels), batch)]
+            [model.encode_image(torch.from_numpy(pixels[i : i + batch]).to(model.device)) for i in range(0, len(pixels), batch)]
         )
         txt = torch.cat(
             [model.encode_text(model.text_inputs(captions[i : i + batch])) for i in range(0, len(captions), batch)]
         )
     model.train(was_training)
-    return img.numpy(), txt.numpy()
+    return img.float().cpu().numpy(), txt.float().cpu().numpy()
 
 
 class _EvalSet:
@@ -381,6 +389,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
     from clipsearch.train.loss import MAX_LOGIT_SCALE, box_cell_targets, contrastive_loss, object_attention_loss
 
     opts = _resolve_defaults(opts)
+    device = opts.device  # resolved by _resolve_defaults
     if opts.workers:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer must not run threads across fork
     out = Path(opts.out).expanduser()
@@ -406,7 +415,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
     out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(opts.seed)
-    model = load_module(ckpt) if saved else build_model(opts)
+    model = (load_module(ckpt) if saved else build_model(opts)).to(device)
     if opts.lock_image:
         model.lock_image()
     if saved and getattr(model, "kind", "") == "hf_clip" and opts.freeze_text:
@@ -415,10 +424,6 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
 
     demo = opts.pairs == DEMO_WORLD
     if demo:
-        if opts.steps is None:
-            raise ValueError("pairs 'demo-world' is endless: give the number of steps (--steps N)")
-        if opts.epochs is not None:
-            raise ValueError("pairs 'demo-world' has no epochs: give --steps N instead of --epochs")
         pool = caption_pool(opts.seed, opts.caption_pool) if opts.caption_pool else None
         negatives = binding_negatives(opts.seed, opts.caption_pool) if opts.negatives else {}
         source: Any = DemoWorldBatches(
@@ -448,7 +453,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
     optimizer = torch.optim.AdamW(_param_groups(model, opts.weight_decay), lr=opts.lr, betas=(0.9, 0.98), eps=1e-6)
     start, history, elapsed_before = 0, [], 0.0
     if saved:
-        blob = torch.load(ckpt / OPTIMIZER_FILE, weights_only=True)
+        blob = torch.load(ckpt / OPTIMIZER_FILE, weights_only=True, map_location="cpu")  # moved to the params' device
         optimizer.load_state_dict(blob["optimizer"])
         torch.set_rng_state(blob["torch_rng"])
         start, history, elapsed_before = int(saved["step"]), list(saved["history"]), float(saved.get("elapsed_s", 0.0))
@@ -520,16 +525,17 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
             for g in optimizer.param_groups:
                 g["lr"] = opts.lr * lr_factor(step, steps, warmup)
             refused.update(batch.refused)
-            pixels = torch.from_numpy(batch.pixels)
+            pixels = torch.from_numpy(batch.pixels).to(device)
             if opts.attend_objects:
                 pooled, cells, weights = model.image.pool_with_weights(pixels)
                 img = torch.nn.functional.normalize(pooled, dim=-1)
             else:
                 img = model.encode_image(pixels)
             txt = model.encode_text(model.text_inputs(batch.captions))
-            loss = contrastive_loss(img, txt, model.logit_scale, torch.from_numpy(batch.targets), batch.n_pairs)
+            targets = torch.from_numpy(batch.targets).to(device)
+            loss = contrastive_loss(img, txt, model.logit_scale, targets, batch.n_pairs)
             if opts.attend_objects:
-                where = object_attention_loss(weights, box_cell_targets(batch.boxes, cells.shape[-1]))
+                where = object_attention_loss(weights, box_cell_targets(batch.boxes, cells.shape[-1]).to(device))
                 attention_window.append(float(where.detach()))
                 loss = loss + opts.attend_objects * where
             optimizer.zero_grad(set_to_none=True)
