@@ -250,6 +250,24 @@ def test_prune_keeps_what_an_unlistable_folder_held(
     assert s.prune_kept == {str(photos / "sub"): 2} and s.removed == 0 and len(store) == 4
 
 
+def test_prune_keeps_a_link_whose_target_is_unmounted(tmp_path: Path, enc: FakeEncoder) -> None:
+    """A link to a file on a drive that is not plugged in dangles: its name is still listed in
+    the folder, so its item is kept; the link deleted, it is pruned. Nested roots count it once."""
+    photos, card = photo_folder(tmp_path / "photos", n=2), tmp_path / "card"
+    solid_image(card / "far.png", "white", noise=8, seed=30)
+    link = photos / "sub" / "far.png"
+    link.symlink_to(card / "far.png")
+    store = open_store(tmp_path / "store", model=enc)
+    store.add([photos], workers=0)
+    assert str(link) in all_paths(store)
+    shutil.rmtree(card)
+    s = store.add([photos, photos / "sub"], workers=0, prune=True)
+    assert s.prune_kept == {str(link): 1} and s.removed == 0 and str(link) in all_paths(store)
+    link.unlink()
+    s = store.add([photos], workers=0, prune=True)
+    assert s.prune_kept == {} and s.removed == 1 and str(link) not in all_paths(store)
+
+
 def test_identical_bytes_are_stored_once_with_every_path(tmp_path: Path, enc: FakeEncoder) -> None:
     photos = photo_folder(tmp_path / "photos", n=2)
     copy = photos / "copy" / "again.png"
@@ -670,5 +688,5 @@ def test_cli_prune_of_an_empty_folder_says_what_it_kept(tmp_path: Path, fake_reg
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["removed"] == 0
     said = " ".join(r.stderr.split())
-    assert f"not pruned 1 vanished path under {mount}: the folder is empty or unreadable (an unmounted drive?)" in said
+    assert f"not pruned 1 vanished path under {mount}: it is empty or cannot be reached (an unmounted drive?)" in said
     assert f"clipsearch remove {mount} --store {store} removes them" in said

@@ -460,7 +460,9 @@ def test_demo_dual_and_dpr_dispatch(tmp_path, monkeypatch):
     fake_dual = types.SimpleNamespace(
         load_dual=lambda folder, name=None, device="?": calls.append(("dual", folder, device)) or "DUAL"
     )
-    fake_dpr = types.SimpleNamespace(load_dpr=lambda src, name=None, device="cpu": calls.append(("dpr", src)) or "DPR")
+    fake_dpr = types.SimpleNamespace(
+        load_dpr=lambda src, name=None, device="?": calls.append(("dpr", src, device)) or "DPR"
+    )
     monkeypatch.setitem(sys.modules, "clipsearch.models.demo", fake_demo)
     monkeypatch.setitem(sys.modules, "clipsearch.models.dual", fake_dual)
     monkeypatch.setitem(sys.modules, "clipsearch.models.dpr", fake_dpr)
@@ -476,7 +478,9 @@ def test_demo_dual_and_dpr_dispatch(tmp_path, monkeypatch):
         assert load_model(str(dpr)) == "DPR"
         assert load_model(str(pair)) == "DPR"
         assert load_model("dpr:q,c") == "DPR"
-        assert calls == [("demo", "cpu"), ("dual", dual, "cpu"), ("dpr", dpr), ("dpr", pair), ("dpr", "dpr:q,c")]
+        assert calls == [
+            ("demo", "cpu"), ("dual", dual, "cpu"), ("dpr", dpr, "cpu"), ("dpr", pair, "cpu"), ("dpr", "dpr:q,c", "cpu")
+        ]  # fmt: skip
     finally:
         clear_cache()
 
@@ -535,7 +539,8 @@ def test_device_names_resolve_or_say_what_to_use(monkeypatch: pytest.MonkeyPatch
         resolve_device("cuda:2")
 
 
-def test_load_model_refuses_a_missing_gpu_before_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_model_refuses_a_missing_gpu_before_loading(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The device is checked first: a model that could not load anyway says so only after."""
     import torch
 
     from clipsearch.models.device import DeviceUnavailable
@@ -543,5 +548,36 @@ def test_load_model_refuses_a_missing_gpu_before_loading(monkeypatch: pytest.Mon
     clear_cache()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("CLIPSEARCH_DEVICE", "cuda")
-    with pytest.raises(DeviceUnavailable, match="no CUDA GPU"):
-        load_model("demo")
+    for name in ("demo", str(tmp_path / "no-such-model")):
+        with pytest.raises(DeviceUnavailable, match="no CUDA GPU"):
+            load_model(name)
+    monkeypatch.delenv("CLIPSEARCH_DEVICE")
+    with pytest.raises(ModelNotAvailable, match="does not exist"):
+        load_model(str(tmp_path / "no-such-model"))
+
+
+def test_the_device_reaches_each_backend(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """$CLIPSEARCH_DEVICE resolved once, handed to the backend that loads the folder."""
+    import torch
+
+    import clipsearch.models.hf_clip as hf_clip
+    import clipsearch.models.openclip as openclip
+    import clipsearch.models.sbert as sbert
+
+    clear_cache()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("CLIPSEARCH_DEVICE", "auto")
+    seen = []
+    for mod, attr in ((sbert, "load_sbert"), (openclip, "load_open_clip_dir"), (hf_clip, "load_hf_clip")):
+        monkeypatch.setattr(mod, attr, lambda folder, name, device, _a=attr: seen.append((_a, device)) or _a)
+    folders = {"sbert": "modules.json", "openclip": "open_clip_config.json", "hf": "config.json"}
+    for sub, file in folders.items():
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / file).write_text(json.dumps({"model_type": "clip"}))
+    try:
+        for sub in folders:
+            load_model(str(tmp_path / sub))
+        assert seen == [("load_sbert", "cuda"), ("load_open_clip_dir", "cuda"), ("load_hf_clip", "cuda")]
+    finally:
+        clear_cache()

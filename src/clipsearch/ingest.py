@@ -128,7 +128,7 @@ class IndexSummary:
     cells_added: int = 0  # images already stored that were given the grid cells they lacked
     failed_unread: int = 0  # of the failed: unchanged since they failed before, so not read again
     captions_dropped: int = 0  # stored images whose table no longer names them (or is gone): caption cleared
-    prune_kept: dict[str, int] = field(default_factory=dict)  # empty or unlistable folder -> vanished paths under it not pruned
+    prune_kept: dict[str, int] = field(default_factory=dict)  # what seems out of reach (empty or unlistable folder, dangling entry) -> vanished paths under it not pruned
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
     index: str = "exact"  # what happened to the ANN index (see Store.update_index)
@@ -1311,24 +1311,23 @@ class _Run:
 
         Paths elsewhere are left alone: indexing one folder never prunes another (a drive that
         is not plugged in). Nor is a path whose nearest folder still there, the root or one
-        below it, is empty or cannot be listed: that is what an unmounted drive's mount point
-        looks like, wherever it is mounted, and what a folder we may not read looks like (its
-        files only seem gone). Those paths are counted in ``summary.prune_kept`` by that
-        folder; ``clipsearch remove FOLDER`` takes them out on purpose.
+        below it, is empty or cannot be listed, or still lists the next step of the path (a
+        dangling link, an entry we may not reach): that is what an unmounted drive looks like
+        wherever it is mounted, and what a folder we may not read looks like (its files only
+        seem gone). Those paths are counted in ``summary.prune_kept`` by what to remove on
+        purpose with ``clipsearch remove``.
         """
         w = self.w
         candidates = set(w.files) | set(w.path_to_id) | {s for s in w.source_ids if s and s != API_SOURCE}
         gone = []
-        blank: dict[str, bool] = {}  # folder -> empty or unlistable, asked once per folder
-        for root in roots:
-            for path in sorted(p for p in candidates if _is_under(p, root) and not os.path.exists(p)):
-                folder = _nearest_folder(path, root)
-                if folder not in blank:
-                    blank[folder] = _is_empty(folder)
-                if blank[folder]:
-                    self.summary.prune_kept[folder] = self.summary.prune_kept.get(folder, 0) + 1
-                else:
-                    gone.append(path)
+        listings: dict[str, frozenset[str] | None] = {}  # folder -> its entries (None: cannot be listed)
+        for path in sorted(p for p in candidates if any(_is_under(p, r) for r in roots) and not os.path.exists(p)):
+            root = max((r for r in roots if _is_under(path, r)), key=len)  # each path counted once
+            held = _still_held(path, root, listings)
+            if held is None:
+                gone.append(path)
+            else:
+                self.summary.prune_kept[held] = self.summary.prune_kept.get(held, 0) + 1
         self.summary.removed += apply_path_removal(w, gone, prefix=False)
 
 
@@ -1353,21 +1352,27 @@ def _is_under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _nearest_folder(path: str, root: str) -> str:
-    """The deepest folder above ``path``, up to ``root``, that still exists."""
-    folder = os.path.dirname(path)
+def _still_held(path: str, root: str, listings: dict[str, frozenset[str] | None]) -> str | None:
+    """Whether a ``path`` under ``root`` that does not exist may only be out of reach: the
+    folder or entry to blame (empty, unlistable, or listed but not reachable), else ``None``
+    (it is gone). ``listings`` caches folder listings across calls."""
+    child, folder = path, os.path.dirname(path)
     while folder != root and _is_under(folder, root) and not os.path.isdir(folder):
-        folder = os.path.dirname(folder)
-    return folder if _is_under(folder, root) else root
-
-
-def _is_empty(folder: str) -> bool:
-    """No entries, or none that can be listed (then nothing under it is known to be gone)."""
-    try:
-        with os.scandir(folder) as entries:
-            return next(entries, None) is None
-    except OSError:
-        return True
+        child, folder = folder, os.path.dirname(folder)
+    if not _is_under(folder, root):
+        folder = root
+    if folder not in listings:
+        try:
+            with os.scandir(folder) as entries:
+                listings[folder] = frozenset(e.name for e in entries)
+        except OSError:
+            listings[folder] = None
+    names = listings[folder]
+    if not names:  # empty, or cannot be listed
+        return folder
+    if os.path.basename(child) in names:  # there, but neither a folder nor a file we can reach
+        return child
+    return None
 
 
 def _image_meta(meta: dict[str, Any]) -> dict[str, Any]:

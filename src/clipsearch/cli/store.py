@@ -130,8 +130,8 @@ def index(
     err_console.print(f"{counts} ({summary.seconds:.1f} s{rate}{ann}{notes}) -> {st.root}", highlight=False)
     for folder, n in summary.prune_kept.items():
         err_console.print(
-            f"  [yellow]not pruned[/] {n} vanished {'path' if n == 1 else 'paths'} under {escape(folder)}: the folder "
-            f"is empty or unreadable (an unmounted drive?); {escape(f'clipsearch remove {shlex.quote(folder)} --store {shlex.quote(str(st.root))}')} removes them",
+            f"  [yellow]not pruned[/] {n} vanished {'path' if n == 1 else 'paths'} under {escape(folder)}: it "
+            f"is empty or cannot be reached (an unmounted drive?); {escape(f'clipsearch remove {shlex.quote(folder)} --store {shlex.quote(str(st.root))}')} removes them",
             highlight=False,
             markup=True,
         )

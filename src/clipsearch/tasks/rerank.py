@@ -27,16 +27,25 @@ class Reranker:
     name: str
 
 
-def load_reranker(name_or_folder: str | Path, *, device: str = "cpu") -> Reranker:
+def load_reranker(name_or_folder: str | Path, *, device: str | None = None) -> Reranker:
     """Load a cross-encoder from a local folder or the local Hugging Face cache (never downloads).
+
+    Args:
+        name_or_folder: a folder, or a hub id in the local cache.
+        device: torch device (``None``: ``$CLIPSEARCH_DEVICE``, else cpu; see
+            :func:`clipsearch.models.device.resolve_device`).
 
     Raises:
         ModelNotAvailable: not on this machine, or a classifier with more than one output.
+        DeviceUnavailable: a device that is malformed or not on this machine.
     """
     from sentence_transformers import CrossEncoder
 
+    from clipsearch.models.device import resolve_device
     from clipsearch.models.hf_clip import quiet_transformers
     from clipsearch.tasks.reader import local_source
+
+    device = resolve_device(device)
 
     name = str(name_or_folder)
     source = local_source(name, "rerank")

@@ -310,7 +310,10 @@ def _save_checkpoint(model: Any, optimizer: Any, out: Path, state: dict[str, Any
     if tmp.exists():
         shutil.rmtree(tmp)
     save_model(model, tmp, training=state["summary"])
-    torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / OPTIMIZER_FILE)
+    blob = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_initialized():  # dropout on a GPU draws from its own generators
+        blob["cuda_rng"] = torch.cuda.get_rng_state_all()
+    torch.save(blob, tmp / OPTIMIZER_FILE)
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
     final = out / CHECKPOINT_DIR
     old = out / (CHECKPOINT_DIR + ".old")
@@ -456,6 +459,8 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
         blob = torch.load(ckpt / OPTIMIZER_FILE, weights_only=True, map_location="cpu")  # moved to the params' device
         optimizer.load_state_dict(blob["optimizer"])
         torch.set_rng_state(blob["torch_rng"])
+        if "cuda_rng" in blob and str(device).startswith("cuda"):
+            torch.cuda.set_rng_state_all(blob["cuda_rng"])
         start, history, elapsed_before = int(saved["step"]), list(saved["history"]), float(saved.get("elapsed_s", 0.0))
     if start >= steps:
         _log(f"already trained {start} of {steps} steps; nothing to do")
