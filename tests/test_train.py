@@ -560,6 +560,25 @@ def test_recall_at_k_by_hand() -> None:
     assert flat["text_to_image"]["R@1"] == 0.0
 
 
+def test_recall_as_search_re_ranks_text_to_image_by_cells_by_hand() -> None:
+    """Each caption's vector ranks the other image first; the cells put its own first:
+    (vector + 0.25 x best cell) / 1.25 as search scores it."""
+    from clipsearch.train.evaluate import recall_as_search
+
+    img = np.array([[0.6, 0.8], [0.7, 0.714]], dtype=np.float32)
+    txt = np.array([[1, 0], [0, 1]], dtype=np.float32)
+    grids = np.array([[[[1, 0], [1, 0]]], [[[0, 1], [0, 1]]]], dtype=np.float32)  # (2 images, 1 x 2 cells, d)
+    # caption 0: img0 (0.6 + 0.25) / 1.25 = 0.68 > img1 0.7 / 1.25 = 0.56
+    # caption 1: img1 (0.714 + 0.25) / 1.25 = 0.771 > img0 0.8 / 1.25 = 0.64
+    out = recall_as_search(img, txt, ["a", "b"], grids=grids)
+    assert out["ranking"] == "grid re-rank"
+    assert out["text_to_image"]["R@1"] == 1.0 and out["text_to_image_vectors"]["R@1"] == 0.0
+    assert out["image_to_text"]["R@1"] == 0.5  # by vectors: image 1 finds caption 1, image 0 does not
+    plain = recall_as_search(img, txt, ["a", "b"])
+    assert plain["ranking"] == "vectors" and "text_to_image_vectors" not in plain
+    assert plain["text_to_image"] == out["text_to_image_vectors"]
+
+
 # -- data --------------------------------------------------------------------------------------
 def test_read_pairs_csv_and_errors(tmp_path: Path) -> None:
     (tmp_path / "p.csv").write_text("image,caption\nimgs/a.jpg,a cat\n/abs/b.png,a dog\n")
@@ -636,6 +655,9 @@ def test_train_cli_on_a_tiny_world_writes_a_loadable_folder(tmp_path: Path, tiny
         assert (out / name).is_file(), name
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history if "eval" in h] == [2, 3]
+    last = [h["eval"] for h in history if "eval" in h][-1]  # ranked as search ranks a store, vectors beside
+    assert last["ranking"] == "grid re-rank" and set(last["text_to_image_vectors"]) == {"R@1", "R@5", "R@10"}
+    assert "step 3: eval text->image R@1" in result.stderr and "(grid re-rank, as search; vectors alone R@10" in result.stderr
     clear_cache()
     encoder = load_model(str(out))
     vecs = encoder.encode_texts(["a red circle"])

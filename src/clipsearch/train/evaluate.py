@@ -58,6 +58,14 @@ def recall_at_k(
     Returns:
         ``{"n": n, "text_to_image": {"R@1": ..., ...}, "image_to_text": {...}}`` with floats in [0, 1].
     """
+    img, txt = _pair_arrays(image_vecs, text_vecs, captions)
+    return _recall_both_ways(txt @ img.T, relevance(captions, image_keys), ks)
+
+
+def _pair_arrays(
+    image_vecs: npt.ArrayLike, text_vecs: npt.ArrayLike, captions: Sequence[str]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """float32 ``(n, d)`` image and text arrays, one row per caption (ValueError otherwise)."""
     img = np.asarray(image_vecs, dtype=np.float32)
     txt = np.asarray(text_vecs, dtype=np.float32)
     n = len(captions)
@@ -67,7 +75,39 @@ def recall_at_k(
         )
     if n == 0:
         raise ValueError("cannot measure recall on zero pairs")
-    return _recall_both_ways(txt @ img.T, relevance(captions, image_keys), ks)
+    return img, txt
+
+
+def recall_as_search(
+    image_vecs: npt.ArrayLike,
+    text_vecs: npt.ArrayLike,
+    captions: Sequence[str],
+    image_keys: Sequence[str] | None = None,
+    grids: npt.NDArray[np.float32] | None = None,
+) -> dict[str, Any]:
+    """:func:`recall_at_k`, with text -> image ranked as ``clipsearch search`` ranks a store.
+
+    Args:
+        image_vecs, text_vecs, captions, image_keys: as for :func:`recall_at_k`.
+        grids: ``(n, gh, gw, d)`` unit cell vectors of the images, for a model with a grid: the
+            best images by vector are then re-scored by their cells
+            (:func:`clipsearch.train.quality.default_ranking`); ``None``: the vectors alone.
+
+    Returns:
+        :func:`recall_at_k`'s dict plus ``"ranking"`` (``"vectors"`` or ``"grid re-rank"``);
+        re-ranked, ``"text_to_image"`` is the search ranking's recall and
+        ``"text_to_image_vectors"`` the vectors' own.
+    """
+    img, txt = _pair_arrays(image_vecs, text_vecs, captions)
+    sims, rel = txt @ img.T, relevance(captions, image_keys)  # (texts, images)
+    out = _recall_both_ways(sims, rel) | {"ranking": "vectors"}
+    if grids is not None:
+        from clipsearch.train.quality import default_ranking
+
+        out["text_to_image_vectors"] = out["text_to_image"]
+        out["text_to_image"] = recall_from_scores(default_ranking(sims, np.asarray(grids, np.float32), txt), rel)
+        out["ranking"] = "grid re-rank"
+    return out
 
 
 def _recall_both_ways(
@@ -142,16 +182,8 @@ def evaluate_retrieval(
         raise ValueError(f"model {encoder.name!r} has no grid of cell embeddings to rerank with")
     rerank = has_grid if rerank is None else rerank
     image_vecs, grids = _encode_images(encoder, pixels, batch_size, grids=rerank)
-    text_vecs = np.asarray(encoder.encode_texts(captions, batch_size=batch_size), dtype=np.float32)
-    sims, rel = text_vecs @ image_vecs.T, relevance(captions, keys)  # (texts, images)
-    out = _recall_both_ways(sims, rel) | {"skipped": skipped, "ranking": "vectors"}
-    if grids is not None:
-        from clipsearch.train.quality import default_ranking
-
-        out["text_to_image_vectors"] = out["text_to_image"]
-        out["text_to_image"] = recall_from_scores(default_ranking(sims, grids, text_vecs), rel)
-        out["ranking"] = "grid re-rank"
-    return out
+    text_vecs = encoder.encode_texts(captions, batch_size=batch_size)
+    return recall_as_search(image_vecs, text_vecs, captions, keys, grids) | {"skipped": skipped}
 
 
 def _encode_images(

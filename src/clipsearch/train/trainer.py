@@ -266,20 +266,31 @@ def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _embed_eval(model: Any, pixels: np.ndarray, captions: list[str], batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def _embed_eval(
+    model: Any, pixels: np.ndarray, captions: list[str], batch: int = 256
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(n, d)`` unit image and caption vectors and, for a model with a grid, the images'
+    ``(n, gh, gw, d)`` unit cells (else ``None``), from one pass over the images."""
     import torch
 
+    grid = hasattr(model, "encode_image_with_grid")
     was_training = model.training
     model.eval()
+    imgs, cells = [], []
     with torch.inference_mode():
-        img = torch.cat(
-            [model.encode_image(torch.from_numpy(pixels[i : i + batch]).to(model.device)) for i in range(0, len(pixels), batch)]
-        )
+        for i in range(0, len(pixels), batch):
+            x = torch.from_numpy(pixels[i : i + batch]).to(model.device)
+            if grid:
+                v, c = model.encode_image_with_grid(x)
+                cells.append(c.float().cpu().numpy())
+            else:
+                v = model.encode_image(x)
+            imgs.append(v.float().cpu().numpy())
         txt = torch.cat(
             [model.encode_text(model.text_inputs(captions[i : i + batch])) for i in range(0, len(captions), batch)]
         )
     model.train(was_training)
-    return img.float().cpu().numpy(), txt.float().cpu().numpy()
+    return np.concatenate(imgs), txt.float().cpu().numpy(), (np.concatenate(cells) if grid else None)
 
 
 class _EvalSet:
@@ -294,10 +305,12 @@ class _EvalSet:
             self.pixels, self.captions, self.keys = pairs_eval_set(read_pairs(opts.eval_pairs), preprocess)
 
     def run(self, model: Any) -> dict[str, Any]:
-        from clipsearch.train.evaluate import recall_at_k
+        """Recall both ways; text -> image ranked as search ranks a store (see
+        :func:`~clipsearch.train.evaluate.recall_as_search`)."""
+        from clipsearch.train.evaluate import recall_as_search
 
-        img, txt = _embed_eval(model, self.pixels, self.captions)
-        return recall_at_k(img, txt, self.captions, self.keys)
+        img, txt, grids = _embed_eval(model, self.pixels, self.captions)
+        return recall_as_search(img, txt, self.captions, self.keys, grids)
 
 
 def _save_checkpoint(model: Any, optimizer: Any, out: Path, state: dict[str, Any]) -> None:
@@ -513,8 +526,10 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
         last_eval = eval_set.run(model)
         history.append({"step": step, "eval": last_eval})
         t2i, i2t = last_eval["text_to_image"], last_eval["image_to_text"]
+        vectors = last_eval.get("text_to_image_vectors")
+        how = f" (grid re-rank, as search; vectors alone R@10 {vectors['R@10']:.3f})" if vectors else ""
         _log(
-            f"step {step}: eval (vectors alone) text->image R@1 {t2i['R@1']:.3f} R@5 {t2i['R@5']:.3f} R@10 {t2i['R@10']:.3f} | "
+            f"step {step}: eval text->image R@1 {t2i['R@1']:.3f} R@5 {t2i['R@5']:.3f} R@10 {t2i['R@10']:.3f}{how} | "
             f"image->text R@1 {i2t['R@1']:.3f} R@5 {i2t['R@5']:.3f} R@10 {i2t['R@10']:.3f}"
         )
 
