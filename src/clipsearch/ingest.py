@@ -1321,9 +1321,11 @@ class _Run:
         candidates = set(w.files) | set(w.path_to_id) | {s for s in w.source_ids if s and s != API_SOURCE}
         gone = []
         listings: dict[str, frozenset[str] | None] = {}  # folder -> its entries (None: cannot be listed)
-        for path in sorted(p for p in candidates if any(_is_under(p, r) for r in roots) and not os.path.exists(p)):
-            root = max((r for r in roots if _is_under(path, r)), key=len)  # each path counted once
-            held = _still_held(path, root, listings)
+        for path in sorted(candidates):
+            owners = [r for r in roots if _is_under(path, r)]
+            if not owners or os.path.exists(path):
+                continue
+            held = _still_held(path, max(owners, key=len), listings)  # the deepest root: each path counted once
             if held is None:
                 gone.append(path)
             else:

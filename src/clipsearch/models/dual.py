@@ -23,11 +23,10 @@ Folder layout (kind "dual")::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -641,25 +640,11 @@ def save_model(model: Any, folder: str | Path, *, training: dict[str, Any] | Non
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with _hf_bars_in_a_terminal_only():
+    from clipsearch.models.hf_clip import quiet_transformers
+
+    with quiet_transformers(quiet=not sys.stderr.isatty()):  # a shard bar in a terminal; none in a log
         _write_model(model, folder, training)
     return folder
-
-
-@contextlib.contextmanager
-def _hf_bars_in_a_terminal_only() -> Iterator[None]:
-    """transformers' "Writing model shards" bar, only when stderr is a terminal (no carriage
-    returns in a log)."""
-    from transformers.utils import logging as hf_logging
-
-    was_on = hf_logging.is_progress_bar_enabled()
-    if was_on and not sys.stderr.isatty():
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_on:
-            hf_logging.enable_progress_bar()
 
 
 def _write_model(model: Any, folder: Path, training: dict[str, Any] | None) -> None:

@@ -190,12 +190,14 @@ def _triple(v: Any) -> tuple[float, float, float]:
 
 
 @contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Hide transformers' "Loading weights" progress bars while loading, then restore the setting."""
+def quiet_transformers(quiet: bool = True) -> Iterator[None]:
+    """Hide transformers' progress bars ("Loading weights", "Writing model shards") inside the
+    block when ``quiet``, then restore the setting."""
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    if quiet:
+        hf_logging.disable_progress_bar()
     try:
         yield
     finally:

@@ -195,4 +195,4 @@ def _encode_images(
         v, g = encode_pixels(encoder, pixels[i : i + batch_size], grid=grids)
         vecs.append(v)
         cells.append(g)
-    return np.concatenate(vecs).astype(np.float32, copy=False), (np.concatenate(cells) if grids else None)
+    return np.concatenate(vecs), (np.concatenate(cells) if grids else None)

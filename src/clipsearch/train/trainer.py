@@ -116,10 +116,9 @@ def _log(message: str) -> None:
 
 
 def _resolve_defaults(opts: TrainOptions) -> TrainOptions:
+    from clipsearch.models.device import resolve_device
     from clipsearch.models.dual import DEFAULT_IMAGE_SIZE, IMAGE_TOWERS
     from clipsearch.train.data import DEMO_WORLD, TWIN_KINDS
-
-    from clipsearch.models.device import resolve_device
 
     if opts.image_tower not in IMAGE_TOWERS:
         raise ValueError(f"unknown image tower {opts.image_tower!r}; use one of {', '.join(IMAGE_TOWERS)}")
@@ -406,6 +405,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
 
     opts = _resolve_defaults(opts)
     device = opts.device  # resolved by _resolve_defaults
+    bars = opts.progress and sys.stderr.isatty()  # bars in a terminal; in a log, a line per logged window
     if opts.workers:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer must not run threads across fork
     out = Path(opts.out).expanduser()
@@ -461,7 +461,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
         texts += object_query_texts() if opts.object_queries else []
         if texts:
             t0 = time.perf_counter()
-            model.precompute_text(texts, progress=opts.progress and sys.stderr.isatty())
+            model.precompute_text(texts, progress=bars)
             _log(f"cached text tower states for {len(texts)} captions in {time.perf_counter() - t0:.0f} s")
 
     eval_set = _EvalSet(opts, preprocess) if opts.eval_pairs else None
@@ -508,7 +508,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
             entry["object_attention"] = float(np.mean(attention_window))
         history.append(entry)
         window, attention_window = [], []
-        if opts.progress and bar.disable:  # no bar outside a terminal: a plain line in the log instead
+        if opts.progress and not bars:
             _log(f"step {step} of {steps}: loss {entry['loss']:.4f}, temperature {1 / entry['logit_scale']:.4f}, {rate:.0f} img/s")
 
     def checkpoint() -> None:
@@ -533,10 +533,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
             f"image->text R@1 {i2t['R@1']:.3f} R@5 {i2t['R@5']:.3f} R@10 {i2t['R@10']:.3f}"
         )
 
-    bar = tqdm(  # a bar in a terminal; no carriage returns in a log (log_window writes lines there)
-        total=steps, initial=start, unit="step", disable=not (opts.progress and sys.stderr.isatty()), file=sys.stderr,
-        dynamic_ncols=True,
-    )  # fmt: skip
+    bar = tqdm(total=steps, initial=start, unit="step", disable=not bars, file=sys.stderr, dynamic_ncols=True)
     model.train()
     batches = iterate_batches(source, start, steps, opts.workers)
     t_seen = time.perf_counter()
