@@ -57,30 +57,6 @@ def load_encoder(model: str | None, weights: str | None = None):
         return load_model(name, weights=weights)
 
 
-def progress_bar(total: int, description: str):
-    """A Rich progress bar on stderr with rate and ETA; disabled for short runs."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    from clipsearch.progress import RateColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-        disable=total < 16,
-    )
-
-
 ModelOption = Annotated[
     str | None,
     typer.Option(

@@ -18,8 +18,8 @@ from clipsearch.cli.common import (
     fail,
     handle_errors,
     load_encoder,
-    progress_bar,
 )
+from clipsearch.cli.progress import progress_bar
 
 
 @handle_errors

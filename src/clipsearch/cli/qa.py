@@ -128,7 +128,7 @@ def evaluate_qa_cmd(
 
     A retrieved passage is right when its record id equals "context_id" (when given), else when it contains one of the answers (SQuAD normalisation: case, punctuation and articles ignored).
     """
-    from clipsearch.cli.common import progress_bar
+    from clipsearch.cli.progress import progress_bar
     from clipsearch.tasks.qa import evaluate_qa, load_qa_examples
 
     if not file.is_file():

@@ -24,8 +24,8 @@ from clipsearch.cli.common import (
     fail,
     handle_errors,
     load_encoder,
-    progress_bar,
 )
+from clipsearch.cli.progress import progress_bar
 
 LabelsOption = Annotated[
     str | None,
