@@ -90,7 +90,7 @@ def make_photos(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> l
 
 def bench_indexing(encoder, n: int, size: tuple[int, int], workers: int, batch_size: int, tmp: Path) -> None:
     from clipsearch.images import load_image
-    from clipsearch.store import open_store
+    from clipsearch.collection import open_store
 
     log(f"[index] writing {n} JPEGs of {size[0]}x{size[1]} ...")
     photos = make_photos(tmp / "photos", n, size)
@@ -151,7 +151,7 @@ def percentiles(times: list[float]) -> tuple[float, float]:
 
 def bench_search(n: int, dim: int, n_clusters: int, n_queries: int, tmp: Path) -> None:
     from clipsearch.models.base import Encoder, ModelInfo
-    from clipsearch.store import open_store
+    from clipsearch.collection import open_store
     from clipsearch.store.ann import top_k
 
     class VectorsOnly(Encoder):  # the store needs a model name and dimension, nothing else here

@@ -50,7 +50,7 @@ def main() -> None:
 
     from clipsearch.models.registry import load_model
     from clipsearch.search import DEFAULT_CELL_WEIGHT, DEFAULT_RERANK, query_vector, rerank_by_grid
-    from clipsearch.store import open_store
+    from clipsearch.collection import open_store
     from clipsearch.train import demo_world as dw
 
     encoder = load_model("demo")
@@ -83,7 +83,7 @@ def main() -> None:
             store.search(text, k=10, modality="image")
 
         def reread(text: str):
-            q = query_vector(store, text)
+            q = query_vector(store.store, store.encoder, text)
             hits = store.hits_at(store.nearest(q, DEFAULT_RERANK, modality="image"))
             return rerank_by_grid(encoder, hits, q, cell_weight=DEFAULT_CELL_WEIGHT)[:10]
 

@@ -79,7 +79,7 @@ def test_caption_keeps_bad_images_in_place(tmp_path):
 
 
 def test_caption_from_a_store(tmp_path):
-    from clipsearch.store import open_store
+    from clipsearch.collection import open_store
 
     enc = ColourEncoder()
     store = open_store(tmp_path / "store", model=enc)
@@ -249,7 +249,7 @@ def test_caption_and_moderate_with_a_tiny_open_clip(tiny_open_clip):
 def test_cli_caption_from_a_store(tiny_hf_clip, tmp_path):
     """`caption --store` captions with the store's own model and its text items."""
     from clipsearch.cli.main import app
-    from clipsearch.store import open_store
+    from clipsearch.collection import open_store
 
     store_dir = tmp_path / "store"
     store = open_store(store_dir, model=str(tiny_hf_clip))

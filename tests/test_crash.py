@@ -23,7 +23,7 @@ import numpy as np
 from test_search import StoredGridFakeEncoder
 from test_store import solid_image
 
-from clipsearch.store import open_store
+from clipsearch.collection import open_store
 
 TESTS = Path(__file__).resolve().parent
 

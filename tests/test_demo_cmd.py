@@ -57,7 +57,7 @@ def test_demo_no_serve_in_a_temp_folder(tmp_path: Path):
     weight_zero = json.loads(proc.stdout)
     # with neither option the store's cells re-score the best 20 at weight 0.25 (in-process: the
     # same library the CLI calls, without two more model loads)
-    from clipsearch.store import open_store
+    from clipsearch.collection import open_store
 
     store = open_store(folder / "store")
     assert store.has_cells and store.stats()["cells"] == 60
@@ -100,7 +100,7 @@ def test_demo_searches_find_what_they_ask_for(tmp_path: Path):
 
 def test_demo_takes_out_the_captions_table_older_demos_indexed(tmp_path: Path):
     from clipsearch.demo import run_demo
-    from clipsearch.store import open_store
+    from clipsearch.collection import open_store
     from clipsearch.train.demo_world import generate_world
 
     # a demo folder as older demos left it: the gallery, and a store of captions.jsonl only

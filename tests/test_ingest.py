@@ -13,7 +13,7 @@ from PIL import Image
 import pytest
 from test_store import FakeEncoder, solid_image
 
-from clipsearch.store import open_store
+from clipsearch.collection import open_store
 
 HOSTILE = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "images" / "hostile"
 
@@ -230,7 +230,7 @@ def test_prune_keeps_what_an_unlistable_folder_held(
 ) -> None:
     """A folder we may not list (its files only seem gone) keeps its paths. Tests run as root,
     where chmod binds nothing, so listing that folder is made to fail instead."""
-    import clipsearch.ingest as ingest
+    import clipsearch.ingest.plan as plan
 
     photos = photo_folder(tmp_path / "photos", n=4)
     store = open_store(tmp_path / "store", model=enc)
@@ -245,7 +245,7 @@ def test_prune_keeps_what_an_unlistable_folder_held(
             raise PermissionError(13, "Permission denied", str(path))
         return real_scandir(path)
 
-    monkeypatch.setattr(ingest.os, "scandir", scandir)
+    monkeypatch.setattr(plan.os, "scandir", scandir)
     s = store.add([photos], workers=0, prune=True)
     assert s.prune_kept == {str(photos / "sub"): 2} and s.removed == 0 and len(store) == 4
 
@@ -537,10 +537,10 @@ def _crash_on_boom(original):
 
 @pytest.mark.filterwarnings("ignore:lance is not fork-safe", "ignore:lancedb fork support is experimental")
 def test_a_crashing_decoder_costs_only_its_file(tmp_path: Path, enc: FakeEncoder, monkeypatch) -> None:
-    import clipsearch.ingest as ingest
+    import clipsearch.ingest.decode as decode
 
     monkeypatch.setenv("CLIPSEARCH_MP_CONTEXT", "fork")  # forked workers inherit the patched decoder
-    monkeypatch.setattr(ingest, "prepare_image", _crash_on_boom(ingest.prepare_image))
+    monkeypatch.setattr(decode, "prepare_image", _crash_on_boom(decode.prepare_image))
     photos = photo_folder(tmp_path / "photos", n=6)
     solid_image(photos / "boom.png", "red")
     store = open_store(tmp_path / "store", model=enc)

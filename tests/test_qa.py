@@ -335,7 +335,7 @@ def test_load_qa_examples_and_its_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def minilm_store(tmp_path_factory, minilm):
-    from clipsearch.store import open_store
+    from clipsearch.collection import open_store
 
     root = tmp_path_factory.mktemp("qa-store")
     docs = root / "docs"
@@ -445,7 +445,7 @@ def test_evaluate_qa_cli(minilm_store, models, tmp_path):
 
 
 def test_store_retriever_with_tiny_dpr_and_reembedding(tmp_path, models, minilm_store):
-    from clipsearch.store import open_store
+    from clipsearch.collection import open_store
 
     dpr = load_dpr(str(models["dpr"]))
     document = f"{SYDNEY}\n\n{PARIS}\n\n{LONG}\n"

@@ -282,7 +282,7 @@ def test_cli_prints_json_and_a_table(tiny_encoder) -> None:
 def test_evaluate_retrieval_ranks_text_to_image_as_search_does(tiny_encoder, tmp_path: Path) -> None:
     import json
 
-    from clipsearch.store import open_store
+    from clipsearch.collection import open_store
     from clipsearch.train.demo_world import generate_world
     from clipsearch.train.evaluate import evaluate_retrieval
 

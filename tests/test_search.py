@@ -12,7 +12,7 @@ import pytest
 from test_store import FakeEncoder, solid_image
 
 from clipsearch.search import Query, Term, compose, parse_query
-from clipsearch.store import open_store
+from clipsearch.collection import open_store
 
 
 @pytest.fixture(autouse=True)
@@ -160,7 +160,7 @@ def test_composed_query_scores_are_cosines_with_the_composed_vector(store, corpu
     red_vec = store.get(store.search(red, k=1)[0].id, with_vector=True).vector
     green, blue = enc.encode_texts(["green", "blue"])
     expected = compose(np.stack([green, red_vec, blue]), [2.0, 1.0, -1.0])
-    np.testing.assert_allclose(query_vector(store, q), expected, atol=1e-6)
+    np.testing.assert_allclose(query_vector(store.store, store.encoder, q), expected, atol=1e-6)
     hits = store.search(q, k=9)
     vectors = {r["id"]: np.asarray(r["vector"]) for r in store.to_arrow(["id", "vector"]).to_pylist()}
     for h in hits:

@@ -77,7 +77,7 @@ def make_collection(folder: Path) -> Path:
 
 def build_store(model: Path, root: Path, collection: Path):
     """A store at ``root`` holding ``collection``, embedded with the model folder ``model``."""
-    from clipsearch.store import open_store
+    from clipsearch.collection import open_store
 
     store = open_store(root, model=str(model))
     summary = store.add([collection], workers=0)
@@ -527,7 +527,7 @@ def test_private_mode_guards_every_api_route(store) -> None:
 
 
 def test_searches_keep_working_while_indexing_runs(fresh_store, tmp_path: Path) -> None:
-    from clipsearch.store import open_store
+    from clipsearch.collection import open_store
 
     client = client_for(create_app(fresh_store))
     more = tmp_path / "more"

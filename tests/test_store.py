@@ -141,7 +141,8 @@ def put_vectors(store, vectors: np.ndarray, *, modality: str = "image", prefix: 
 
 
 def test_new_store_records_model_dim_and_schema(store_dir: Path, enc: FakeEncoder) -> None:
-    from clipsearch.store import SCHEMA_VERSION, open_store
+    from clipsearch.collection import open_store
+    from clipsearch.store import SCHEMA_VERSION
 
     store = open_store(store_dir, model=enc)
     meta = json.loads((store_dir / "meta.json").read_text())
@@ -152,7 +153,7 @@ def test_new_store_records_model_dim_and_schema(store_dir: Path, enc: FakeEncode
 
 def test_other_model_is_refused(store_dir: Path) -> None:
     from clipsearch.errors import StoreError
-    from clipsearch.store import open_store
+    from clipsearch.collection import open_store
 
     open_store(store_dir, model=FakeEncoder("model-a"))
     msg = f"store {store_dir} was built with model model-a; use --model model-a or a new --store"
@@ -165,7 +166,7 @@ def test_other_model_is_refused(store_dir: Path) -> None:
 
 def test_newer_schema_is_refused_and_left_untouched(store_dir: Path, enc: FakeEncoder) -> None:
     from clipsearch.errors import StoreError
-    from clipsearch.store import open_store
+    from clipsearch.collection import open_store
 
     open_store(store_dir, model=enc)
     meta = json.loads((store_dir / "meta.json").read_text())
@@ -180,7 +181,7 @@ def test_newer_schema_is_refused_and_left_untouched(store_dir: Path, enc: FakeEn
 
 def test_missing_store_and_non_store_folders(tmp_path: Path, enc: FakeEncoder) -> None:
     from clipsearch.errors import StoreError
-    from clipsearch.store import open_store
+    from clipsearch.collection import open_store
 
     missing = tmp_path / "nope"
     with pytest.raises(
@@ -205,7 +206,8 @@ def test_missing_store_and_non_store_folders(tmp_path: Path, enc: FakeEncoder) -
 
 
 def test_file_uri_and_env_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, enc: FakeEncoder) -> None:
-    from clipsearch.store import default_store_path, open_store
+    from clipsearch.collection import open_store
+    from clipsearch.store import default_store_path
 
     store = open_store(f"file://{tmp_path}/a", model=enc)
     assert store.root == tmp_path / "a"
@@ -216,7 +218,7 @@ def test_file_uri_and_env_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_dimension_mismatch_is_refused(store_dir: Path) -> None:
     from clipsearch.errors import StoreError
-    from clipsearch.store import open_store
+    from clipsearch.collection import open_store
 
     open_store(store_dir, model=FakeEncoder("m"))
     other = FakeEncoder("m")
@@ -229,7 +231,7 @@ def test_dimension_mismatch_is_refused(store_dir: Path) -> None:
 
 def test_one_writer_at_a_time(store_dir: Path, enc: FakeEncoder) -> None:
     from clipsearch.errors import StoreError
-    from clipsearch.store import open_store
+    from clipsearch.collection import open_store
 
     a = open_store(store_dir, model=enc)
     b = open_store(store_dir, model=enc)
@@ -246,7 +248,7 @@ def test_one_writer_at_a_time(store_dir: Path, enc: FakeEncoder) -> None:
 
 def test_get_remove_and_stats(store_dir: Path, enc: FakeEncoder, tmp_path: Path) -> None:
     from clipsearch.errors import StoreError
-    from clipsearch.store import open_store
+    from clipsearch.collection import open_store
 
     store = open_store(store_dir, model=enc)
     red = solid_image(tmp_path / "pics" / "red.png", "red")
@@ -292,7 +294,7 @@ def test_glob_to_regex() -> None:
 
 
 def test_exact_search_matches_numpy(store_dir: Path) -> None:
-    from clipsearch.store import open_store
+    from clipsearch.collection import open_store
 
     rng = np.random.default_rng(1)
     store = open_store(store_dir, model=FakeEncoder())
@@ -310,7 +312,7 @@ def test_exact_search_matches_numpy(store_dir: Path) -> None:
 def test_ann_index_recall_tail_and_deletions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """At reduced size (6k rows, threshold 3k): recall@10 >= 0.95 on clustered vectors, rows added
     after the build are found, deleted rows never come back, filters still hold."""
-    from clipsearch.store import open_store
+    from clipsearch.collection import open_store
 
     rng = np.random.default_rng(0)
     dim = 32
@@ -358,7 +360,7 @@ def test_ann_index_recall_tail_and_deletions(tmp_path: Path, monkeypatch: pytest
 
 def test_hits_come_from_the_snapshot_that_was_searched(store_dir: Path) -> None:
     """A write landing between nearest() and hits_at() (another thread) must not shift the rows."""
-    from clipsearch.store import open_store
+    from clipsearch.collection import open_store
 
     rng = np.random.default_rng(3)
     store = open_store(store_dir, model=FakeEncoder())
@@ -373,7 +375,7 @@ def test_hits_come_from_the_snapshot_that_was_searched(store_dir: Path) -> None:
 def test_threads_sharing_a_store_take_turns_writing(store_dir: Path) -> None:
     import threading
 
-    from clipsearch.store import open_store
+    from clipsearch.collection import open_store
 
     store = open_store(store_dir, model=FakeEncoder())
     inside, overlaps = [0], []

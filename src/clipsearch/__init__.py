@@ -25,7 +25,8 @@ _EXPORTS = {
     "load_image": "clipsearch.images",
     "similarity_table": "clipsearch.similarity",
     "embed_inputs": "clipsearch.embed",
-    "open_store": "clipsearch.store",
+    "open_store": "clipsearch.collection",
+    "Collection": "clipsearch.collection",
     "Store": "clipsearch.store",
     "classify": "clipsearch.tasks",
     "evaluate_classification": "clipsearch.tasks",
@@ -40,6 +41,7 @@ _EXPORTS = {
 
 __all__ = [
     "ClipsearchError",
+    "Collection",
     "Encoder",
     "ImageRefused",
     "ModelInfo",
@@ -68,7 +70,8 @@ if TYPE_CHECKING:
     from clipsearch.models.base import Encoder, ModelInfo, Preprocess, cosine_similarity
     from clipsearch.models.registry import load_model
     from clipsearch.similarity import similarity_table
-    from clipsearch.store import Store, open_store
+    from clipsearch.collection import Collection, open_store
+    from clipsearch.store import Store
     from clipsearch.tasks import caption, classify, evaluate_classification, localize, moderate
     from clipsearch.tasks.qa import ask
 

@@ -66,7 +66,7 @@ def run_demo(
     """
     from clipsearch.errors import StoreError
     from clipsearch.models.registry import load_model
-    from clipsearch.store import open_store
+    from clipsearch.collection import open_store
     from clipsearch.train.demo_world import generate_world
 
     folder = Path(folder).resolve()
@@ -88,7 +88,7 @@ def run_demo(
         legacy.unlink()
     # each scene's record captions its image (and with both=True is a text item too); the
     # generator's truth (objects, background) is kept in the items' extra
-    summary = store.add([gallery / "metadata.jsonl"], both=True, progress=progress)
+    summary = store.add([gallery / "metadata.jsonl"], both=True)
     report = DemoReport(folder, gallery, store_dir, encoder.name, summary.to_dict())
 
     records = [json.loads(line) for line in (gallery / "metadata.jsonl").read_text().splitlines()]

@@ -25,7 +25,8 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
-    from clipsearch.store.lance_store import Hit, Store
+    from clipsearch.models.base import Encoder
+    from clipsearch.store import Hit, Store
 
 TermKind = Literal["text", "image", "item", "vector", "pil"]
 OPERATORS = ("+", "-")
@@ -178,22 +179,24 @@ def compose(vectors: npt.ArrayLike, weights: Sequence[float]) -> npt.NDArray[np.
     return (total / length).astype(np.float32)
 
 
-def term_vectors(store: Store, query: Query) -> npt.NDArray[np.float32]:
-    """The unit vector of each term ``(len(query.terms), dim)``, texts embedded in one batch."""
+def term_vectors(store: Store, encoder: Encoder, query: Query) -> npt.NDArray[np.float32]:
+    """The unit vector of each term ``(len(query.terms), dim)``, texts embedded in one batch.
+
+    ``encoder`` is the store's model (a :class:`~clipsearch.models.lazy.LazyEncoder` is loaded
+    only for a term that needs it: a text or an image, not a stored item or a vector)."""
     from clipsearch.errors import StoreError
 
     out = np.zeros((len(query.terms), store.dim), np.float32)
     texts = [(i, t) for i, t in enumerate(query.terms) if t.kind == "text"]
     if texts:
-        vecs = store.encoder.encode_texts([t.value for _, t in texts], role="query")
+        vecs = encoder.encode_texts([t.value for _, t in texts], role="query")
         for (i, _), v in zip(texts, vecs):
             out[i] = v
     for i, t in enumerate(query.terms):
         if t.kind == "image":
-            out[i] = embed_image_file(store, t.value)
+            out[i] = embed_image_file(encoder, t.value)
         elif t.kind == "pil":
-            enc = store.encoder
-            out[i] = enc.encode_pixel_values(enc.preprocess_images([t.value.convert("RGB")]))[0]
+            out[i] = encoder.encode_pixel_values(encoder.preprocess_images([t.value.convert("RGB")]))[0]
         elif t.kind == "item":
             item = store.get(str(t.value), with_vector=True)
             if item is None or item.vector is None:
@@ -207,18 +210,22 @@ def term_vectors(store: Store, query: Query) -> npt.NDArray[np.float32]:
     return out
 
 
-def embed_image_file(store: Store, path: str | os.PathLike[str]) -> npt.NDArray[np.float32]:
-    """An image file's unit vector ``(dim,)``, decoded exactly as indexing decodes it."""
-    from clipsearch.errors import ImageRefused
-    from clipsearch.ingest import prepare_image
+def embed_image_file(encoder: Encoder, path: str | os.PathLike[str]) -> npt.NDArray[np.float32]:
+    """An image file's unit vector ``(dim,)``, decoded as indexing decodes it (the safe loader,
+    with JPEG draft to the model's input size, then the model's preprocessing).
 
-    enc = store.encoder
-    if not enc.supports("image"):
-        raise ValueError(f"model {enc.name!r} embeds text only; it cannot embed the image {os.fspath(path)}")
-    prep = prepare_image(os.fspath(path), enc.info.preprocess, known_ids=frozenset())
-    if prep.error is not None or prep.pixels is None:
-        raise ImageRefused(os.fspath(path), prep.error or "cannot be decoded")
-    return enc.encode_pixel_values(prep.pixels[None])[0]
+    Raises:
+        ImageRefused: the file cannot be read or decoded.
+        ValueError: the model embeds text only.
+    """
+    from clipsearch.images import load_image
+    from clipsearch.models.preprocess import to_pixel_values
+
+    if not encoder.supports("image"):
+        raise ValueError(f"model {encoder.name!r} embeds text only; it cannot embed the image {os.fspath(path)}")
+    pre = encoder.info.preprocess
+    pixels = to_pixel_values(load_image(os.fspath(path), draft=pre.crop), pre)
+    return encoder.encode_pixel_values(pixels[None])[0]
 
 
 def as_query(query: Any) -> Query:
@@ -246,10 +253,10 @@ def as_query(query: Any) -> Query:
     raise TypeError(f"cannot search for a {type(query).__name__}; give a str, Path, PIL image, vector or Query")
 
 
-def query_vector(store: Store, query: Any) -> npt.NDArray[np.float32]:
+def query_vector(store: Store, encoder: Encoder, query: Any) -> npt.NDArray[np.float32]:
     """The unit ``(dim,)`` vector that :func:`search_store` searches with."""
     q = as_query(query)
-    return compose(term_vectors(store, q), [t.weight for t in q.terms])
+    return compose(term_vectors(store, encoder, q), [t.weight for t in q.terms])
 
 
 DEFAULT_RERANK = 20
@@ -265,6 +272,7 @@ Weight 1 finds one object among several best (P@5 0.94) but ranks whole captions
 
 def search_store(
     store: Store,
+    encoder: Encoder,
     query: Any,
     *,
     k: int = 10,
@@ -276,7 +284,35 @@ def search_store(
     rerank: int | None = None,
     cell_weight: float | None = None,
 ) -> list[Hit]:
-    """Search ``store``; see :meth:`clipsearch.store.Store.search` for the arguments."""
+    """The ``k`` items of ``store`` most similar to ``query``, best first.
+
+    Args:
+        store: the store to search.
+        encoder: its model (embeds text and image terms; its grid re-ranks images).
+        query: a text (``str``), an image (``pathlib.Path`` or ``PIL.Image``), a unit vector
+            ``(dim,)``, or a composed :class:`Query` (see :func:`parse_query` for
+            ``"2:dog" + snow.jpg - grass``).
+        k: results wanted.
+        modality: "image", "text" or "any".
+        where: SQL filter on metadata columns, e.g. ``"label = 'cat' AND width >= 640"``.
+        path_glob: keep items whose path (or another path of the same bytes) matches this
+            shell pattern; ``*`` also crosses ``/``.
+        min_score: drop results whose score is below this.
+        exact: scan every vector even when an ANN index exists.
+        rerank: re-score the best ``max(k, rerank)`` images by their best-matching grid cell
+            as well (:func:`clipsearch.similarity.grid_scores`): finds one object among several
+            more precisely. Needs a model with a grid; 0 turns it off. Given (> 0) with
+            ``modality="any"``, the search is of images: only they have cells. ``None`` (the
+            default): :data:`DEFAULT_RERANK` when the store kept grid cells at indexing (models
+            with a grid do), else off.
+        cell_weight: how much the best cell counts beside the vector when re-scoring (default
+            :data:`DEFAULT_CELL_WEIGHT`, which helps whole captions and single objects alike;
+            1 finds one object among several best).
+
+    Returns:
+        Up to ``k`` :class:`~clipsearch.store.Hit` objects; fewer when filters or ``min_score``
+        leave fewer.
+    """
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be a positive whole number, got {k!r}")
     if min_score is not None and not (-1.0 <= float(min_score) <= 1.0):
@@ -292,29 +328,29 @@ def search_store(
         )
     if rerank and modality == "any":
         modality = "image"  # an explicit re-rank is asked of images (CLI, server and library alike)
-    if rerank and not has_grid(store.encoder):
+    if rerank and not has_grid(encoder):
         raise ValueError(
-            f"rerank: model {store.encoder.name!r} has no grid of cell embeddings to rerank with; "
+            f"rerank: model {encoder.name!r} has no grid of cell embeddings to rerank with; "
             "the demo model and dual encoders from `clipsearch train` have one"
         )
-    depth = default_rerank(store, modality) if rerank is None else rerank
-    q = query_vector(store, query)
+    depth = default_rerank(store, encoder, modality) if rerank is None else rerank
+    q = query_vector(store, encoder, query)
     found = store.nearest(q, max(k, depth), modality=modality, where=where, path_glob=path_glob, exact=exact)
     hits = store.hits_at(found)
     if depth:
         stored = store.cells([h.id for h in hits if h.modality == "image"])
-        hits = rerank_by_grid(store.encoder, hits, q, cell_weight=weight, stored=stored)[:k]
+        hits = rerank_by_grid(encoder, hits, q, cell_weight=weight, stored=stored)[:k]
     if min_score is not None:
         hits = [h for h in hits if h.score >= float(min_score)]
     return hits
 
 
-def default_rerank(store: Store, modality: str = "any") -> int:
+def default_rerank(store: Store, encoder: Encoder, modality: str = "any") -> int:
     """How many images a search re-scores by grid cells when it does not say: :data:`DEFAULT_RERANK`
     for a store that keeps cells (indexed with a model that has a grid), else 0."""
     if modality == "text" or not store.has_cells:
         return 0
-    return DEFAULT_RERANK if has_grid(store.encoder) else 0
+    return DEFAULT_RERANK if has_grid(encoder) else 0
 
 
 def has_grid(encoder: Any) -> bool:

@@ -89,7 +89,8 @@ def serve(
     if token is not None and len(token) < MIN_TOKEN_CHARS:
         err_console.print(f"[yellow]warning:[/] the token has {len(token)} characters; use at least {MIN_TOKEN_CHARS} random ones")
 
-    from clipsearch.store import open_store, resolve_store_uri
+    from clipsearch.collection import open_store
+    from clipsearch.store import resolve_store_uri
 
     st = open_store(resolve_store_uri(store), create=False)
     with err_console.status(f"loading model {st.model_name} ...", spinner="dots"):

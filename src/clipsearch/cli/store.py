@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -12,35 +13,26 @@ import typer
 from rich.markup import escape
 
 from clipsearch.cli.common import (
-    DEFAULT_MODEL_ENV,
     JsonOption,
     ModelOption,
     StoreOption,
     WeightsOption,
     console,
-    default_model,
     err_console,
     fail,
     handle_errors,
 )
 
 
-def _open(
-    store: str | None, model: str | None = None, weights: str | None = None, *, create: bool, text_only: bool = False
-):
-    """Open the store; a new one is created with ``model``, else the default model (``minilm``
-    for a store built from text alone, unless $CLIPSEARCH_MODEL says otherwise)."""
-    from clipsearch.store import open_store, resolve_store_uri
-    from clipsearch.store.schema import read_meta
+def _open(store: str | None, model: str | None = None, weights: str | None = None, *, create: bool, sources=()):
+    """Open the store; with ``create``, a missing one is made with ``model`` or the library's
+    default for ``sources`` (:func:`clipsearch.collection.default_model`)."""
+    from clipsearch.collection import open_for_indexing, open_store
 
-    root = resolve_store_uri(store)
-    if read_meta(root) is not None or not create:
-        return open_store(root, model=model, create=False)
-    from clipsearch.ingest import TEXT_MODEL
-
-    name = model or (TEXT_MODEL if text_only and not os.environ.get(DEFAULT_MODEL_ENV) else default_model())
-    with err_console.status(f"loading model {name} ...", spinner="dots"):
-        return open_store(root, model=name, weights=weights, create=True)
+    if not create:
+        return open_store(store, model=model, create=False)
+    with err_console.status("opening the store ...", spinner="dots"):
+        return open_for_indexing(store, sources, model=model, weights=weights)
 
 
 @handle_errors
@@ -90,25 +82,24 @@ def index(
     one JSON object on stdout. One bad file never stops the run; a PATH that does not exist
     stops it before anything is written (an unmounted drive is not pruned away with --prune).
     """
-    import sys
-
-    from clipsearch.ingest import is_text_only
+    from clipsearch.cli.progress import rendered_progress
 
     for p in paths:
         if not os.path.lexists(p):
             fail(f"no such file or folder: {p}")
 
-    st = _open(store, model, weights, create=True, text_only=model is None and is_text_only(paths))
-    summary = st.add(
-        paths,
-        batch_size=batch_size,
-        workers=workers,
-        prune=prune,
-        both=both,
-        cells=cells,
-        retry_failed=retry_failed,
-        progress=not no_progress and sys.stderr.isatty(),
-    )
+    st = _open(store, model, weights, create=True, sources=paths)
+    with rendered_progress(not no_progress and sys.stderr.isatty()) as on_progress:
+        summary = st.add(
+            paths,
+            batch_size=batch_size,
+            workers=workers,
+            prune=prune,
+            both=both,
+            cells=cells,
+            retry_failed=retry_failed,
+            on_progress=on_progress,
+        )
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
         with report.open("w", encoding="utf-8") as fh:

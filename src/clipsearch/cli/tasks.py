@@ -450,7 +450,7 @@ def caption(
         pool: Any = read_candidates(candidates)
         encoder = load_encoder(model, weights)
     else:
-        from clipsearch.store import open_store
+        from clipsearch.collection import open_store
 
         pool = open_store(store, model=model, create=False)
         encoder = load_encoder(model or pool.model_name, weights)

@@ -1,6 +1,6 @@
 """The HTTP server: a JSON API and a search page over one store.
 
-    from clipsearch.store import open_store
+    from clipsearch.collection import open_store
     from clipsearch.server import create_app
 
     app = create_app(open_store("my-store"))        # serve with: uvicorn.run(app, host="127.0.0.1")

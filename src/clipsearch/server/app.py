@@ -71,7 +71,8 @@ from clipsearch.server.task_routes import add_task_routes
 from clipsearch.server.thumbnails import Blob
 
 if TYPE_CHECKING:
-    from clipsearch.store import Hit, Store
+    from clipsearch.collection import Collection
+    from clipsearch.store import Hit
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -82,7 +83,7 @@ __all__ = ["ID_PATTERN", "STATIC_DIR", "create_app"]
 
 
 def create_app(
-    store: Store | str | Path,
+    store: Collection | str | Path,
     *,
     token: str | None = None,
     max_body: int = DEFAULT_MAX_BODY,
@@ -95,7 +96,7 @@ def create_app(
     """The FastAPI app serving ``store``: the JSON API, the images and the search page.
 
     Args:
-        store: an open :class:`~clipsearch.store.Store`, or the folder of one.
+        store: an open :class:`~clipsearch.collection.Collection` (from :func:`clipsearch.open_store`), or the folder of a store.
         token: the secret for ``Authorization: Bearer TOKEN`` (or the session cookie). Adding
             images needs it; without a token, adding is disabled.
         max_body: the largest request body in bytes, enforced while the body streams in.
@@ -109,9 +110,8 @@ def create_app(
     Raises:
         ValueError: ``private`` without a token, an empty token, or a bad ``max_body``.
     """
+    from clipsearch.collection import Collection, open_store
     from clipsearch.images import max_pixels_from_env
-    from clipsearch.store import Store as StoreClass
-    from clipsearch.store import open_store
 
     if token is not None and not token.strip():
         raise ValueError("the token is empty; give a secret string or no token")
@@ -119,7 +119,7 @@ def create_app(
         raise ValueError("private=True needs a token: every API call must present it")
     if not isinstance(max_body, int) or isinstance(max_body, bool) or max_body <= 0:
         raise ValueError(f"max_body must be a positive number of bytes, got {max_body!r}")
-    if not isinstance(store, StoreClass):
+    if not isinstance(store, Collection):
         store = open_store(store, create=False)
     pixels = max_pixels_from_env() if max_pixels == "env" else max_pixels
     state = ServerState(

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from clipsearch.models.base import Encoder
-    from clipsearch.store import Hit, Item, Store
+    from clipsearch.collection import Collection
+    from clipsearch.store import Hit, Item
 
 
 class _LRU:
@@ -46,7 +47,7 @@ class _LRU:
 class ServerState:
     """Everything the routes share: the store, the locks, the caches and the settings."""
 
-    def __init__(self, store: Store, *, token: str | None, private: bool, max_pixels: int | None, thumbnail_dir: Path):
+    def __init__(self, store: Collection, *, token: str | None, private: bool, max_pixels: int | None, thumbnail_dir: Path):
         self.store = store
         self.token = token
         self.private = private
@@ -112,7 +113,7 @@ class ServerState:
         """Whether the model embeds grid cells (what ``rerank`` needs)."""
         from clipsearch.search import has_grid
 
-        return has_grid(self.store.encoder)
+        return has_grid(self.encoder)
 
     def search(
         self,
@@ -124,7 +125,7 @@ class ServerState:
         rerank: int | None = None,
         cell_weight: float | None = None,
     ) -> list[Hit]:
-        """Hits for weighted query vectors, as :meth:`clipsearch.store.Store.search` gives them
+        """Hits for weighted query vectors, as :meth:`clipsearch.collection.Collection.search` gives them
         (``rerank`` > 0 searches images and needs a model with a grid; ``None`` leaves it to the
         store, as does ``cell_weight``).
 

@@ -1,6 +1,7 @@
-"""The vector store behind :func:`open_store`: items, their vectors, and search over them.
+"""The vector store: rows of images and texts, their vectors and grid cells, and nearest-row search.
 
-See :mod:`clipsearch.store.lance_store` for the layout and :mod:`clipsearch.store.ann` for how
+The store knows nothing of models: :mod:`clipsearch.collection` pairs it with its encoder. See
+:mod:`clipsearch.store.lance_store` for the layout and :mod:`clipsearch.store.ann` for how
 queries are answered.
 """
 
@@ -10,10 +11,13 @@ from clipsearch.store.lance_store import (
     STORE_ENV,
     Hit,
     Item,
+    ModelRecord,
+    Neighbours,
     Store,
+    Vectors,
     default_store_path,
-    open_store,
     resolve_store_uri,
+    same_model,
 )
 from clipsearch.store.schema import SCHEMA_VERSION
 
@@ -22,8 +26,11 @@ __all__ = [
     "STORE_ENV",
     "Hit",
     "Item",
+    "ModelRecord",
+    "Neighbours",
     "Store",
+    "Vectors",
     "default_store_path",
-    "open_store",
     "resolve_store_uri",
+    "same_model",
 ]

@@ -23,7 +23,6 @@ import numpy as np
 import numpy.typing as npt
 
 from clipsearch.errors import StoreError
-from clipsearch.models.base import embeds_grid
 from clipsearch.store import schema as sch
 from clipsearch.store.ann import (
     DEFAULT_ANN_THRESHOLD,
@@ -39,9 +38,8 @@ from clipsearch.store.ann import (
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from clipsearch.ingest import IndexSummary
-    from clipsearch.models.base import Encoder, Vectors
-    from clipsearch.search import Query
+Vectors = npt.NDArray[np.float32]
+"""``(n, dim)`` float32 unit rows."""
 
 STORE_ENV = "CLIPSEARCH_STORE"
 MODALITIES = ("image", "text", "any")
@@ -199,82 +197,41 @@ class _Snapshot:
 # -- the store -------------------------------------------------------------------------------
 
 
-def open_store(
-    uri: str | os.PathLike[str] | None = None,
-    *,
-    model: str | Encoder | None = None,
-    weights: str | None = None,
-    create: bool = True,
-    ann_threshold: int | None = None,
-) -> Store:
-    """Open (or create) the store at ``uri``; the one entry point.
+@dataclass(frozen=True)
+class ModelRecord:
+    """What a store records of the model that fills it (in ``meta.json``)."""
 
-    Args:
-        uri: a folder, a ``file://`` URI, or None for :func:`default_store_path`.
-        model: the model name (or a loaded :class:`Encoder`). An existing store refuses any
-            model but its own; a new store records it. None: the store's model.
-        weights: local checkpoint for ``open_clip:ARCH`` models; recorded in a new store.
-        create: create the store when missing (needs ``model``); False raises instead.
-        ann_threshold: rows at which an ANN index is used; default ``$CLIPSEARCH_ANN_THRESHOLD``
-            or :data:`~clipsearch.store.ann.DEFAULT_ANN_THRESHOLD`.
-
-    Raises:
-        StoreError: another model, a newer schema version, a folder that is not a store, or
-            no store and ``create=False`` (or no model to create it with).
-    """
-    root = resolve_store_uri(uri)
-    meta = sch.read_meta(root)
-    encoder = model if (model is not None and not isinstance(model, str)) else None
-    if meta is not None:
-        _check_compatible(root, meta, model)
-    else:
-        if not create:
-            raise StoreError(f"no store at {root}; build one with: clipsearch index PATH --store {root}")
-        if root.exists() and not root.is_dir():
-            raise StoreError(f"cannot create a store at {root}: it is a file, not a folder")
-        if root.is_dir() and any(p.name != sch.LOCK_FILE for p in root.iterdir()):
-            raise StoreError(f"cannot create a store at {root}: the folder is not empty and has no {sch.META_FILE}")
-        if model is None:
-            raise StoreError(f"no store at {root} yet; give a model to create it")
-        if encoder is None:
-            from clipsearch.models.registry import load_model
-
-            encoder = load_model(model, weights=weights)
-        root.mkdir(parents=True, exist_ok=True)
-        meta = sch.new_meta(
-            encoder.name,
-            encoder.dim,
-            tuple(encoder.modalities),
-            weights,
-            grid=embeds_grid(encoder),
-        )
-        sch.write_json_atomic(root / sch.META_FILE, meta)
-    store = Store(root, meta, encoder=encoder, ann_threshold=ann_threshold)
-    if encoder is not None and encoder.dim != store.dim:
-        raise StoreError(
-            f"store {root} holds {store.dim}-d vectors but model {encoder.name!r} makes {encoder.dim}-d ones"
-        )
-    return store
+    name: str  # a model name or folder, as given to load_model
+    dim: int  # vector dimension
+    modalities: tuple[str, ...]  # "image", "text"
+    weights: str | None = None  # a local checkpoint, for open_clip:ARCH models
+    grid: bool = False  # whether it embeds a grid of cells (then the store keeps them)
 
 
-def _same_model(a: str, b: str) -> bool:
+def check_can_create(root: Path) -> None:
+    """Raise :class:`StoreError` unless a new store can be made at ``root`` (missing, or an empty folder)."""
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"cannot create a store at {root}: it is a file, not a folder")
+    if root.is_dir() and any(p.name != sch.LOCK_FILE for p in root.iterdir()):
+        raise StoreError(f"cannot create a store at {root}: the folder is not empty and has no {sch.META_FILE}")
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two model names mean the same model (equal, or the same folder)."""
     if a == b:
         return True
     pa_, pb = Path(a).expanduser(), Path(b).expanduser()
     return pa_.exists() and pb.exists() and pa_.resolve() == pb.resolve()
 
 
-def _check_compatible(root: Path, meta: dict[str, Any], model: str | Encoder | None) -> None:
+def _check_compatible(root: Path, meta: dict[str, Any], model: str | None) -> None:
     version = meta.get("schema_version")
     if not isinstance(version, int) or version > sch.SCHEMA_VERSION:
         raise StoreError(
             f"store {root} has schema version {version}, newer than this clipsearch reads "
             f"({sch.SCHEMA_VERSION}); upgrade clipsearch to use it"
         )
-    if model is None:
-        return
-    name = model if isinstance(model, str) else model.name
-    if not _same_model(name, meta["model"]):
+    if model is not None and not same_model(model, meta["model"]):
         raise StoreError(
             f"store {root} was built with model {meta['model']}; use --model {meta['model']} or a new --store"
         )
@@ -289,26 +246,21 @@ class Neighbours(list):
 
 
 class Store:
-    """A persistent index of images and texts with their vectors; see :func:`open_store`.
+    """A persistent table of images and texts with their vectors: rows in, nearest rows out.
 
-    Usable from a notebook::
-
-        store = open_store("my-store", model="demo")
-        store.add(["photos/", "notes.txt"])
-        for hit in store.search("two dogs in the snow", k=5):
-            print(hit.score, hit.path)
+    It knows nothing of how vectors are made: it records its model's name and dimension, and
+    :class:`clipsearch.collection.Collection` pairs it with the encoder (what
+    :func:`clipsearch.open_store` returns). Open one with :meth:`open` or :meth:`create`.
+    Writes happen inside :meth:`writing` (one writing process at a time), one atomic commit each.
     """
 
-    def __init__(
-        self, root: Path, meta: dict[str, Any], *, encoder: Encoder | None = None, ann_threshold: int | None = None
-    ):
+    def __init__(self, root: Path, meta: dict[str, Any], *, ann_threshold: int | None = None):
         from datetime import timedelta
 
         import lancedb
 
         self.root = root
         self.meta = meta
-        self._encoder = encoder
         self.ann_threshold = (
             int(ann_threshold) if ann_threshold is not None else ann_threshold_from_env(DEFAULT_ANN_THRESHOLD)
         )
@@ -326,6 +278,48 @@ class Store:
         self._next_seq: int | None = None
         self.last_plan = ""  # how the last nearest() was answered: "exact", "ivf", "ivf-subset-exact"
 
+    @classmethod
+    def exists(cls, uri: str | os.PathLike[str] | None) -> bool:
+        """Whether a store (its ``meta.json``) is at ``uri``."""
+        return sch.read_meta(resolve_store_uri(uri)) is not None
+
+    @classmethod
+    def open(
+        cls, uri: str | os.PathLike[str] | None = None, *, model: str | None = None, ann_threshold: int | None = None
+    ) -> Store:
+        """The store at ``uri`` (a folder, a ``file://`` URI, or None for :func:`default_store_path`).
+
+        Args:
+            model: a model name the store must have been built with (checked, not loaded).
+            ann_threshold: rows at which an ANN index is used; default ``$CLIPSEARCH_ANN_THRESHOLD``
+                or :data:`~clipsearch.store.ann.DEFAULT_ANN_THRESHOLD`.
+
+        Raises:
+            StoreError: no store there, another model, or a newer schema version.
+        """
+        root = resolve_store_uri(uri)
+        meta = sch.read_meta(root)
+        if meta is None:
+            raise StoreError(f"no store at {root}; build one with: clipsearch index PATH --store {root}")
+        _check_compatible(root, meta, model)
+        return cls(root, meta, ann_threshold=ann_threshold)
+
+    @classmethod
+    def create(
+        cls, uri: str | os.PathLike[str] | None, model: ModelRecord, *, ann_threshold: int | None = None
+    ) -> Store:
+        """A new, empty store at ``uri`` for vectors of ``model``.
+
+        Raises:
+            StoreError: ``uri`` is a file or a folder with other things in it.
+        """
+        root = resolve_store_uri(uri)
+        check_can_create(root)
+        root.mkdir(parents=True, exist_ok=True)
+        meta = sch.new_meta(model.name, model.dim, tuple(model.modalities), model.weights, grid=model.grid)
+        sch.write_json_atomic(root / sch.META_FILE, meta)
+        return cls(root, meta, ann_threshold=ann_threshold)
+
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r}, model={self.model_name!r}, dim={self.dim})"
 
@@ -337,20 +331,6 @@ class Store:
     @property
     def dim(self) -> int:
         return int(self.meta["dim"])
-
-    @property
-    def encoder(self) -> Encoder:
-        """The store's model, loaded on first use."""
-        if self._encoder is None:
-            from clipsearch.models.registry import load_model
-
-            self._encoder = load_model(self.model_name, weights=self.meta.get("weights"))
-            if self._encoder.dim != self.dim:
-                raise StoreError(
-                    f"store {self.root} holds {self.dim}-d vectors but model {self.model_name!r} "
-                    f"now makes {self._encoder.dim}-d ones"
-                )
-        return self._encoder
 
     @property
     def version(self) -> int:
@@ -400,7 +380,7 @@ class Store:
 
     def items(self, ids: Sequence[str], *, with_vector: bool = False) -> list[Item]:
         """The items with these ids, in the order given (unknown ids are skipped)."""
-        rows = self._rows_by_id(ids, with_vector=with_vector)
+        rows = self.rows_by_id(ids, with_vector=with_vector)
         return [Item.from_row(rows[i]) for i in ids if i in rows]
 
     def to_arrow(self, columns: Sequence[str] | None = None, where: str | None = None) -> pa.Table:
@@ -410,7 +390,8 @@ class Store:
     def _dataset(self):
         return self._items.to_lance()
 
-    def _rows_by_id(self, ids: Iterable[str], *, with_vector: bool = True) -> dict[str, dict[str, Any]]:
+    def rows_by_id(self, ids: Iterable[str], *, with_vector: bool = True) -> dict[str, dict[str, Any]]:
+        """Rows of these ids as dicts (id -> row; unknown ids left out), with the vector unless told not."""
         ids = sorted(set(ids))
         out: dict[str, dict[str, Any]] = {}
         cols = None if with_vector else _columns_without_vector()
@@ -422,13 +403,25 @@ class Store:
                 out[row["id"]] = row
         return out
 
+    def text_vectors_by_sha(self, shas: Iterable[str]) -> dict[str, Vectors]:
+        """Stored vectors ``(dim,)`` of text items with these SHA-256s of their text: sha -> vector."""
+        out: dict[str, Vectors] = {}
+        shas_l = sorted(set(shas))
+        ds = self._dataset()
+        for i in range(0, len(shas_l), _IN_CHUNK):
+            chunk = shas_l[i : i + _IN_CHUNK]
+            table = ds.to_table(columns=["sha256", "vector"], filter=f"modality = 'text' AND sha256 IN ({_sql_list(chunk)})")
+            for sha, vec in zip(table.column("sha256").to_pylist(), table.column("vector").to_pylist()):
+                out[sha] = np.asarray(vec, dtype=np.float32)
+        return out
+
     def vectors(self, ids: Sequence[str]) -> Vectors:
         """The stored unit vectors ``(len(ids), dim)`` of these ids, in order.
 
         Raises:
             StoreError: an id is not in the store.
         """
-        rows = self._rows_by_id(ids, with_vector=True)
+        rows = self.rows_by_id(ids, with_vector=True)
         missing = [i for i in ids if i not in rows]
         if missing:
             raise StoreError(f"no item with id {missing[0]!r} in store {self.root}")
@@ -561,52 +554,6 @@ class Store:
             table.delete(f"id IN ({_sql_list(ids[i : i + _IN_CHUNK])})")
 
     # -- search ------------------------------------------------------------------------------
-    def search(
-        self,
-        query: str | Path | Query | Any,
-        k: int = 10,
-        *,
-        modality: str = "any",
-        where: str | None = None,
-        path_glob: str | None = None,
-        min_score: float | None = None,
-        exact: bool = False,
-        rerank: int | None = None,
-        cell_weight: float | None = None,
-    ) -> list[Hit]:
-        """The ``k`` items most similar to ``query``, best first.
-
-        Args:
-            query: a text (``str``), an image (``pathlib.Path`` or ``PIL.Image``), a unit vector
-                ``(dim,)``, or a composed :class:`~clipsearch.search.Query` (see
-                :func:`clipsearch.search.parse_query` for ``"2:dog" + snow.jpg - grass``).
-            k: results wanted.
-            modality: "image", "text" or "any".
-            where: SQL filter on metadata columns, e.g. ``"label = 'cat' AND width >= 640"``.
-            path_glob: keep items whose path (or another path of the same bytes) matches this
-                shell pattern; ``*`` also crosses ``/``.
-            min_score: drop results whose cosine is below this.
-            exact: scan every vector even when an ANN index exists.
-            rerank: re-score the best ``max(k, rerank)`` images by their best-matching grid
-                cell as well (:func:`clipsearch.similarity.grid_scores`): finds one object among
-                several more precisely. Needs a model with a grid; 0 turns it off. Given (> 0)
-                with ``modality="any"``, the search is of images: only they have cells. ``None``
-                (the default): :data:`~clipsearch.search.DEFAULT_RERANK` (20) when the store
-                kept grid cells at indexing (models with a grid do), else off.
-            cell_weight: how much the best cell counts beside the vector when re-scoring
-                (default :data:`~clipsearch.search.DEFAULT_CELL_WEIGHT`, 0.25, which helps whole
-                captions and single objects alike; 1 finds one object among several best).
-
-        Returns:
-            Up to ``k`` :class:`Hit` objects; fewer when filters or ``min_score`` leave fewer.
-        """
-        from clipsearch.search import search_store
-
-        return search_store(
-            self, query, k=k, modality=modality, where=where, path_glob=path_glob, min_score=min_score, exact=exact,
-            rerank=rerank, cell_weight=cell_weight,
-        )  # fmt: skip
-
     def nearest(
         self,
         query: npt.NDArray[np.float32],
@@ -935,46 +882,6 @@ class Store:
             ds = table.to_lance()
             if len(ds.get_fragments()) > 16 or ds.stats.dataset_stats()["num_deleted_rows"] > 0:
                 table.optimize(cleanup_older_than=timedelta(minutes=1))
-
-    # -- add / remove ----------------------------------------------------------------------------
-    def add(
-        self,
-        paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str] | None = None,
-        *,
-        texts: Iterable[str] | None = None,
-        **options: Any,
-    ) -> IndexSummary:
-        """Index files and folders (images, ``.txt``, ``.jsonl``, ``.csv``) and/or raw ``texts``.
-
-        Unchanged files are skipped; see :func:`clipsearch.ingest.index_paths` for ``options``
-        (``batch_size``, ``workers``, ``prune``, ``both``, ``progress``).
-
-        Returns:
-            What happened: added, updated, unchanged, failed and removed counts, and the failures.
-        """
-        from clipsearch.ingest import index_paths
-
-        if isinstance(paths, (str, os.PathLike)):
-            paths = [paths]
-        return index_paths(self, list(paths or []), texts=list(texts or []), **options)
-
-    def remove(self, targets: Iterable[str | os.PathLike[str]]) -> int:
-        """Remove items by id (or unique id prefix) or by path (a file, or every item under a folder).
-
-        A path held by an image with several paths is detached from it; the image goes when its
-        last path does. Text items go with their source file.
-
-        Returns:
-            How many items were deleted or detached from a path.
-
-        Raises:
-            StoreError: a target matches nothing.
-        """
-        from clipsearch.ingest import remove_targets
-
-        if isinstance(targets, (str, os.PathLike)):
-            targets = [targets]
-        return remove_targets(self, targets)
 
     # -- ANN maintenance ---------------------------------------------------------------------------
     def update_index(self, *, force: bool = False) -> str:

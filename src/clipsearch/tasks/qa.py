@@ -129,7 +129,7 @@ def open_retriever(
     Raises:
         StoreError: no store, or too many passages to re-embed.
     """
-    from clipsearch.store import open_store
+    from clipsearch.collection import open_store
 
     opened = open_store(store, create=False)
     name = retriever if isinstance(retriever, str) or retriever is None else retriever.name

@@ -1,0 +1,202 @@
+"""A store paired with its model: what :func:`open_store` returns to Python users.
+
+The store (:mod:`clipsearch.store`) keeps rows and vectors and knows its model only by name;
+indexing (:mod:`clipsearch.ingest`) and search (:mod:`clipsearch.search`) take the store and an
+encoder. A :class:`Collection` holds both, loading the model on first use, so a notebook reads::
+
+    import clipsearch
+    photos = clipsearch.open_store("my-store", model="demo")
+    photos.add(["~/Pictures"])
+    for hit in photos.search("a big blue star", k=5):
+        print(hit.score, hit.path)
+
+The choice of a model for a new store lives here too, so the CLI and Python users get the same.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from clipsearch.errors import StoreError
+from clipsearch.ingest import index_paths, is_text_only, remove_targets
+from clipsearch.models.lazy import LazyEncoder
+from clipsearch.search import search_store
+from clipsearch.store import ModelRecord, Store, resolve_store_uri
+
+if TYPE_CHECKING:
+    from clipsearch.events import ProgressCallback
+    from clipsearch.ingest import IndexSummary
+    from clipsearch.models.base import Encoder
+    from clipsearch.store import Hit
+
+MODEL_ENV = "CLIPSEARCH_MODEL"
+"""Names the model a new store uses when none is given."""
+DEFAULT_MODEL = "demo"
+"""The bundled offline model: what a new store of images uses when nothing else is said."""
+TEXT_MODEL = "minilm"
+"""What a new store built from text alone uses (a real sentence encoder, offline)."""
+
+
+def default_model(sources: Iterable[str | os.PathLike[str]] = ()) -> str:
+    """The model for a new store when none is given: ``$CLIPSEARCH_MODEL``, else
+    :data:`TEXT_MODEL` when ``sources`` hold text documents and no image, else :data:`DEFAULT_MODEL`."""
+    named = os.environ.get(MODEL_ENV, "").strip()
+    if named:
+        return named
+    sources = list(sources)
+    return TEXT_MODEL if sources and is_text_only(sources) else DEFAULT_MODEL
+
+
+class Collection:
+    """A :class:`~clipsearch.store.Store` and the encoder that fills it.
+
+    Everything the store reads (``get``, ``count``, ``stats``, ``nearest``, ``root``, ``meta``,
+    ...) is read through the collection too; what needs the model (``add``, ``search``,
+    ``encoder``) loads it on first use, so opening a collection is cheap.
+    """
+
+    def __init__(self, store: Store, encoder: Encoder | None = None):
+        self.store = store
+        self._model = LazyEncoder(self._load_encoder)
+        if encoder is not None:
+            self._check_dim(encoder, "makes")
+            self._model = LazyEncoder(lambda: encoder)
+
+    def _load_encoder(self) -> Encoder:
+        from clipsearch.models.registry import load_model
+
+        encoder = load_model(self.store.model_name, weights=self.store.meta.get("weights"))
+        self._check_dim(encoder, "now makes")
+        return encoder
+
+    def _check_dim(self, encoder: Encoder, verb: str) -> None:
+        if encoder.dim != self.store.dim:
+            raise StoreError(
+                f"store {self.store.root} holds {self.store.dim}-d vectors but model {encoder.name!r} "
+                f"{verb} {encoder.dim}-d ones"
+            )
+
+    @property
+    def encoder(self) -> Encoder:
+        """The store's model, loaded on first use."""
+        return self._model.get()
+
+    @property
+    def model_loaded(self) -> bool:
+        """Whether the model has been loaded (an unchanged folder is indexed without it)."""
+        return self._model.loaded
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name == "store":
+            raise AttributeError(name)
+        return getattr(self.store, name)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __repr__(self) -> str:
+        return f"Collection({str(self.store.root)!r}, model={self.store.model_name!r}, dim={self.store.dim})"
+
+    def add(
+        self,
+        paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str] | None = None,
+        *,
+        texts: Iterable[str] | None = None,
+        on_progress: ProgressCallback | None = None,
+        **options: Any,
+    ) -> IndexSummary:
+        """Index files and folders (images, ``.txt``, ``.md``, ``.jsonl``, ``.csv``) and/or raw ``texts``.
+
+        Unchanged files are skipped unread; see :func:`clipsearch.ingest.index_paths` for the
+        ``options`` (``batch_size``, ``workers``, ``prune``, ``both``, ``cells``, ``retry_failed``).
+
+        Returns:
+            What happened: added, updated, unchanged, failed and removed counts, and the failures.
+        """
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        return index_paths(
+            self.store, self._model, list(paths or []), texts=list(texts or []), on_progress=on_progress, **options
+        )
+
+    def remove(self, targets: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]) -> int:
+        """Remove items by id (or unique id prefix) or by path (a file, or every item under a folder).
+
+        A path held by an image with several paths is detached from it; the image goes when its
+        last path does. Text items go with their source file.
+
+        Returns:
+            How many items were deleted or detached from a path.
+
+        Raises:
+            StoreError: a target matches nothing.
+        """
+        if isinstance(targets, (str, os.PathLike)):
+            targets = [targets]
+        return remove_targets(self.store, targets)
+
+    def search(self, query: Any, k: int = 10, **options: Any) -> list[Hit]:
+        """The ``k`` items most similar to ``query``, best first; see
+        :func:`clipsearch.search.search_store` for the query forms and ``options`` (``modality``,
+        ``where``, ``path_glob``, ``min_score``, ``exact``, ``rerank``, ``cell_weight``)."""
+        return search_store(self.store, self._model, query, k=k, **options)
+
+
+def open_store(
+    uri: str | os.PathLike[str] | None = None,
+    *,
+    model: str | Encoder | None = None,
+    weights: str | None = None,
+    create: bool = True,
+    ann_threshold: int | None = None,
+) -> Collection:
+    """Open (or create) the store at ``uri`` with its model; the one entry point.
+
+    Args:
+        uri: a folder, a ``file://`` URI, or None for :func:`~clipsearch.store.default_store_path`.
+        model: the model name (or a loaded :class:`~clipsearch.models.base.Encoder`). An
+            existing store refuses any model but its own; a new store records it. None: the
+            store's model, or :func:`default_model` for a new store.
+        weights: local checkpoint for ``open_clip:ARCH`` models; recorded in a new store.
+        create: create the store when missing; False raises instead.
+        ann_threshold: rows at which an ANN index is used; default ``$CLIPSEARCH_ANN_THRESHOLD``
+            or :data:`~clipsearch.store.ann.DEFAULT_ANN_THRESHOLD`.
+
+    Raises:
+        StoreError: another model, a newer schema version, a folder that is not a store, or
+            no store and ``create=False``.
+    """
+    name = model if (model is None or isinstance(model, str)) else model.name
+    encoder = None if (model is None or isinstance(model, str)) else model
+    root = resolve_store_uri(uri)
+    if Store.exists(root):
+        return Collection(Store.open(root, model=name, ann_threshold=ann_threshold), encoder)
+    if not create:
+        raise StoreError(f"no store at {root}; build one with: clipsearch index PATH --store {root}")
+    from clipsearch.store.lance_store import check_can_create
+
+    check_can_create(root)  # before loading a model
+    if encoder is None:
+        from clipsearch.models.registry import load_model
+
+        encoder = load_model(name or default_model(), weights=weights)
+    from clipsearch.models.base import embeds_grid
+
+    record = ModelRecord(encoder.name, encoder.dim, tuple(encoder.modalities), weights, grid=embeds_grid(encoder))
+    return Collection(Store.create(root, record, ann_threshold=ann_threshold), encoder)
+
+
+def open_for_indexing(
+    uri: str | os.PathLike[str] | None,
+    sources: Sequence[str | os.PathLike[str]],
+    *,
+    model: str | None = None,
+    weights: str | None = None,
+) -> Collection:
+    """The store to index ``sources`` into: the existing one, or a new one with ``model`` or
+    :func:`default_model` for these sources (text alone: a sentence encoder)."""
+    if Store.exists(uri):
+        return open_store(uri, model=model, create=False)
+    return open_store(uri, model=model or default_model(sources), weights=weights, create=True)

@@ -1,0 +1,268 @@
+"""The decode stage: read, hash, decode and preprocess image files, in worker processes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from clipsearch.store import schema as sch
+
+if TYPE_CHECKING:
+    from clipsearch.models.base import Preprocess
+
+MAX_FILE_BYTES = 512 * 1024 * 1024
+"""Image files larger than this are refused before being read into memory."""
+
+
+def default_workers() -> int:
+    """Decoding processes: ``min(2, cpu count)``."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+
+@dataclass
+class Prepared:
+    """One image after the decode stage: its hash, and pixels unless its bytes are already stored."""
+
+    path: str
+    sha256: str | None = None
+    pixels: np.ndarray | None = None  # (3, crop, crop) float32
+    width: int | None = None
+    height: int | None = None
+    known: bool = False  # the store already holds these bytes: nothing to decode
+    error: str | None = None
+
+
+MP_CONTEXT_ENV = "CLIPSEARCH_MP_CONTEXT"
+"""Overrides how decoding workers start: "spawn" (the default), "forkserver" or "fork"."""
+
+_KNOWN_IDS: frozenset[str] = frozenset()
+
+
+def _mp_context():
+    """Spawn by default: the parent holds torch's thread pool and LanceDB's async runtime, which
+    are not fork-safe (lance warns on every fork). See :func:`_main_hidden` for why scripts
+    without a ``__main__`` guard still work."""
+    import multiprocessing as mp
+
+    method = os.environ.get(MP_CONTEXT_ENV, "").strip() or "spawn"
+    if method not in mp.get_all_start_methods():
+        raise ValueError(
+            f"{MP_CONTEXT_ENV}={method!r} is not available here; use one of {', '.join(mp.get_all_start_methods())}"
+        )
+    return mp.get_context(method)
+
+
+@contextmanager
+def _main_hidden() -> Iterator[None]:
+    """Start spawned workers without re-running the caller's script.
+
+    A spawned child normally re-imports the parent's ``__main__`` (to find functions defined
+    there), which re-runs any script that lacks an ``if __name__ == "__main__"`` guard, and
+    that script then starts indexing again inside the worker. The workers only run functions
+    of this module, so ``__main__`` is hidden from multiprocessing while they start.
+    """
+    import sys
+
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
+def _init_worker(known_ids: frozenset[str]) -> None:
+    global _KNOWN_IDS
+    _KNOWN_IDS = known_ids
+    _die_with_parent()
+    _quiet_decoders()
+
+
+def _quiet_decoders() -> None:
+    """Silence decoder chatter in a worker: Pillow's UserWarnings and libtiff/libjpeg messages
+    written straight to file descriptor 2. Every bad file's reason is already returned to the
+    parent and reported, so this output only scrolls the progress bar away."""
+    import warnings
+
+    warnings.simplefilter("ignore")
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this worker when the indexing process dies (even by kill -9),
+    instead of leaving it blocked forever on a queue whose writer it inherited."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+    except (OSError, AttributeError):
+        pass
+
+
+def prepare_image(path: str, preprocess: Preprocess | None, *, known_ids: frozenset[str] | None = None) -> Prepared:
+    """Read, hash, decode and preprocess one image file; never raises for a bad file.
+
+    Args:
+        path: the file.
+        preprocess: the model's settings; None to hash only.
+        known_ids: image ids already stored (default: the worker's set); their bytes are not decoded.
+    """
+    from clipsearch.errors import ImageRefused
+    from clipsearch.images import load_image, probe_image
+    from clipsearch.models.preprocess import to_pixel_values
+
+    known = _KNOWN_IDS if known_ids is None else known_ids
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_FILE_BYTES:
+            return Prepared(
+                path, error=f"file too large ({size / 2**20:,.0f} MiB; the limit is {MAX_FILE_BYTES // 2**20} MiB)"
+            )
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return Prepared(path, error="file not found")  # the wording of clipsearch.images
+    except PermissionError:
+        return Prepared(path, error="permission denied")
+    except IsADirectoryError:
+        return Prepared(path, error="is a folder, not an image file")
+    except OSError as exc:
+        return Prepared(path, error=f"cannot read file: {(exc.strerror or 'I/O error').lower()}")
+    sha = hashlib.sha256(data).hexdigest()
+    if sch.image_id(sha) in known or preprocess is None:
+        return Prepared(path, sha, known=sch.image_id(sha) in known)
+    try:
+        img = load_image(data, draft=preprocess.crop)  # first: it applies the pixel cap
+        info = probe_image(data)  # the size as displayed, before draft decoding shrank it
+        pixels = to_pixel_values(img, preprocess)
+    except ImageRefused as exc:
+        return Prepared(path, sha, error=exc.reason)
+    except MemoryError:
+        return Prepared(path, sha, error="not enough memory to decode the image")
+    except Exception as exc:  # noqa: BLE001 - one bad file never stops the run
+        return Prepared(path, sha, error=f"{type(exc).__name__}: {str(exc).strip()[:120]}")
+    return Prepared(path, sha, pixels, info.width, info.height)
+
+
+def _prepare_chunk(paths: list[str], preprocess: Preprocess | None) -> list[Prepared]:
+    return [prepare_image(p, preprocess) for p in paths]
+
+
+def prepared_images(
+    paths: Sequence[str],
+    preprocess: Preprocess | None,
+    *,
+    workers: int,
+    known_ids: frozenset[str],
+    chunk: int = 4,
+) -> Iterator[Prepared]:
+    """:func:`prepare_image` over ``paths``, in order, in ``workers`` processes (0: this process).
+
+    The workers start at once (before the first ``next``), so the caller can do other work
+    while they decode. A worker that dies (a decoder crash) costs only the file that killed it:
+    the pool is restarted and the other files are retried.
+    """
+    if workers <= 0:
+        return (prepare_image(p, preprocess, known_ids=known_ids) for p in paths)
+    return _DecodePool(list(paths), preprocess, workers=workers, known_ids=known_ids, chunk=chunk)
+
+
+class _DecodePool:
+    """Iterator over :class:`Prepared` results, decoded by a process pool with a bounded window."""
+
+    def __init__(
+        self, paths: list[str], preprocess: Preprocess | None, *, workers: int, known_ids: frozenset[str], chunk: int
+    ):
+        self.preprocess = preprocess
+        self.workers = workers
+        self.known_ids = known_ids
+        self.ctx = _mp_context()
+        self.chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
+        self.window = max(2, 3 * workers)
+        self.next_chunk = 0
+        self.pending: list[tuple[list[str], Any]] = []
+        self.pool = self._new_pool()
+        self._fill()
+
+    def _new_pool(self):
+        from concurrent.futures import ProcessPoolExecutor
+
+        return ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=self.ctx, initializer=_init_worker, initargs=(self.known_ids,)
+        )
+
+    def _fill(self) -> None:
+        # Workers start on submit: hide __main__ while any of them may start.
+        with _main_hidden():
+            while self.next_chunk < len(self.chunks) and len(self.pending) < self.window:
+                group = self.chunks[self.next_chunk]
+                self.pending.append((group, self.pool.submit(_prepare_chunk, group, self.preprocess)))
+                self.next_chunk += 1
+
+    def __iter__(self) -> Iterator[Prepared]:
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            while self.pending:
+                group, fut = self.pending.pop(0)
+                try:
+                    results = fut.result()
+                except BrokenProcessPool:
+                    results = None
+                if results is not None:
+                    yield from results
+                    self._fill()
+                    continue
+                # The pool died: this chunk's files one by one, each in a fresh pool; then the rest.
+                requeue = [g for g, _ in self.pending]
+                self.pending = []
+                self.pool.shutdown(wait=False, cancel_futures=True)
+                for p in group:
+                    yield self._isolated(p)
+                self.pool = self._new_pool()
+                with _main_hidden():
+                    for g in requeue:
+                        self.pending.append((g, self.pool.submit(_prepare_chunk, g, self.preprocess)))
+                self._fill()
+        finally:
+            self.close()
+
+    def _isolated(self, path: str) -> Prepared:
+        from concurrent.futures.process import BrokenProcessPool
+
+        pool = self._new_pool()
+        try:
+            with _main_hidden():
+                fut = pool.submit(_prepare_chunk, [path], self.preprocess)
+            return fut.result()[0]
+        except BrokenProcessPool:
+            return Prepared(path, error="the image decoder crashed (worker process died)")
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
