@@ -101,10 +101,7 @@ def index(
             on_progress=on_progress,
         )
     if report is not None:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        with report.open("w", encoding="utf-8") as fh:
-            for f in summary.failures:
-                fh.write(json.dumps(f.to_dict(), ensure_ascii=False) + "\n")
+        summary.write_report(report)
     if as_json:
         print(json.dumps(summary.to_dict()))
     counts = ", ".join(f"{v} {k}" for k, v in summary.to_dict().items())

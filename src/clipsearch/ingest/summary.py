@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 
 
@@ -50,3 +52,13 @@ class IndexSummary:
     def fail(self, path: str, reason: str) -> None:
         self.failed += 1
         self.failures.append(Failure(str(path), reason))
+
+    def write_report(self, path: str | os.PathLike[str]) -> None:
+        """Write every failure to ``path`` as JSON lines, ``{"path", "reason"}`` each (its folder is made)."""
+        from pathlib import Path
+
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", encoding="utf-8") as fh:
+            for f in self.failures:
+                fh.write(json.dumps(f.to_dict(), ensure_ascii=False) + "\n")
