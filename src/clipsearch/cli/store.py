@@ -22,6 +22,7 @@ from clipsearch.cli.common import (
     fail,
     handle_errors,
 )
+from clipsearch.paths import display_path
 
 
 def _open(store: str | None, model: str | None = None, weights: str | None = None, *, create: bool, sources=()):
@@ -125,7 +126,7 @@ def index(
         )
     if summary.failures and report is None:
         for f in summary.failures[:10]:
-            err_console.print(f"  [yellow]failed[/] {f.path}: {f.reason}", highlight=False, markup=True)
+            err_console.print(f"  [yellow]failed[/] {escape(display_path(f.path))}: {escape(f.reason)}", highlight=False)
         if len(summary.failures) > 10:
             err_console.print(
                 f"  ... and {len(summary.failures) - 10} more (use --report FILE.jsonl for all)", highlight=False
@@ -238,13 +239,13 @@ def _table(hits):
             if h.record and h.source:  # a jsonl/csv record: file:LINE or file#ID
                 origin = f"{h.source}{h.record}"
             elif h.char_start is not None and h.path:  # a paragraph of a document
-                origin = f"{h.path}, chars {h.char_start}-{h.char_end}"
+                origin = f"{display_path(h.path)}, chars {h.char_start}-{h.char_end}"
             else:
-                origin = h.path or ""
+                origin = display_path(h.path) if h.path else ""
             where = f" [dim]({escape(origin)})[/]" if origin else ""
             shown = f"[italic]{escape(text)}[/]{where}"
         else:
-            shown = escape(h.path or "")
+            shown = escape(display_path(h.path) if h.path else "")
             if h.extra_paths:
                 shown += f" [dim](+{len(h.extra_paths)} more)[/]"
             if h.caption:  # what the table that names it says: the reason a caption search finds it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -137,13 +138,9 @@ def prepare_image(path: str, preprocess: Preprocess | None, *, known_ids: frozen
 
     known = _KNOWN_IDS if known_ids is None else known_ids
     try:
-        size = os.path.getsize(path)
-        if size > MAX_FILE_BYTES:
-            return Prepared(
-                path, error=f"file too large ({size / 2**20:,.0f} MiB; the limit is {MAX_FILE_BYTES // 2**20} MiB)"
-            )
-        with open(path, "rb") as fh:
-            data = fh.read()
+        data = read_file(path)
+    except _Refused as exc:
+        return Prepared(path, error=str(exc))
     except FileNotFoundError:
         return Prepared(path, error="file not found")  # the wording of clipsearch.images
     except PermissionError:
@@ -166,6 +163,47 @@ def prepare_image(path: str, preprocess: Preprocess | None, *, known_ids: frozen
     except Exception as exc:  # noqa: BLE001 - one bad file never stops the run
         return Prepared(path, sha, error=f"{type(exc).__name__}: {str(exc).strip()[:120]}")
     return Prepared(path, sha, pixels, info.width, info.height)
+
+
+class _Refused(Exception):
+    """A file :func:`read_file` will not read; the message says why."""
+
+
+READ_ATTEMPTS = 3
+"""Reads of a file that keeps changing while it is read before it is refused."""
+
+
+def read_file(path: str) -> bytes:
+    """The bytes of a regular file, read as one consistent version.
+
+    The file is opened without blocking and checked from its open descriptor, so a FIFO or a
+    device that took a regular file's place after the scan is refused, never read. A file whose
+    size or mtime changes while it is read (a copy still under way) is read again, and refused
+    after :data:`READ_ATTEMPTS` tries.
+
+    Raises:
+        OSError: it cannot be opened or read.
+        _Refused: not a regular file, too large, or never the same twice.
+    """
+    from clipsearch.ingest.scan import special_kind
+
+    for _ in range(READ_ATTEMPTS):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as fh:
+            before = os.fstat(fd)
+            if stat.S_ISDIR(before.st_mode):
+                raise IsADirectoryError(path)
+            if not stat.S_ISREG(before.st_mode):
+                raise _Refused(f"not a regular file ({special_kind(before.st_mode)})")
+            if before.st_size > MAX_FILE_BYTES:
+                raise _Refused(
+                    f"file too large ({before.st_size / 2**20:,.0f} MiB; the limit is {MAX_FILE_BYTES // 2**20} MiB)"
+                )
+            data = fh.read()
+            after = os.fstat(fd)
+        if before.st_size == after.st_size == len(data) and before.st_mtime_ns == after.st_mtime_ns:
+            return data
+    raise _Refused("the file kept changing while it was read (still being written?)")
 
 
 def _prepare_chunk(paths: list[str], preprocess: Preprocess | None) -> list[Prepared]:

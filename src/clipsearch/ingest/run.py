@@ -41,7 +41,7 @@ from clipsearch.ingest.decode import Prepared, default_workers, prepare_image, p
 from clipsearch.ingest.documents import API_SOURCE, TextItem, read_text_items
 from clipsearch.ingest.embed import embed_images, embed_texts
 from clipsearch.ingest.plan import file_unchanged, plan_images, plan_prune
-from clipsearch.ingest.scan import Document, ImageInput, Scan, scan
+from clipsearch.ingest.scan import Document, ImageInput, Scan, scan, stat_input
 from clipsearch.ingest.summary import IndexSummary
 from clipsearch.ingest.write import StoreWriter, apply_path_removal, image_meta
 from clipsearch.models.base import embeds_grid
@@ -226,12 +226,9 @@ class _Run:
     def _add_image_ref(self, found: Scan, path: str, meta: dict[str, Any], *, table_changed: bool) -> None:
         inp = found.images.get(path)
         if inp is None:
-            try:
-                st = os.stat(path)
-            except OSError as exc:
-                self.summary.fail(
-                    path, f"named by {meta['source']}{meta['record']}: {(exc.strerror or 'cannot read').lower()}"
-                )
+            st, reason = stat_input(path)
+            if st is None:
+                self.summary.fail(path, f"named by {meta['source']}{meta['record']}: {reason.removeprefix('cannot read file: ')}")
                 return
             inp = found.images[path] = ImageInput(path, st.st_size, st.st_mtime)
             self.report.total(1)

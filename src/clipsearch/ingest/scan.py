@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+import stat
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,8 @@ def is_text_only(paths: Iterable[str | os.PathLike[str]]) -> bool:
 
 
 def _table_names_images(path: str) -> bool:
+    if stat_input(path)[0] is None:  # never open a FIFO or a device
+        return False
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             first = f.readline()
@@ -89,9 +92,17 @@ def kind_of(name: str) -> str | None:
     return None
 
 
-def walk(top: str) -> Iterator[tuple[str, str]]:
-    """``(path, kind)`` of indexable files under ``top``: sorted, hidden names skipped, no symlinked folders."""
-    for root, dirs, files in os.walk(top):
+def walk(top: str, on_error: Callable[[str, str], None] | None = None) -> Iterator[tuple[str, str]]:
+    """``(path, kind)`` of indexable files under ``top``: sorted, hidden names skipped, no symlinked folders.
+
+    ``on_error(folder, reason)`` hears of each folder that cannot be listed (its files are not seen).
+    """
+
+    def unlistable(exc: OSError) -> None:
+        if on_error is not None:
+            on_error(exc.filename or top, f"cannot list folder: {(exc.strerror or 'I/O error').lower()}")
+
+    for root, dirs, files in os.walk(top, onerror=unlistable):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if name.startswith("."):
@@ -104,6 +115,35 @@ def walk(top: str) -> Iterator[tuple[str, str]]:
 def is_under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
+
+
+def stat_input(path: str) -> tuple[os.stat_result | None, str]:
+    """``(stat, "")`` for a regular file (links followed), else ``(None, why not)``.
+
+    A FIFO, socket or device (or a link to one) is refused from its ``stat``, never opened:
+    reading ``/dev/zero`` or a FIFO with no writer would hold the run forever.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return None, f"cannot read file: {(exc.strerror or 'I/O error').lower()}"
+    if not stat.S_ISREG(st.st_mode):
+        return None, f"not a regular file ({special_kind(st.st_mode)})"
+    return st, ""
+
+
+def special_kind(mode: int) -> str:
+    """What a non-regular file is, in a word or two."""
+    for test, word in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return word
+    return "a special file"
 
 
 def scan(paths: Iterable[str | os.PathLike[str]]) -> Scan:
@@ -119,10 +159,9 @@ def scan(paths: Iterable[str | os.PathLike[str]]) -> Scan:
     seen_docs: set[str] = set()
 
     def add(path: str, kind: str) -> None:
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            out.failures.append((path, f"cannot read file: {(exc.strerror or 'I/O error').lower()}"))
+        st, reason = stat_input(path)
+        if st is None:
+            out.failures.append((path, reason))
             return
         if kind == "image":
             if path not in out.images:
@@ -135,7 +174,7 @@ def scan(paths: Iterable[str | os.PathLike[str]]) -> Scan:
         path = os.path.abspath(os.path.expanduser(os.fspath(given)))
         if os.path.isdir(path):
             out.roots.append(path)
-            for p, kind in walk(path):
+            for p, kind in walk(path, on_error=lambda folder, reason: out.failures.append((folder, reason))):
                 add(p, kind)
         elif os.path.exists(path):
             add(path, kind_of(path) or "image")  # an unknown suffix named explicitly: let the decoder judge

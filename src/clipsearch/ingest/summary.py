@@ -6,6 +6,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from clipsearch.paths import display_path
+
 
 @dataclass
 class Failure:
@@ -15,7 +17,8 @@ class Failure:
     reason: str
 
     def to_dict(self) -> dict[str, str]:
-        return {"path": self.path, "reason": self.reason}
+        """``{"path", "reason"}``, the path readable (bytes that are not UTF-8 shown as ``\\xe9``)."""
+        return {"path": display_path(self.path), "reason": self.reason}
 
 
 @dataclass

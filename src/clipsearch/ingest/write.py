@@ -13,6 +13,7 @@ import numpy as np
 from clipsearch.errors import StoreError
 from clipsearch.ingest.scan import is_under
 from clipsearch.ingest.summary import IndexSummary
+from clipsearch.store import schema as sch
 
 if TYPE_CHECKING:
     from clipsearch.store import Store
@@ -32,9 +33,9 @@ class StoreWriter:
         table = store.to_arrow(columns=["id", "modality", "path", "extra_paths", "source"])
         ids = table.column("id").to_pylist()
         modality = table.column("modality").to_pylist()
-        paths = table.column("path").to_pylist()
-        extra = table.column("extra_paths").to_pylist()
-        sources = table.column("source").to_pylist()
+        paths = [sch.real_path(p) for p in table.column("path").to_pylist()]
+        extra = [[sch.real_path(q) for q in e or []] for e in table.column("extra_paths").to_pylist()]
+        sources = [sch.real_path(s) for s in table.column("source").to_pylist()]
         self.ids: set[str] = set(ids)
         self.path_to_id: dict[str, str] = {}
         self.source_ids: dict[str, set[str]] = defaultdict(set)

@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from clipsearch.errors import StoreError
+from clipsearch.paths import display_path
 from clipsearch.store import schema as sch
 from clipsearch.store.ann import (
     DEFAULT_ANN_THRESHOLD,
@@ -138,7 +139,7 @@ class Hit(Item):
         """The fields ``clipsearch search --json`` prints."""
         return {
             "id": self.id,
-            "path": self.path,
+            "path": display_path(self.path) if self.path else self.path,
             "text": self.text,
             "modality": self.modality,
             "score": round(float(self.score), 6),
@@ -376,7 +377,7 @@ class Store:
                 raise StoreError(f"id prefix {item_id!r} matches {len(rows)} items; give more characters")
         else:
             return None
-        return Item.from_row(rows[0]) if rows else None
+        return Item.from_row(sch.real_row(rows[0])) if rows else None
 
     def items(self, ids: Sequence[str], *, with_vector: bool = False) -> list[Item]:
         """The items with these ids, in the order given (unknown ids are skipped)."""
@@ -400,7 +401,7 @@ class Store:
             chunk = ids[i : i + _IN_CHUNK]
             table = ds.to_table(columns=cols, filter=f"id IN ({_sql_list(chunk)})")
             for row in table.to_pylist():
-                out[row["id"]] = row
+                out[row["id"]] = sch.real_row(row)
         return out
 
     def text_vectors_by_sha(self, shas: Iterable[str]) -> dict[str, Vectors]:
@@ -647,7 +648,7 @@ class Store:
         rows = snap.dataset.take(positions, columns=_columns_without_vector()).to_pylist()
         hits = []
         for row, (_, score) in zip(rows, found):
-            item = Item.from_row(row)
+            item = Item.from_row(sch.real_row(row))
             hits.append(Hit(**{f.name: getattr(item, f.name) for f in fields(Item)}, score=score))
         return hits
 
@@ -834,7 +835,8 @@ class Store:
 
         schema = sch.items_schema(self.dim)
         meta_schema = pa.schema([f for f in schema if f.name != "vector"])
-        cols = {name: [r.get(name) for r in rows] for name in meta_schema.names}
+        stored = [sch.stored_row(r) for r in rows]  # file names that are not UTF-8, escaped
+        cols = {name: [r.get(name) for r in stored] for name in meta_schema.names}
         table = pa.Table.from_pydict(cols, schema=meta_schema)
         vecs = (
             np.zeros((0, self.dim), np.float32) if vectors is None else np.ascontiguousarray(vectors, dtype=np.float32)
@@ -851,8 +853,8 @@ class Store:
         import pyarrow as pa
 
         self._require_lock()
-        by_path = {r["path"]: r for r in rows}
-        delete_paths = sorted(set(delete_paths) - by_path.keys())
+        by_path = {sch.stored_path(r["path"]): {**r, "path": sch.stored_path(r["path"])} for r in rows}
+        delete_paths = sorted({sch.stored_path(p) for p in delete_paths} - by_path.keys())
         if by_path:
             data = pa.Table.from_pylist(list(by_path.values()), schema=sch.files_schema())
             merge = self._files.merge_insert("path").when_matched_update_all().when_not_matched_insert_all()
@@ -866,7 +868,11 @@ class Store:
     def file_records(self) -> dict[str, dict[str, Any]]:
         """Every tracked input file: path -> {kind, size, mtime, sha256}."""
         table = self._files.to_lance().to_table()
-        return {r["path"]: r for r in table.to_pylist()}
+        records = {}
+        for r in table.to_pylist():
+            r["path"] = sch.real_path(r["path"])
+            records[r["path"]] = r
+        return records
 
     def compact(self) -> None:
         """Merge small fragments left by many batch commits; drops versions older than a minute."""

@@ -148,6 +148,81 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+# -- paths ---------------------------------------------------------------------------------
+# A file name that is not UTF-8 reaches Python as a str with lone surrogates (PEP 383), which an
+# Arrow string column cannot hold. Stored, each such surrogate becomes ``\xHH`` (the byte it
+# stands for) and a backslash becomes ``\\``; every other name is stored as it is.
+
+_SURROGATE_LOW, _SURROGATE_HIGH = 0xDC80, 0xDCFF
+
+
+def stored_path(path: str | None) -> str | None:
+    """``path`` as the store keeps it: lossless, valid UTF-8 (see :func:`real_path`)."""
+    if path is None or ("\\" not in path and path.isascii()):
+        return path
+    out = []
+    for ch in path:
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif _SURROGATE_LOW <= code <= _SURROGATE_HIGH:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def real_path(stored: str | None) -> str | None:
+    """The path :func:`stored_path` stored, as the file system names it."""
+    if stored is None or "\\" not in stored:
+        return stored
+    out, i, n = [], 0, len(stored)
+    while i < n:
+        ch = stored[i]
+        if ch == "\\" and i + 1 < n and stored[i + 1] == "\\":
+            out.append("\\")
+            i += 2
+        elif ch == "\\" and stored[i + 1 : i + 2] == "x" and _is_high_byte(stored[i + 2 : i + 4]):
+            out.append(chr(0xDC00 + int(stored[i + 2 : i + 4], 16)))
+            i += 4
+        else:  # a lone backslash (a store written before names were escaped): itself
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def _is_high_byte(hex2: str) -> bool:
+    try:
+        return len(hex2) == 2 and int(hex2, 16) >= 0x80
+    except ValueError:
+        return False
+
+
+PATH_COLUMNS = ("path", "source")
+"""String columns of the items table that hold file paths (``extra_paths`` is a list of them)."""
+
+
+def stored_row(row: dict[str, Any]) -> dict[str, Any]:
+    """An items row with its paths as stored (a new dict; other fields shared)."""
+    out = dict(row)
+    for name in PATH_COLUMNS:
+        if name in out:
+            out[name] = stored_path(out[name])
+    if out.get("extra_paths"):
+        out["extra_paths"] = [stored_path(p) for p in out["extra_paths"]]
+    return out
+
+
+def real_row(row: dict[str, Any]) -> dict[str, Any]:
+    """An items row read from the store, its paths as the file system names them (in place)."""
+    for name in PATH_COLUMNS:
+        if name in row:
+            row[name] = real_path(row[name])
+    if row.get("extra_paths"):
+        row["extra_paths"] = [real_path(p) for p in row["extra_paths"]]
+    return row
+
+
 # -- meta.json -------------------------------------------------------------------------------
 
 
