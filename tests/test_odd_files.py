@@ -174,3 +174,44 @@ def test_a_file_read_once_mid_change_is_read_again(tmp_path: Path, monkeypatch: 
     calls = _fstat_with_mtimes(monkeypatch, lambda n: 1 if n == 2 else 0)  # the first read ends on another version
     assert decode.read_file(str(path)) == path.read_bytes()
     assert calls["n"] == 4
+
+
+def _hang_on_slow(original):
+    def prepare(path, preprocess, *, known_ids=None):  # type: ignore[no-untyped-def]
+        if path.endswith("slow.png"):
+            import time
+
+            time.sleep(3600)  # what a file on a stalled network drive looks like from outside
+        return original(path, preprocess, known_ids=known_ids)
+
+    return prepare
+
+
+@pytest.mark.filterwarnings("ignore:lance is not fork-safe", "ignore:lancedb fork support is experimental")
+def test_a_file_that_hangs_its_decoder_is_given_up_after_the_time_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import clipsearch.ingest.decode as decode
+
+    monkeypatch.setenv("CLIPSEARCH_MP_CONTEXT", "fork")  # forked workers inherit the patched decoder
+    monkeypatch.setenv("CLIPSEARCH_FILE_TIMEOUT", "1")
+    monkeypatch.setattr(decode, "prepare_image", _hang_on_slow(decode.prepare_image))
+    photos = tmp_path / "photos"
+    for i, colour in enumerate(["red", "green", "blue", "white", "yellow"]):
+        solid_image(photos / f"img{i}.png", colour, noise=8, seed=i)
+    solid_image(photos / "slow.png", "red", noise=8, seed=9)
+    store = open_store(tmp_path / "store", model=FakeEncoder())
+
+    summary = _run_with_deadline(lambda: store.add([photos], workers=2, batch_size=2), seconds=90)
+    assert [f.to_dict() for f in summary.failures] == [
+        {"path": str(photos / "slow.png"), "reason": "took longer than 1 s to read and decode (a stalled drive?); see $CLIPSEARCH_FILE_TIMEOUT"}
+    ]
+    assert summary.added == 5
+
+
+def test_a_bad_file_time_limit_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipsearch.ingest.decode import file_timeout_from_env
+
+    monkeypatch.setenv("CLIPSEARCH_FILE_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match=r"^CLIPSEARCH_FILE_TIMEOUT='soon' is not a positive number of seconds$"):
+        file_timeout_from_env()

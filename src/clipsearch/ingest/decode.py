@@ -217,25 +217,56 @@ def prepared_images(
     workers: int,
     known_ids: frozenset[str],
     chunk: int = 4,
+    file_timeout: float | None = None,
 ) -> Iterator[Prepared]:
     """:func:`prepare_image` over ``paths``, in order, in ``workers`` processes (0: this process).
 
     The workers start at once (before the first ``next``), so the caller can do other work
     while they decode. A worker that dies (a decoder crash) costs only the file that killed it:
-    the pool is restarted and the other files are retried.
+    the pool is restarted and the other files are retried. So does a file that takes longer than
+    ``file_timeout`` seconds (default :func:`file_timeout_from_env`) to read and decode, a file
+    on a stalled network drive say: its worker is killed and the file reported.
     """
     if workers <= 0:
         return (prepare_image(p, preprocess, known_ids=known_ids) for p in paths)
-    return _DecodePool(list(paths), preprocess, workers=workers, known_ids=known_ids, chunk=chunk)
+    timeout = file_timeout_from_env() if file_timeout is None else float(file_timeout)
+    return _DecodePool(list(paths), preprocess, workers=workers, known_ids=known_ids, chunk=chunk, timeout=timeout)
+
+
+FILE_TIMEOUT_ENV = "CLIPSEARCH_FILE_TIMEOUT"
+DEFAULT_FILE_TIMEOUT = 120.0
+"""Seconds one image file may take to read and decode in a worker before it is given up."""
+
+
+def file_timeout_from_env() -> float:
+    """``$CLIPSEARCH_FILE_TIMEOUT`` seconds, else :data:`DEFAULT_FILE_TIMEOUT`."""
+    raw = os.environ.get(FILE_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_FILE_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"{FILE_TIMEOUT_ENV}={raw!r} is not a positive number of seconds")
+    return value
 
 
 class _DecodePool:
     """Iterator over :class:`Prepared` results, decoded by a process pool with a bounded window."""
 
     def __init__(
-        self, paths: list[str], preprocess: Preprocess | None, *, workers: int, known_ids: frozenset[str], chunk: int
+        self,
+        paths: list[str],
+        preprocess: Preprocess | None,
+        *,
+        workers: int,
+        known_ids: frozenset[str],
+        chunk: int,
+        timeout: float,
     ):
         self.preprocess = preprocess
+        self.timeout = timeout
         self.workers = workers
         self.known_ids = known_ids
         self.ctx = _mp_context()
@@ -262,23 +293,24 @@ class _DecodePool:
                 self.next_chunk += 1
 
     def __iter__(self) -> Iterator[Prepared]:
+        from concurrent.futures import TimeoutError as FutureTimeout
         from concurrent.futures.process import BrokenProcessPool
 
         try:
             while self.pending:
                 group, fut = self.pending.pop(0)
-                try:
-                    results = fut.result()
-                except BrokenProcessPool:
+                try:  # the chunk at the head of the queue is running or next: its files' time, and one more
+                    results = fut.result(timeout=self.timeout * (len(group) + 1))
+                except (BrokenProcessPool, FutureTimeout):
                     results = None
                 if results is not None:
                     yield from results
                     self._fill()
                     continue
-                # The pool died: this chunk's files one by one, each in a fresh pool; then the rest.
+                # The pool died or hangs: this chunk's files one by one, each in a fresh pool; then the rest.
                 requeue = [g for g, _ in self.pending]
                 self.pending = []
-                self.pool.shutdown(wait=False, cancel_futures=True)
+                _stop(self.pool)
                 for p in group:
                     yield self._isolated(p)
                 self.pool = self._new_pool()
@@ -292,15 +324,34 @@ class _DecodePool:
     def _isolated(self, path: str) -> Prepared:
         from concurrent.futures.process import BrokenProcessPool
 
+        from concurrent.futures import TimeoutError as FutureTimeout
+
         pool = self._new_pool()
         try:
             with _main_hidden():
                 fut = pool.submit(_prepare_chunk, [path], self.preprocess)
-            return fut.result()[0]
+            return fut.result(timeout=self.timeout)[0]
         except BrokenProcessPool:
             return Prepared(path, error="the image decoder crashed (worker process died)")
+        except FutureTimeout:
+            return Prepared(
+                path, error=f"took longer than {self.timeout:g} s to read and decode (a stalled drive?); see ${FILE_TIMEOUT_ENV}"
+            )
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            _stop(pool)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        _stop(self.pool)
+
+
+def _stop(pool: Any) -> None:
+    """Shut ``pool`` down without waiting, killing workers still busy (a hung decode never returns).
+
+    ``ProcessPoolExecutor`` has no public way to kill its workers before Python 3.14
+    (``kill_workers``), so its process table is read directly.
+    """
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        if proc.is_alive():
+            proc.kill()

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipsearch.events import ProgressCallback, Reporter
-from clipsearch.ingest.decode import Prepared, default_workers, prepare_image, prepared_images
+from clipsearch.ingest.decode import Prepared, default_workers, file_timeout_from_env, prepare_image, prepared_images
 from clipsearch.ingest.documents import API_SOURCE, TextItem, read_text_items
 from clipsearch.ingest.embed import embed_images, embed_texts
 from clipsearch.ingest.plan import file_unchanged, plan_images, plan_prune
@@ -98,6 +98,7 @@ def index_paths(
     workers = default_workers() if workers is None else int(workers)
     if workers < 0:
         raise ValueError(f"workers must be 0 (decode in this process) or more, got {workers}")
+    file_timeout = file_timeout_from_env()  # a bad setting is refused before anything is read
     t0 = time.perf_counter()
     summary = IndexSummary()
     report = Reporter(on_progress, "indexing")
@@ -105,7 +106,7 @@ def index_paths(
         with store.writing():
             run = _Run(
                 store, encoder, summary, batch_size=batch_size, workers=workers, both=both, cells=cells,
-                report=report, retry_failed=retry_failed,
+                report=report, retry_failed=retry_failed, file_timeout=file_timeout,
             )  # fmt: skip
             run.execute(paths, texts, prune=prune)
             summary.index = store.update_index()
@@ -131,7 +132,9 @@ class _Run:
         cells: bool,
         report: Reporter,
         retry_failed: bool = False,
+        file_timeout: float | None = None,
     ):
+        self.file_timeout = file_timeout
         self.store = store
         self.encoder = encoder
         self.cells = cells
@@ -357,7 +360,10 @@ class _Run:
             todo = []
         preprocess = self.encoder.info.preprocess if todo else None
         stream = (
-            prepared_images([i.path for i in todo], preprocess, workers=self.workers, known_ids=w.image_ids)
+            prepared_images(
+                [i.path for i in todo], preprocess, workers=self.workers, known_ids=w.image_ids,
+                file_timeout=self.file_timeout,
+            )  # fmt: skip
             if todo
             else iter(())
         )
@@ -474,7 +480,10 @@ class _Run:
             return
         self.report.total(len(missing))
         preprocess = self.encoder.info.preprocess
-        stream = prepared_images([by_id[i] for i in missing], preprocess, workers=self.workers, known_ids=frozenset())
+        stream = prepared_images(
+            [by_id[i] for i in missing], preprocess, workers=self.workers, known_ids=frozenset(),
+            file_timeout=self.file_timeout,
+        )  # fmt: skip
         ids: list[str] = []
         pixels: list[np.ndarray] = []
         try:
