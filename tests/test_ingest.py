@@ -60,6 +60,7 @@ def test_second_run_over_unchanged_folder_embeds_nothing(tmp_path: Path, enc: Fa
     photos = photo_folder(tmp_path / "photos")
     (photos / "notes.txt").write_text("First paragraph.\n\nSecond one.\n")
     store = open_store(tmp_path / "store", model=enc)
+    enc.image_calls = enc.text_calls = 0  # a new store records the model's probe; count indexing alone
     first = store.add([photos], workers=0)
     assert first.to_dict() == {"added": 7, "updated": 0, "unchanged": 0, "failed": 0, "removed": 0}
     assert first.embedded == 7 and (enc.image_calls, enc.text_calls) == (5, 2)

@@ -28,6 +28,7 @@ from clipsearch.store import ModelRecord, Store, resolve_store_uri
 if TYPE_CHECKING:
     from clipsearch.events import ProgressCallback
     from clipsearch.ingest import IndexSummary
+    from clipsearch.ingest.reembed import ReembedSummary
     from clipsearch.models.base import Encoder
     from clipsearch.store import Hit
 
@@ -57,19 +58,48 @@ class Collection:
     ``encoder``) loads it on first use, so opening a collection is cheap.
     """
 
-    def __init__(self, store: Store, encoder: Encoder | None = None):
+    def __init__(self, store: Store, encoder: Encoder | None = None, *, identity_checked: bool = False):
         self.store = store
-        self._model = LazyEncoder(self._load_encoder)
+        self._given = encoder
+        self._identity_checked = identity_checked
         if encoder is not None:
             self._check_dim(encoder, "makes")
-            self._model = LazyEncoder(lambda: encoder)
+        self._model = LazyEncoder(self._load_encoder)
 
-    def _load_encoder(self) -> Encoder:
-        from clipsearch.models.registry import load_model
+    def _load_encoder(self, *, check: bool = True) -> Encoder:
+        """The model (the one given, else loaded by the store's name), checked to be the one
+        that made the store's vectors."""
+        encoder = self._given
+        if encoder is None:
+            from clipsearch.models.registry import load_model
 
-        encoder = load_model(self.store.model_name, weights=self.store.meta.get("weights"))
-        self._check_dim(encoder, "now makes")
+            encoder = load_model(self.store.model_name, weights=self.store.meta.get("weights"))
+            self._check_dim(encoder, "now makes")
+        if check and not self._identity_checked:
+            self._check_identity(encoder)
         return encoder
+
+    def _check_identity(self, encoder: Encoder) -> None:
+        """Refuse a model whose weights or preprocessing changed since the store was built
+        (its probe moved, :mod:`clipsearch.models.fingerprint`), and a store left half re-embedded."""
+        from clipsearch.ingest.reembed import REEMBEDDING_KEY
+        from clipsearch.models.fingerprint import SAME_MODEL_COSINE, probe, probe_agreement
+
+        root, name = self.store.root, self.store.model_name
+        if self.store.meta.get(REEMBEDDING_KEY) is not None:
+            raise StoreError(
+                f"store {root} is being re-embedded with the changed model {name!r} and holds vectors of both; "
+                f"finish with: clipsearch reindex --store {root}"
+            )
+        recorded = self.store.probe()
+        if recorded is None:
+            return  # a store from before probes: recorded at its next indexing run
+        agreement = probe_agreement(recorded["vectors"], probe(encoder))
+        if agreement < SAME_MODEL_COSINE:
+            raise StoreError(
+                f"model {name!r} is not the one store {root} was built with: its weights or preprocessing changed "
+                f"(cosine {agreement:.3f} on reference inputs); re-embed every item with: clipsearch reindex --store {root}"
+            )
 
     def _check_dim(self, encoder: Encoder, verb: str) -> None:
         if encoder.dim != self.store.dim:
@@ -117,9 +147,27 @@ class Collection:
         """
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
-        return index_paths(
+        summary = index_paths(
             self.store, self._model, list(paths or []), texts=list(texts or []), on_progress=on_progress, **options
         )
+        if self._model.loaded and self.store.probe() is None:  # a store from before probes learns it once
+            from clipsearch.models.fingerprint import probe
+
+            with self.store.writing():
+                self.store.record_probe(probe(self._model.get()))
+        return summary
+
+    def reindex(self, *, on_progress: ProgressCallback | None = None, **options: Any) -> ReembedSummary:
+        """Embed every stored item again with the store's model as it is now (its weights
+        changed under the same name); see :func:`clipsearch.ingest.reembed.reembed_store` for
+        ``options`` (``batch_size``, ``workers``, ``cells``). Crash-safe: a rerun continues."""
+        from clipsearch.ingest.reembed import reembed_store
+
+        encoder = self._model.get() if self._model.loaded else self._load_encoder(check=False)
+        summary = reembed_store(self.store, encoder, on_progress=on_progress, **options)
+        self._given, self._identity_checked = encoder, True
+        self._model = LazyEncoder(self._load_encoder)
+        return summary
 
     def remove(self, targets: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]) -> int:
         """Remove items by id (or unique id prefix) or by path (a file, or every item under a folder).
@@ -184,8 +232,13 @@ def open_store(
         encoder = load_model(name or default_model(), weights=weights)
     from clipsearch.models.base import embeds_grid
 
+    from clipsearch.models.fingerprint import probe
+
     record = ModelRecord(encoder.name, encoder.dim, tuple(encoder.modalities), weights, grid=embeds_grid(encoder))
-    return Collection(Store.create(root, record, ann_threshold=ann_threshold), encoder)
+    store = Store.create(root, record, ann_threshold=ann_threshold)
+    with store.writing():
+        store.record_probe(probe(encoder))
+    return Collection(store, encoder, identity_checked=True)
 
 
 def open_for_indexing(

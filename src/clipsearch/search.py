@@ -270,6 +270,10 @@ and keeps whole-caption recall (R@1 0.50 -> 0.51); every weight from 0.2 to 0.35
 Weight 1 finds one object among several best (P@5 0.94) but ranks whole captions worse."""
 
 
+READ_ATTEMPTS = 3
+"""Reads of the store a search makes before an error from concurrent writes is reported."""
+
+
 def search_store(
     store: Store,
     encoder: Encoder,
@@ -335,10 +339,19 @@ def search_store(
         )
     depth = default_rerank(store, encoder, modality) if rerank is None else rerank
     q = query_vector(store, encoder, query)
-    found = store.nearest(q, max(k, depth), modality=modality, where=where, path_glob=path_glob, exact=exact)
-    hits = store.hits_at(found)
+    for attempt in range(READ_ATTEMPTS):
+        version = store.version
+        try:
+            found = store.nearest(q, max(k, depth), modality=modality, where=where, path_glob=path_glob, exact=exact)
+            hits = store.hits_at(found)
+            stored = store.cells([h.id for h in hits if h.modality == "image"]) if depth else {}
+            break
+        except (OSError, ValueError):
+            # A writer that committed and cleaned up meanwhile deleted the files of the version
+            # read: read the newest one. The same error on an unchanged store is the caller's.
+            if attempt + 1 == READ_ATTEMPTS or store.version == version:
+                raise
     if depth:
-        stored = store.cells([h.id for h in hits if h.modality == "image"])
         hits = rerank_by_grid(encoder, hits, q, cell_weight=weight, stored=stored)[:k]
     if min_score is not None:
         hits = [h for h in hits if h.score >= float(min_score)]

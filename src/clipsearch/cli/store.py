@@ -318,9 +318,39 @@ def remove(
         err_console.print(f"removed {removed} item{'s' if removed != 1 else ''} from {st.root}", highlight=False)
 
 
+@handle_errors
+def reindex(
+    store: StoreOption = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, max=4096, help="Items per forward pass and per commit.")] = 32,
+    workers: Annotated[int | None, typer.Option("--workers", "-w", min=0, help="Decoding processes (0: decode in this process).")] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Embed every item again with the store's model as it is now.
+
+    For a model whose weights changed under the same name (a folder retrained in place): the
+    store refuses it until its items are re-embedded. Images are read again from their files
+    (one whose file is gone or changed is removed and listed); texts from the store. Safe to
+    stop: run it again and it continues.
+    """
+    from clipsearch.cli.progress import rendered_progress
+
+    st = _open(store, create=False)
+    with rendered_progress(not no_progress and sys.stderr.isatty()) as on_progress:
+        summary = st.reindex(batch_size=batch_size, workers=workers, on_progress=on_progress)
+    for f in summary.lost:
+        err_console.print(f"  [yellow]lost[/] {escape(display_path(f.path))}: {escape(f.reason)}", highlight=False)
+    if as_json:
+        print(json.dumps(summary.to_dict()))
+    err_console.print(
+        f"{summary.reembedded} re-embedded, {len(summary.lost)} lost ({summary.seconds:.1f} s) -> {st.root}", highlight=False
+    )
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``index``, ``search``, ``stats`` and ``remove`` to the ``clipsearch`` app."""
+    """Add ``index``, ``search``, ``stats``, ``remove`` and ``reindex`` to the ``clipsearch`` app."""
     app.command("index")(index)
     app.command("search")(search)
     app.command("stats")(stats)
     app.command("remove")(remove)
+    app.command("reindex")(reindex)

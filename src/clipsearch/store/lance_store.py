@@ -456,9 +456,28 @@ class Store:
     def record_grid(self, has_grid: bool) -> None:
         """Write into ``meta.json`` whether the store's model has a grid (stores made before
         the header held it), so that indexing need not load the model to find out again."""
+        self.update_meta(grid=bool(has_grid))
+
+    def update_meta(self, **changes: Any) -> None:
+        """Set (or, with None, remove) keys of ``meta.json``, atomically; under the write lock."""
         self._require_lock()
-        self.meta = {**self.meta, "grid": bool(has_grid)}
+        meta = {**self.meta, **changes}
+        self.meta = {k: v for k, v in meta.items() if v is not None}
         sch.write_json_atomic(self.root / sch.META_FILE, self.meta)
+
+    def probe(self) -> dict[str, Any] | None:
+        """The model's probe recorded with the store (see :mod:`clipsearch.models.fingerprint`),
+        or None for a store that has none yet (made before stores kept one)."""
+        try:
+            data = json.loads((self.root / sch.PROBE_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) and isinstance(data.get("vectors"), dict) else None
+
+    def record_probe(self, vectors: dict[str, list[list[float]]]) -> None:
+        """Record the model's probe (atomically; under the write lock)."""
+        self._require_lock()
+        sch.write_json_atomic(self.root / sch.PROBE_FILE, {"format_version": 1, "model": self.model_name, "vectors": vectors})
 
     def failed_files(self) -> dict[str, dict[str, Any]]:
         """Image files the last runs could not index: path -> ``{"size", "mtime", "reason"}``.

@@ -32,6 +32,7 @@ LANCE_DIR = "lance"
 ANN_DIR = "ann"
 LOCK_FILE = ".write.lock"
 FAILED_FILE = "failed.json"  # files that failed to index, so that an unchanged one is not read again
+PROBE_FILE = "probe.json"  # the model's embeddings of fixed inputs: its identity (clipsearch.models.fingerprint)
 ITEMS_TABLE = "items"
 FILES_TABLE = "files"
 CELLS_TABLE = "cells"
