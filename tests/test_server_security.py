@@ -391,13 +391,29 @@ def test_listening_beyond_this_machine_needs_a_token(cli, host: str, tmp_path: P
 
 
 def test_loopback_needs_no_token_and_others_accept_one() -> None:
-    from clipsearch.cli.serve import check_bind
+    from clipsearch.server import check_bind
 
     for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
         check_bind(host, None)
     check_bind("0.0.0.0", TOKEN)
     with pytest.raises(ValueError, match=re.escape("--token is empty; give a secret string (or unset $CLIPSEARCH_TOKEN)")):
         check_bind("127.0.0.1", "  ")
+
+
+def test_serving_from_python_keeps_the_same_rule(store, monkeypatch) -> None:
+    import uvicorn
+
+    from clipsearch.server import serve
+
+    started: list[str] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: started.append(kwargs["host"]))
+    with pytest.raises(ValueError, match=re.escape("refusing to listen on 0.0.0.0 without a token: anyone who can reach")):
+        serve(create_app(store), host="0.0.0.0")
+    with pytest.raises(ValueError, match=re.escape("refusing to listen on 0.0.0.0 with the store readable without the token")):
+        serve(create_app(store, token=TOKEN), host="0.0.0.0")
+    serve(create_app(store, token=TOKEN, private=True), host="0.0.0.0")
+    serve(create_app(store))
+    assert started == ["0.0.0.0", "127.0.0.1"]
 
 
 def test_serve_reports_a_missing_store_in_one_line(cli, tmp_path: Path) -> None:

@@ -43,7 +43,8 @@ from starlette.exceptions import HTTPException
 
 from clipsearch.errors import ImageRefused
 from clipsearch.server.handlers import as_request_error, finite, install_error_handlers
-from clipsearch.server.limits import DEFAULT_MAX_BODY, LOCAL_HOSTS, BodyLimit, HostCheck, SecurityHeaders
+from clipsearch.server.limits import DEFAULT_MAX_BODY, BodyLimit, HostCheck, SecurityHeaders
+from clipsearch.server.listen import LOCAL_HOSTS
 from clipsearch.server.schemas import (
     BEARER,
     CELL_WEIGHT_HELP,
