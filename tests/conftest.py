@@ -26,8 +26,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warnings; 2 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import tiny_models` from any test
 
-SHARED_TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
-
 
 @pytest.fixture(autouse=True)
 def _offline_hub(monkeypatch: pytest.MonkeyPatch) -> None:

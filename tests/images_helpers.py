@@ -1,4 +1,5 @@
-"""Image fixtures built in code for tests/test_images.py, and the JPEG draft benchmark.
+"""Image fixtures for the tests: the hostile files in tests/data, images built in code for
+tests/test_images.py, and the JPEG draft benchmark.
 
 Run the benchmark with ``.venv/bin/python tests/images_helpers.py`` (a few seconds per size).
 """
@@ -15,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageCms, ImageDraw
+
+HOSTILE_IMAGES = Path(__file__).resolve().parent / "data" / "images" / "hostile"
+"""Files that break naive image loaders (see tests/data/README.md), kept in the repository."""
 
 
 def synth_photo(width: int, height: int, seed: int = 0) -> Image.Image:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
+from images_helpers import HOSTILE_IMAGES
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -18,7 +19,6 @@ from clipsearch.tasks import classify, evaluate_classification, write_report
 from clipsearch.tasks.classify import ZeroShotClassifier
 from clipsearch.tasks.evaluate_classify import label_from_folder, load_labelled_images, lookup
 
-SHARED_TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 
 
@@ -337,8 +337,7 @@ def test_demo_model_classifies_single_object_shapes(tmp_path):
 
 def test_hostile_images_keep_their_places():
     """Every file of the hostile set comes back, in order, as a prediction or an error."""
-    hostile = SHARED_TESTDATA / "images" / "hostile"
-    files = sorted(p for p in hostile.iterdir() if p.is_file())
+    files = sorted(p for p in HOSTILE_IMAGES.iterdir() if p.is_file())
     preds = classify(ColourEncoder(), files, ["red", "green", "blue"], top=2, batch_size=5)
     assert [p.image for p in preds] == [str(f) for f in files]
     by_name = {Path(p.image).name: p for p in preds}

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from images_helpers import HOSTILE_IMAGES as HOSTILE
 from PIL import Image
 from typer.testing import CliRunner
 
 from clipsearch.cli.main import app
 from clipsearch.models.registry import load_model, offline_message
 
-HOSTILE = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "images" / "hostile"
 runner = CliRunner()
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from images_helpers import (
+    HOSTILE_IMAGES,
     clip_resize_crop,
     cmyk_icc_profile,
     jpeg_bytes,
@@ -34,8 +35,7 @@ from clipsearch.images import (
     probe_image,
 )
 
-HOSTILE = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "images" / "hostile"
-HOSTILE_FILES = sorted(p.name for p in HOSTILE.iterdir()) if HOSTILE.is_dir() else []
+HOSTILE_FILES = sorted(p.name for p in HOSTILE_IMAGES.iterdir())
 LIMIT_HINT = "(raise CLIPSEARCH_MAX_PIXELS to allow it)"
 
 
@@ -63,7 +63,7 @@ def encode(im: Image.Image, fmt: str, **save_args) -> bytes:
 
 # -- the hostile folder ----------------------------------------------------------------------
 
-# What each file in shared/testdata/images/hostile must give: ("loaded", (width, height)) or
+# What each file in tests/data/images/hostile must give: ("loaded", (width, height)) or
 # ("refused", exact reason). Checked against Pillow 12.3 by opening each file by hand.
 EXPECTED = {
     "16bit.cropped.tif": ("loaded", (64, 64)),
@@ -100,18 +100,18 @@ EXPECTED = {
 
 
 def test_hostile_folder_is_there():
-    assert len(HOSTILE_FILES) >= 20, f"expected the hostile test images in {HOSTILE}"
+    assert len(HOSTILE_FILES) >= 20, f"expected the hostile test images in {HOSTILE_IMAGES}"
 
 
 @pytest.mark.parametrize("name", HOSTILE_FILES)
 def test_every_hostile_file_loads_or_is_refused_with_a_reason(name):
     try:
-        im = load_image(HOSTILE / name)
+        im = load_image(HOSTILE_IMAGES / name)
     except ImageRefused as e:
-        assert e.source == str(HOSTILE / name)
+        assert e.source == str(HOSTILE_IMAGES / name)
         # A short human phrase: no traceback, no repr noise, no path.
         assert re.fullmatch(r"[A-Za-z0-9][\w ,.:;'()/\[\]-]{2,150}", e.reason), e.reason
-        assert "Error" not in e.reason and "<" not in e.reason and str(HOSTILE) not in e.reason
+        assert "Error" not in e.reason and "<" not in e.reason and str(HOSTILE_IMAGES) not in e.reason
     else:
         assert im.mode == "RGB"
         assert 1 <= im.width <= 10_000 and 1 <= im.height <= 10_000
@@ -122,17 +122,17 @@ def test_every_hostile_file_loads_or_is_refused_with_a_reason(name):
 def test_hostile_file_expectations(name):
     outcome, expected = EXPECTED[name]
     if outcome == "refused":
-        assert refusal(HOSTILE / name) == expected
+        assert refusal(HOSTILE_IMAGES / name) == expected
     else:
-        im = load_image(HOSTILE / name)
+        im = load_image(HOSTILE_IMAGES / name)
         assert (im.mode, im.size) == ("RGB", expected)
 
 
 @pytest.mark.parametrize("name", HOSTILE_FILES)
 def test_bytes_behave_like_the_path(name):
-    data = (HOSTILE / name).read_bytes()
+    data = (HOSTILE_IMAGES / name).read_bytes()
     try:
-        from_path = load_image(HOSTILE / name)
+        from_path = load_image(HOSTILE_IMAGES / name)
     except ImageRefused as e:
         assert refusal(data) == e.reason
         with pytest.raises(ImageRefused) as info:
@@ -144,61 +144,61 @@ def test_bytes_behave_like_the_path(name):
 
 
 def test_16bit_tiff_keeps_its_real_range():
-    raw = np.asarray(Image.open(HOSTILE / "16bit.cropped.tif"))
+    raw = np.asarray(Image.open(HOSTILE_IMAGES / "16bit.cropped.tif"))
     assert raw.dtype == np.uint16 and (raw.min(), raw.max()) == (291, 694)
-    got = pixels(load_image(HOSTILE / "16bit.cropped.tif"))
+    got = pixels(load_image(HOSTILE_IMAGES / "16bit.cropped.tif"))
     # 65535 -> 255: these dark values become 1..3, not Pillow's clipped 255 everywhere.
     assert np.array_equal(got[..., 0], np.rint(raw / 257.0))
     assert np.array_equal(got[..., 0], got[..., 2])
 
 
 def test_16bit_pgm_is_scaled_not_clipped():
-    raw = np.asarray(Image.open(HOSTILE / "hopper_16bit.pgm"))  # Pillow gives mode "I", 0..65535
-    got = pixels(load_image(HOSTILE / "hopper_16bit.pgm"))
+    raw = np.asarray(Image.open(HOSTILE_IMAGES / "hopper_16bit.pgm"))  # Pillow gives mode "I", 0..65535
+    got = pixels(load_image(HOSTILE_IMAGES / "hopper_16bit.pgm"))
     assert np.array_equal(got[..., 1], np.rint(raw / 257.0))
     assert got.min() == 0 and got.max() == 255
 
 
 @pytest.mark.parametrize("name", ["hopper_orientation_3.jpg", "hopper_orientation_6.jpg"])
 def test_exif_orientation_matches_upright_hopper(name):
-    upright = pixels(load_image(HOSTILE / "hopper.jpg"))
-    got = pixels(load_image(HOSTILE / name))
-    stored = pixels(Image.open(HOSTILE / name).convert("RGB"))
+    upright = pixels(load_image(HOSTILE_IMAGES / "hopper.jpg"))
+    got = pixels(load_image(HOSTILE_IMAGES / name))
+    stored = pixels(Image.open(HOSTILE_IMAGES / name).convert("RGB"))
     assert np.abs(got - upright).mean() < 8  # JPEG re-encoding noise only
     assert np.abs(stored - upright).mean() > 50  # ...while the stored pixels are rotated
 
 
 def test_orientation_in_png_raw_exif_profile():
-    stored = Image.open(HOSTILE / "exif_imagemagick_orientation.png").convert("RGB")
-    got = load_image(HOSTILE / "exif_imagemagick_orientation.png")
+    stored = Image.open(HOSTILE_IMAGES / "exif_imagemagick_orientation.png").convert("RGB")
+    got = load_image(HOSTILE_IMAGES / "exif_imagemagick_orientation.png")
     assert np.array_equal(pixels(got), pixels(stored.transpose(Image.Transpose.ROTATE_180)))
 
 
 def test_broken_exif_still_loads():
-    im = load_image(HOSTILE / "hopper_bad_exif.jpg")
+    im = load_image(HOSTILE_IMAGES / "hopper_bad_exif.jpg")
     assert (im.mode, im.size) == ("RGB", (500, 500))
 
 
 def test_cmyk_without_profile_converts_plainly():
-    src = Image.open(HOSTILE / "pil_sample_cmyk.jpg")
+    src = Image.open(HOSTILE_IMAGES / "pil_sample_cmyk.jpg")
     assert src.mode == "CMYK" and "icc_profile" not in src.info
-    assert np.array_equal(pixels(load_image(HOSTILE / "pil_sample_cmyk.jpg")), pixels(src.convert("RGB")))
+    assert np.array_equal(pixels(load_image(HOSTILE_IMAGES / "pil_sample_cmyk.jpg")), pixels(src.convert("RGB")))
 
 
 def test_1bit_png_transparency_is_white():
-    src = Image.open(HOSTILE / "1_trns.png")
+    src = Image.open(HOSTILE_IMAGES / "1_trns.png")
     transparent = np.asarray(src) == bool(src.info["transparency"])
     assert transparent.any() and (~transparent).any()
-    got = pixels(load_image(HOSTILE / "1_trns.png"))
+    got = pixels(load_image(HOSTILE_IMAGES / "1_trns.png"))
     assert (got[transparent] == 255).all()
     assert (got[~transparent] == 0).all()
 
 
 def test_gif_transparent_index_is_white():
-    src = Image.open(HOSTILE / "different_transparency.gif")
+    src = Image.open(HOSTILE_IMAGES / "different_transparency.gif")
     transparent = np.asarray(src) == src.info["transparency"]
     assert transparent.any()
-    got = pixels(load_image(HOSTILE / "different_transparency.gif"))
+    got = pixels(load_image(HOSTILE_IMAGES / "different_transparency.gif"))
     assert (got[transparent] == 255).all()
 
 
@@ -209,8 +209,8 @@ def test_no_file_left_open():
     before = len(os.listdir(fd_dir))
     for name in HOSTILE_FILES:
         try:
-            load_image(HOSTILE / name)
-            probe_image(HOSTILE / name)
+            load_image(HOSTILE_IMAGES / name)
+            probe_image(HOSTILE_IMAGES / name)
         except ImageRefused:
             pass
     assert len(os.listdir(fd_dir)) == before
@@ -221,7 +221,7 @@ def test_pillow_global_state_untouched():
     for name in HOSTILE_FILES:
         for kwargs in ({}, {"max_pixels": None}, {"draft": 224}):
             try:
-                load_image(HOSTILE / name, **kwargs)
+                load_image(HOSTILE_IMAGES / name, **kwargs)
             except ImageRefused:
                 pass
     assert (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES) == before
@@ -444,9 +444,9 @@ def test_source_type_checked():
 
 
 def test_opened_pil_image_follows_the_same_rules():
-    opened = Image.open(HOSTILE / "hopper_orientation_6.jpg")
+    opened = Image.open(HOSTILE_IMAGES / "hopper_orientation_6.jpg")
     got = load_image(opened)
-    assert np.array_equal(pixels(got), pixels(load_image(HOSTILE / "hopper_orientation_6.jpg")))
+    assert np.array_equal(pixels(got), pixels(load_image(HOSTILE_IMAGES / "hopper_orientation_6.jpg")))
     assert got is not opened and opened.mode == "RGB"
     la = Image.new("LA", (2, 1), (0, 0))
     assert load_image(la).getpixel((0, 0)) == (255, 255, 255)
@@ -462,7 +462,7 @@ DAMAGE_SEEDS = ["hopper.jpg", "hopper.png", "hopper.gif", "hopper.webp", "16bit.
 @pytest.mark.parametrize("name", DAMAGE_SEEDS)
 def test_damaged_files_never_escape(name):
     """Truncations and byte flips of real files: every one loads or is refused, nothing else."""
-    data = (HOSTILE / name).read_bytes()
+    data = (HOSTILE_IMAGES / name).read_bytes()
     rng = np.random.default_rng(len(data))
     variants = [data[:n] for n in np.linspace(1, len(data) - 1, 25).astype(int)]
     for _ in range(40):
@@ -507,28 +507,28 @@ def test_pixel_cap_refuses_from_the_header_without_decoding(monkeypatch):
 
 def test_pixel_cap_does_not_depend_on_pillows_global(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
-    assert refusal(HOSTILE / "hopper.jpg", max_pixels=128 * 128 - 1) == (
+    assert refusal(HOSTILE_IMAGES / "hopper.jpg", max_pixels=128 * 128 - 1) == (
         f"128x128 is 16,384 pixels, over the limit of 16,383 pixels {LIMIT_HINT}"
     )
-    assert load_image(HOSTILE / "hopper.jpg", max_pixels=128 * 128).size == (128, 128)
+    assert load_image(HOSTILE_IMAGES / "hopper.jpg", max_pixels=128 * 128).size == (128, 128)
     assert MAX_PIXELS == 89_478_485
 
 
 def test_pixel_cap_from_environment(monkeypatch):
     monkeypatch.setenv("CLIPSEARCH_MAX_PIXELS", "10_000")
-    assert refusal(HOSTILE / "hopper.jpg") == f"128x128 is 16,384 pixels, over the limit of 10,000 pixels {LIMIT_HINT}"
-    assert load_image(HOSTILE / "hopper.jpg", max_pixels=20_000).size == (128, 128)  # the call wins
+    assert refusal(HOSTILE_IMAGES / "hopper.jpg") == f"128x128 is 16,384 pixels, over the limit of 10,000 pixels {LIMIT_HINT}"
+    assert load_image(HOSTILE_IMAGES / "hopper.jpg", max_pixels=20_000).size == (128, 128)  # the call wins
     monkeypatch.setenv("CLIPSEARCH_MAX_PIXELS", "none")
-    assert load_image(HOSTILE / "hopper.jpg").size == (128, 128)
+    assert load_image(HOSTILE_IMAGES / "hopper.jpg").size == (128, 128)
     monkeypatch.setenv("CLIPSEARCH_MAX_PIXELS", "lots")
     msg = "CLIPSEARCH_MAX_PIXELS must be a positive whole number of pixels or 'none', got 'lots'"
     with pytest.raises(ValueError, match=re.escape(msg)):
-        load_image(HOSTILE / "hopper.jpg")
+        load_image(HOSTILE_IMAGES / "hopper.jpg")
 
 
 def test_pillows_own_bomb_check_becomes_a_refusal():
     # With no cap of ours, Pillow's hard limit (twice MAX_IMAGE_PIXELS) still refuses...
-    assert refusal(HOSTILE / "decompression_bomb.gif", max_pixels=None) == (
+    assert refusal(HOSTILE_IMAGES / "decompression_bomb.gif", max_pixels=None) == (
         "4,364,696,535 pixels, over Pillow's decompression-bomb limit of 178,956,970 pixels"
     )
     # ...and its warning, when a program makes warnings errors, is a refusal too.
@@ -543,14 +543,14 @@ def test_pillows_own_bomb_check_becomes_a_refusal():
 def test_bad_max_pixels(bad):
     msg = f"max_pixels must be a positive number of pixels or None, got {bad!r}"
     with pytest.raises(ValueError, match=re.escape(msg)):
-        load_image(HOSTILE / "hopper.jpg", max_pixels=bad)
+        load_image(HOSTILE_IMAGES / "hopper.jpg", max_pixels=bad)
 
 
 @pytest.mark.parametrize("bad", [0, -224, 224.0])
 def test_bad_draft(bad):
     msg = f"draft must be a positive model input size in pixels or None, got {bad!r}"
     with pytest.raises(ValueError, match=re.escape(msg)):
-        load_image(HOSTILE / "hopper.jpg", draft=bad)
+        load_image(HOSTILE_IMAGES / "hopper.jpg", draft=bad)
 
 
 # -- probe -----------------------------------------------------------------------------------
@@ -561,13 +561,13 @@ def test_probe_reads_the_header_only(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         assert probe_image(BIG_HEADER) == ImageInfo(width=10_000, height=10_000, format="PNG")
-    assert probe_image(HOSTILE / "hopper.jpg") == ImageInfo(width=128, height=128, format="JPEG")
-    assert probe_image(HOSTILE / "hopper.webp").format == "WEBP"
+    assert probe_image(HOSTILE_IMAGES / "hopper.jpg") == ImageInfo(width=128, height=128, format="JPEG")
+    assert probe_image(HOSTILE_IMAGES / "hopper.webp").format == "WEBP"
 
 
 def test_probe_refuses_like_load():
     with pytest.raises(ImageRefused, match=re.escape("not a recognised image format")):
-        probe_image(HOSTILE / "PILLOW-LICENSE.txt")
+        probe_image(HOSTILE_IMAGES / "PILLOW-LICENSE.txt")
 
 
 # -- draft decoding --------------------------------------------------------------------------
@@ -631,7 +631,7 @@ def test_draft_respects_orientation():
 
 
 def test_draft_only_for_large_jpegs():
-    assert load_image(HOSTILE / "hopper.jpg", draft=224).size == (128, 128)
+    assert load_image(HOSTILE_IMAGES / "hopper.jpg", draft=224).size == (128, 128)
     png = encode(synth_photo(1800, 1000, seed=2), "PNG", compress_level=1)
     assert load_image(png, draft=224).size == (1800, 1000)
 

@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 import pytest
+from images_helpers import HOSTILE_IMAGES as HOSTILE
 from test_store import FakeEncoder, solid_image
 
 from clipsearch.collection import open_store
-
-HOSTILE = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "images" / "hostile"
 
 
 @pytest.fixture(autouse=True)

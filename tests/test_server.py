@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from images_helpers import HOSTILE_IMAGES
 from PIL import Image, ImageDraw
 
 from clipsearch.server import create_app
 
-SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "images" / "hostile"
 TOKEN = "test-token-0123456789abcdef"
 BASE = "http://127.0.0.1"
 
@@ -65,12 +65,12 @@ def shape_image(colour: tuple[int, int, int], kind: str, size: tuple[int, int] =
 
 
 def make_collection(folder: Path) -> Path:
-    """Six drawn shapes (PNG), three photos from the shared test data (JPEG, JPEG, 16-bit TIFF), and notes.txt."""
+    """Six drawn shapes (PNG), three photos from the hostile test images (JPEG, JPEG, 16-bit TIFF), and notes.txt."""
     folder.mkdir(parents=True, exist_ok=True)
     for i, (name, (colour, kind)) in enumerate(SHAPES.items()):
         shape_image(colour, kind, seed=i).save(folder / f"{name}.png")
     for name in ("hopper.jpg", "flower.jpg", "16bit.cropped.tif"):
-        shutil.copy(SHARED_IMAGES / name, folder / name)
+        shutil.copy(HOSTILE_IMAGES / name, folder / name)
     (folder / "notes.txt").write_text(NOTES, encoding="utf-8")
     return folder
 

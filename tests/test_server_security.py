@@ -22,9 +22,10 @@ from typer.testing import CliRunner
 
 from clipsearch.server import create_app
 from clipsearch.server.app import ID_PATTERN
-from test_server import SHARED_IMAGES, TOKEN, build_store, client_for, item_by_name, make_collection, running_server
+from images_helpers import HOSTILE_IMAGES
+from test_server import TOKEN, build_store, client_for, item_by_name, make_collection, running_server
 
-BOMB = SHARED_IMAGES / "decompression_bomb.gif"
+BOMB = HOSTILE_IMAGES / "decompression_bomb.gif"
 CAP = 1 << 20  # the body cap of the apps in this file: 1 MiB
 CHUNK = 64 * 1024
 AUTH = (b"authorization", f"Bearer {TOKEN}".encode())
@@ -198,7 +199,7 @@ def test_a_file_swapped_for_a_symlink_is_not_served(tiny_hf_clip: Path, tmp_path
 def test_upload_names_never_become_paths(tiny_hf_clip: Path, tmp_path: Path, collection: Path) -> None:
     store = build_store(tiny_hf_clip, tmp_path / "s", collection)
     client = client_for(create_app(store, token=TOKEN))
-    data = (SHARED_IMAGES / "hopper.png").read_bytes()
+    data = (HOSTILE_IMAGES / "hopper.png").read_bytes()
     response = client.post(
         "/api/items",
         files={"files": ("../../../../tmp/evil.php", data, "image/png")},
@@ -338,7 +339,7 @@ def test_a_decompression_bomb_is_refused_everywhere(client, store) -> None:
 
 def test_the_pixel_cap_is_the_servers(store) -> None:
     client = client_for(create_app(store, max_pixels=10_000))
-    data = (SHARED_IMAGES / "hopper.png").read_bytes()  # 128 x 128
+    data = (HOSTILE_IMAGES / "hopper.png").read_bytes()  # 128 x 128
     response = client.post("/api/search", files={"image": ("h.png", data, "image/png")})
     assert response.status_code == 422
     assert response.json()["detail"] == "image: 128x128 is 16,384 pixels, over the limit of 10,000 pixels (raise CLIPSEARCH_MAX_PIXELS to allow it)"
@@ -391,13 +392,29 @@ def test_listening_beyond_this_machine_needs_a_token(cli, host: str, tmp_path: P
 
 
 def test_loopback_needs_no_token_and_others_accept_one() -> None:
-    from clipsearch.cli.serve import check_bind
+    from clipsearch.server import check_bind
 
     for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
         check_bind(host, None)
     check_bind("0.0.0.0", TOKEN)
     with pytest.raises(ValueError, match=re.escape("--token is empty; give a secret string (or unset $CLIPSEARCH_TOKEN)")):
         check_bind("127.0.0.1", "  ")
+
+
+def test_serving_from_python_keeps_the_same_rule(store, monkeypatch) -> None:
+    import uvicorn
+
+    from clipsearch.server import serve
+
+    started: list[str] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: started.append(kwargs["host"]))
+    with pytest.raises(ValueError, match=re.escape("refusing to listen on 0.0.0.0 without a token: anyone who can reach")):
+        serve(create_app(store), host="0.0.0.0")
+    with pytest.raises(ValueError, match=re.escape("refusing to listen on 0.0.0.0 with the store readable without the token")):
+        serve(create_app(store, token=TOKEN), host="0.0.0.0")
+    serve(create_app(store, token=TOKEN, private=True), host="0.0.0.0")
+    serve(create_app(store))
+    assert started == ["0.0.0.0", "127.0.0.1"]
 
 
 def test_serve_reports_a_missing_store_in_one_line(cli, tmp_path: Path) -> None:

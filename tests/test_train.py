@@ -884,7 +884,7 @@ def test_train_text_tower_and_skip_undecodable_images(tmp_path: Path, tiny_sbert
 
     from clipsearch.train.demo_world import generate_world
 
-    hostile = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "images" / "hostile"
+    from images_helpers import HOSTILE_IMAGES as hostile
     meta = generate_world(tmp_path / "world", 6, seed=2, size_range=(40, 80))
     rows = [json.loads(line) for line in meta.read_text().splitlines()]
     lines = [json.dumps({"image": f"world/{r['file']}", "caption": r["caption"]}) for r in rows]

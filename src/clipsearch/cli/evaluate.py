@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-import importlib
-
 import typer
 
-# subcommand -> (module, function); each function is a Typer-annotated command.
+from clipsearch.cli.qa import evaluate_qa_cmd
+from clipsearch.cli.quality import evaluate_demo_cmd
+from clipsearch.cli.tasks import evaluate_classify_cmd, evaluate_localize_cmd
+from clipsearch.cli.train import evaluate_retrieval_cmd
+
+# subcommand -> its Typer-annotated command, in the order the help lists them
 _COMMANDS = {
-    "classify": ("clipsearch.cli.tasks", "evaluate_classify_cmd"),
-    "localize": ("clipsearch.cli.tasks", "evaluate_localize_cmd"),
-    "retrieval": ("clipsearch.cli.train", "evaluate_retrieval_cmd"),
-    "qa": ("clipsearch.cli.qa", "evaluate_qa_cmd"),
-    "demo": ("clipsearch.cli.quality", "evaluate_demo_cmd"),
+    "classify": evaluate_classify_cmd,
+    "localize": evaluate_localize_cmd,
+    "retrieval": evaluate_retrieval_cmd,
+    "qa": evaluate_qa_cmd,
+    "demo": evaluate_demo_cmd,
 }
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``evaluate`` and its subcommands to the ``clipsearch`` app."""
     evaluate = typer.Typer(help="Measure a model on your own data.", no_args_is_help=True)
-    for name, (module, func) in _COMMANDS.items():
-        try:
-            command = getattr(importlib.import_module(module), func)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
+    for name, command in _COMMANDS.items():
         evaluate.command(name)(command)
     app.add_typer(evaluate, name="evaluate")

@@ -1,4 +1,8 @@
-"""``clipsearch serve``: the search page and JSON API over a store, on 127.0.0.1 by default."""
+"""``clipsearch serve``: the search page and JSON API over a store, on 127.0.0.1 by default.
+
+What an address asks for (a token beyond this machine) is the server's rule,
+:mod:`clipsearch.server.listen`; this command parses, loads the store and says where it serves.
+"""
 
 from __future__ import annotations
 
@@ -6,40 +10,16 @@ from typing import Annotated
 
 import typer
 
-from clipsearch.cli.common import StoreOption, err_console, fail, handle_errors
-
-TOKEN_ENV = "CLIPSEARCH_TOKEN"
-MIN_TOKEN_CHARS = 16
-
-
-def check_bind(host: str, token: str | None) -> None:
-    """Refuse to listen beyond this machine without a token.
-
-    Raises:
-        ValueError: ``host`` is not a loopback address and there is no token, or the token is blank.
-    """
-    from clipsearch.server.limits import is_loopback
-
-    if token is not None and not token.strip():
-        raise ValueError(f"--token is empty; give a secret string (or unset ${TOKEN_ENV})")
-    if not is_loopback(host) and token is None:
-        raise ValueError(
-            f"refusing to listen on {host} without a token: anyone who can reach this machine could read the store; "
-            f"add --token SECRET (or set ${TOKEN_ENV}), or keep the default --host 127.0.0.1"
-        )
-
-
-def _check_port_free(host: str, port: int) -> None:
-    import socket
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            reason = (exc.strerror or str(exc)).lower()
-            fail(f"cannot listen on {host}:{port}: {reason}; choose another --port or --host")
+from clipsearch.cli.common import StoreOption, err_console, handle_errors
+from clipsearch.server.listen import (
+    MIN_TOKEN_CHARS,
+    TOKEN_ENV,
+    answered_hosts,
+    check_bind,
+    check_port_free,
+    is_loopback,
+)
+from clipsearch.server.listen import serve as serve_app
 
 
 @handle_errors
@@ -74,7 +54,7 @@ def serve(
 
     Adding images by upload always needs the token.
     """
-    from clipsearch.server.limits import LOCAL_HOSTS, is_loopback, parse_size
+    from clipsearch.server.limits import parse_size
 
     check_bind(host, token)
     cap = parse_size(max_body)
@@ -82,10 +62,6 @@ def serve(
     if log_level.lower() not in levels:
         raise ValueError(f"--log-level {log_level!r} is not one of {', '.join(levels)}")
     local = is_loopback(host)
-    if local:
-        hosts = [*LOCAL_HOSTS, host, *(allowed_host or [])]
-    else:
-        hosts = list(allowed_host) if allowed_host else ["*"]
     if token is not None and len(token) < MIN_TOKEN_CHARS:
         err_console.print(f"[yellow]warning:[/] the token has {len(token)} characters; use at least {MIN_TOKEN_CHARS} random ones")
 
@@ -95,13 +71,18 @@ def serve(
     st = open_store(resolve_store_uri(store), create=False)
     with err_console.status(f"loading model {st.model_name} ...", spinner="dots"):
         st.encoder  # noqa: B018 - load now, so the first search is not the slow one
-    _check_port_free(host, port)
-
-    import uvicorn
+    check_port_free(host, port)  # before the line below says it is serving
 
     from clipsearch.server import create_app
 
-    app = create_app(st, token=token, max_body=cap, cors_origins=tuple(cors_origin or ()), private=not local, allowed_hosts=hosts)
+    app = create_app(
+        st,
+        token=token,
+        max_body=cap,
+        cors_origins=tuple(cors_origin or ()),
+        private=not local,
+        allowed_hosts=answered_hosts(host, allowed_host or ()),
+    )
     shown = f"[{host}]" if ":" in host else host
     err_console.print(
         f"serving {st.root} ({len(st):,} items, model {st.model_name}) at http://{shown}:{port}/"
@@ -109,15 +90,7 @@ def serve(
         highlight=False,
         soft_wrap=True,
     )
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level.lower(),
-        server_header=False,
-        proxy_headers=False,
-        timeout_graceful_shutdown=5,
-    )
+    serve_app(app, host=host, port=port, log_level=log_level.lower())
 
 
 def register(app: typer.Typer) -> None:

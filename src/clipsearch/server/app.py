@@ -9,7 +9,7 @@ Routes (the schema is served at ``/openapi.json``):
 - ``GET /api/items/{id}``, ``.../thumbnail``, ``.../image``, ``.../similar``
 - ``POST /api/items``: add images by upload (needs the token)
 - ``POST /api/classify``, ``POST /api/localize`` and ``GET /api/items/{id}/localize``,
-  ``POST /api/ask``: when :mod:`clipsearch.tasks` provides them
+  ``POST /api/ask``: the tasks of :mod:`clipsearch.tasks`
 - ``GET /``: the search page (``server/static``)
 
 Safety: images are served by item id only (16 hex digits), from the file the store recorded,
@@ -43,7 +43,8 @@ from starlette.exceptions import HTTPException
 
 from clipsearch.errors import ImageRefused
 from clipsearch.server.handlers import as_request_error, finite, install_error_handlers
-from clipsearch.server.limits import DEFAULT_MAX_BODY, LOCAL_HOSTS, BodyLimit, HostCheck, SecurityHeaders
+from clipsearch.server.limits import DEFAULT_MAX_BODY, BodyLimit, HostCheck, SecurityHeaders
+from clipsearch.server.listen import LOCAL_HOSTS
 from clipsearch.server.schemas import (
     BEARER,
     CELL_WEIGHT_HELP,
@@ -187,9 +188,9 @@ def create_app(
             "auth": {"reads": state.private, "writes": "token" if state.token else "disabled"},
             "features": {
                 "search_by_image": "image" in mods,
-                "classify": both and state.tasks["classify"] is not None,
-                "localize": both and state.tasks["localize"] is not None,
-                "ask": "text" in mods and state.tasks["qa"] is not None,
+                "classify": both,
+                "localize": both,
+                "ask": "text" in mods,
                 "add": state.token is not None and "image" in mods,
                 "rerank": both and state.has_grid(),
             },

@@ -1,6 +1,6 @@
 """What the server refuses before a route runs: oversized bodies, foreign hosts; and its headers.
 
-Three small ASGI middlewares and the helpers the ``serve`` command shares with them:
+Three small ASGI middlewares, and :func:`parse_size` for the body cap the ``serve`` command takes:
 
 - :class:`BodyLimit` counts the bytes of the request body *as they arrive* and answers 413 as
   soon as the count passes the cap. A ``Content-Length`` over the cap is refused before
@@ -12,12 +12,12 @@ Three small ASGI middlewares and the helpers the ``serve`` command shares with t
 - :class:`SecurityHeaders` adds ``nosniff``, no-referrer, no framing and a same-origin content
   security policy to every response (the page needs nothing from elsewhere).
 
-Nothing here imports FastAPI; the responses are written with plain ASGI messages.
+Nothing here imports FastAPI; the responses are written with plain ASGI messages. What an
+address to listen on asks for (a token beyond this machine) is :mod:`clipsearch.server.listen`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
@@ -33,9 +33,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DEFAULT_MAX_BODY = 20 * 1024 * 1024
 """Largest request body accepted by default: 20 MiB."""
-
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-"""Host names a server bound to the loopback interface answers to."""
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -57,17 +54,6 @@ def parse_size(text: str | int) -> int:
     if value <= 0:
         raise ValueError(f"size must be a positive number of bytes, got {text!r}")
     return value
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1); False for anything else."""
-    name = host.strip().strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost may resolve anywhere
 
 
 def host_of(header: str) -> str:

@@ -3,7 +3,6 @@ and adding uploaded images to the store."""
 
 from __future__ import annotations
 
-import importlib
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -58,7 +57,6 @@ class ServerState:
         self.write_lock = threading.Lock()  # one indexing run at a time from this process
         self._texts = _LRU(TEXT_CACHE_SIZE)
         self._classifiers = _LRU(8)
-        self.tasks = {name: _optional(f"clipsearch.tasks.{name}") for name in ("classify", "localize", "qa")}
 
     # -- model ---------------------------------------------------------------------------------
     @property
@@ -150,16 +148,6 @@ class ServerState:
                 clf = ZeroShotClassifier(self.store.encoder, list(labels), templates)
                 self._classifiers.put(key, clf)
         return clf
-
-
-def _optional(module: str) -> Any:
-    """The module, or None when it does not exist (yet)."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and module.startswith(exc.name):
-            return None
-        raise
 
 
 def upload_name(upload: UploadFile) -> str:
