@@ -38,7 +38,8 @@ def test_indexing_leaves_no_old_versions_behind(tmp_path: Path) -> None:
 
     for name in ("items", "files"):
         table = tmp_path / "store" / "lance" / f"{name}.lance"
-        assert len(list((table / "_versions").glob("*.manifest"))) == 1, f"{name}: older versions kept"
+        # the newest version and its copy (a fallback for a manifest cut short), over the same files
+        assert len(list((table / "_versions").glob("*.manifest"))) == 2, f"{name}: older versions kept"
         assert _data_files(table) == {Path(p).name for p in _files_in_use(table)}, f"{name}: unused data files kept"
     stats = store.stats()
     assert stats["count"] == 50

@@ -347,10 +347,45 @@ def reindex(
     )
 
 
+@handle_errors
+def check(
+    store: StoreOption = None,
+    repair: Annotated[
+        bool,
+        typer.Option("--repair", help="Take broken tables back to their newest whole version and rebuild what can be rebuilt."),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Check the store: tables, vectors, how its tables agree, and the ANN index.
+
+    Exit status 0 when it is sound (or --repair made it so), 1 when problems remain. A repair
+    says what was lost; indexing the same folders again restores it while their files exist.
+    """
+    from clipsearch.store import resolve_store_uri
+    from clipsearch.store.check import check_store
+
+    root = resolve_store_uri(store)
+    report = check_store(root, repair=repair)
+    if as_json:
+        print(json.dumps(report.to_dict()))
+    for p in report.problems:
+        state = "[green]repaired[/]" if p.fixed else "[red]problem[/]"
+        err_console.print(f"  {state} {p.where}: {escape(p.what)}; repair: {escape(p.repair)}", highlight=False)
+    for line in report.lost:
+        err_console.print(f"  [yellow]lost[/] {escape(line)}", highlight=False)
+    counts = ", ".join(f"{n} {name}" for name, n in report.counts.items())
+    if report.ok:
+        err_console.print(f"store {root} is sound ({counts})" if not report.problems else f"store {root} repaired ({counts})", highlight=False)
+        return
+    err_console.print(f"{len(report.problems)} problem(s) in store {root}; fix them with: clipsearch check --store {root} --repair", highlight=False)
+    raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``index``, ``search``, ``stats``, ``remove`` and ``reindex`` to the ``clipsearch`` app."""
+    """Add ``index``, ``search``, ``stats``, ``remove``, ``reindex`` and ``check`` to the ``clipsearch`` app."""
     app.command("index")(index)
     app.command("search")(search)
     app.command("stats")(stats)
     app.command("remove")(remove)
     app.command("reindex")(reindex)
+    app.command("check")(check)

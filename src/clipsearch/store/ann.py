@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from clipsearch.models.base import Vectors
+Vectors = npt.NDArray[np.float32]
+"""``(n, dim)`` float32 unit rows."""
 
 DEFAULT_ANN_THRESHOLD = 100_000
 """Rows at which a store gets an IVF index; ``$CLIPSEARCH_ANN_THRESHOLD`` overrides."""

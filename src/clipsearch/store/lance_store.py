@@ -27,6 +27,7 @@ from clipsearch.paths import display_path
 from clipsearch.store import schema as sch
 from clipsearch.store.ann import (
     DEFAULT_ANN_THRESHOLD,
+    Vectors,
     IvfIndex,
     ann_threshold_from_env,
     build_ivf,
@@ -39,8 +40,6 @@ from clipsearch.store.ann import (
 if TYPE_CHECKING:
     import pyarrow as pa
 
-Vectors = npt.NDArray[np.float32]
-"""``(n, dim)`` float32 unit rows."""
 
 STORE_ENV = "CLIPSEARCH_STORE"
 MODALITIES = ("image", "text", "any")
@@ -268,8 +267,16 @@ class Store:
         if self.ann_threshold < 1:
             raise ValueError(f"ann_threshold must be a positive number of rows, got {self.ann_threshold}")
         self._db = lancedb.connect(str(root / sch.LANCE_DIR), read_consistency_interval=timedelta(0))
-        self._items = self._open_table(sch.ITEMS_TABLE, sch.items_schema(self.dim))
-        self._files = self._open_table(sch.FILES_TABLE, sch.files_schema())
+        try:
+            self._items = self._open_table(sch.ITEMS_TABLE, sch.items_schema(self.dim))
+            self._files = self._open_table(sch.FILES_TABLE, sch.files_schema())
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Lance raises ValueError/OSError for a broken table
+            raise StoreError(
+                f"store {root} cannot be read ({_lance_message(exc)}); check and repair it with: "
+                f"clipsearch check --store {root} --repair"
+            ) from None
         self._cells = None  # opened on first use: only stores of models with a grid have it
         self._no_cells_at: int | None = None  # the items version at which no cells table existed
         self._cell_rows: tuple[int, dict[str, int]] | None = None  # (cells table version, id -> row)
@@ -781,35 +788,14 @@ class Store:
 
     @contextmanager
     def _process_lock(self) -> Iterator[None]:
-        import fcntl
-
-        key = str(self.root.resolve())
-        if key in _WRITING:  # lockf does not exclude a second Store in the same process
-            raise StoreError(f"store {self.root} is being written by another Store object in this process")
-        self.root.mkdir(parents=True, exist_ok=True)
-        # POSIX record locks (lockf), not flock: they are not inherited by forked decoding
-        # workers, so a killed writer never leaves its lock held by an orphan.
-        fd = os.open(self.root / sch.LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise StoreError(
-                f"store {self.root} is being written by another process; try again when it finishes"
-            ) from None
-        self._lock_fd = fd
-        _WRITING.add(key)
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+        with write_lock(self.root) as fd:
+            self._lock_fd = fd
             self._next_seq = None
-            yield
-        finally:
-            _WRITING.discard(key)
-            self._lock_fd = None
-            self._next_seq = None
-            fcntl.lockf(fd, fcntl.LOCK_UN)
-            os.close(fd)
+            try:
+                yield
+            finally:
+                self._lock_fd = None
+                self._next_seq = None
 
     def _require_lock(self) -> None:
         if self._lock_fd is None:
@@ -894,15 +880,20 @@ class Store:
         return records
 
     def compact(self) -> None:
-        """Merge the small fragments many batch commits leave, and delete every older version.
+        """Merge the small fragments many batch commits leave, and delete older versions.
 
         Each commit is a table version that keeps the files it replaced, so a store would hold
-        its rows about twice over after a run. Under the write lock no other writer has files in
-        flight, so every file no current version uses can go (``delete_unverified``). A reader
-        still on an older version re-reads the newest at its next query.
+        its rows about twice over after a run. What is kept of each table: its newest version
+        and a copy of it (``restore``, a second manifest over the same files, so it costs no
+        space), so that a manifest cut short by a hard stop has a whole version to fall back
+        to (:mod:`clipsearch.store.check`). Under the write lock no other writer has files in
+        flight, so every file no kept version uses can go (``delete_unverified``). A reader
+        still on a deleted version re-reads the newest at its next query.
         """
         import warnings
         from datetime import timedelta
+
+        import lance
 
         self._require_lock()
         cells = self._cells_table()
@@ -914,11 +905,14 @@ class Store:
                 continue
             ds = table.to_lance()
             if len(ds.get_fragments()) > 16 or ds.stats.dataset_stats()["num_deleted_rows"] > 0:
-                with warnings.catch_warnings():  # its warning about readers of older versions is the docstring's
-                    warnings.simplefilter("ignore", UserWarning)
-                    table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
-            else:
-                ds.cleanup_old_versions(older_than=timedelta(0), delete_unverified=True)
+                ds.optimize.compact_files()
+            ds = lance.dataset(ds.uri)
+            newest = ds.versions()[-1]["version"] if len(ds.versions()) > 1 else None
+            if newest is not None and not _same_files(ds, lance.dataset(ds.uri, version=ds.versions()[-2]["version"])):
+                ds.restore()  # the newest version again: the fallback of the next line's cleanup
+            with warnings.catch_warnings():  # its warning about readers of older versions is the docstring's
+                warnings.simplefilter("ignore", UserWarning)
+                lance.dataset(ds.uri).cleanup_old_versions(older_than=timedelta(0), retain_versions=2, delete_unverified=True)
 
     def rows_bytes(self) -> int:
         """Bytes the current rows take on disk (items, files and cells, every column; no old
@@ -1009,6 +1003,51 @@ class Store:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def write_lock(root: Path) -> Iterator[int]:
+    """Hold the store's write lock (one writing process at a time) for the block; yields its fd.
+
+    Raises:
+        StoreError: another process (or another Store object in this one) is writing to it.
+    """
+    import fcntl
+
+    key = str(root.resolve())
+    if key in _WRITING:  # lockf does not exclude a second Store in the same process
+        raise StoreError(f"store {root} is being written by another Store object in this process")
+    root.mkdir(parents=True, exist_ok=True)
+    # POSIX record locks (lockf), not flock: they are not inherited by forked decoding
+    # workers, so a killed writer never leaves its lock held by an orphan.
+    fd = os.open(root / sch.LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StoreError(f"store {root} is being written by another process; try again when it finishes") from None
+    _WRITING.add(key)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield fd
+    finally:
+        _WRITING.discard(key)
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+
+def _same_files(a, b) -> bool:
+    """Whether two versions of a dataset read the same data files (and deletions)."""
+
+    def files(ds) -> set[tuple[str, ...]]:
+        return {
+            (str(f.fragment_id), *(d.path for d in f.data_files()), repr(f.metadata.deletion_file))
+            for f in ds.get_fragments()
+        }
+
+    return files(a) == files(b)
 
 
 def _remember(cache: dict, key: tuple[str, str], mask: np.ndarray, limit: int = 16) -> np.ndarray:
