@@ -369,7 +369,7 @@ def check(
     if as_json:
         print(json.dumps(report.to_dict()))
     for p in report.problems:
-        state = "[green]repaired[/]" if p.fixed else "[red]problem[/]"
+        state = "[green]repaired[/]" if p.fixed else ("[red]problem[/]" if p.serious else "[yellow]note[/]")
         err_console.print(f"  {state} {p.where}: {escape(p.what)}; repair: {escape(p.repair)}", highlight=False)
     for line in report.lost:
         err_console.print(f"  [yellow]lost[/] {escape(line)}", highlight=False)
@@ -377,7 +377,8 @@ def check(
     if report.ok:
         err_console.print(f"store {root} is sound ({counts})" if not report.problems else f"store {root} repaired ({counts})", highlight=False)
         return
-    err_console.print(f"{len(report.problems)} problem(s) in store {root}; fix them with: clipsearch check --store {root} --repair", highlight=False)
+    serious = sum(p.serious and not p.fixed for p in report.problems)
+    err_console.print(f"{serious} problem(s) in store {root}; fix them with: clipsearch check --store {root} --repair", highlight=False)
     raise typer.Exit(1)
 
 

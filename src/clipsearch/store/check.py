@@ -39,9 +39,10 @@ class Problem:
     what: str
     repair: str
     fixed: bool = False
+    serious: bool = True  # False: left over by a stop between two commits; harmless, the next run tidies it
 
     def to_dict(self) -> dict[str, Any]:
-        return {"where": self.where, "what": self.what, "repair": self.repair, "fixed": self.fixed}
+        return {"where": self.where, "what": self.what, "repair": self.repair, "fixed": self.fixed, "serious": self.serious}
 
 
 @dataclass
@@ -56,8 +57,8 @@ class CheckReport:
 
     @property
     def ok(self) -> bool:
-        """Nothing is wrong (any more)."""
-        return all(p.fixed for p in self.problems)
+        """Nothing is wrong (any more); harmless leftovers of a stop between commits aside."""
+        return all(p.fixed or not p.serious for p in self.problems)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -262,7 +263,9 @@ def _check_agreement(root: Path, datasets: dict[str, Any], report: CheckReport, 
     if cells is not None:
         orphans = sorted(set(cells.to_table(columns=["id"]).column("id").to_pylist()) - ids)
         if orphans:
-            problem = Problem("cells", f"{len(orphans)} grids belong to no stored image", "delete them (nothing is lost)")
+            problem = Problem(
+                "cells", f"{len(orphans)} grids belong to no stored image", "delete them (nothing is lost)", serious=False
+            )
             report.problems.append(problem)
             if repair:
                 for i in range(0, len(orphans), 500):
@@ -275,7 +278,7 @@ def _check_agreement(root: Path, datasets: dict[str, Any], report: CheckReport, 
         if stale:
             problem = Problem(
                 "files", f"{len(stale)} file records name no stored item",
-                "delete them; the next indexing run reads those files again (nothing is lost)",
+                "delete them; the next indexing run reads those files again (nothing is lost)", serious=False,
             )  # fmt: skip
             report.problems.append(problem)
             if repair:

@@ -776,15 +776,27 @@ class Store:
     def writing(self) -> Iterator[Store]:
         """Hold the store's write lock (one writing process at a time) for the block.
 
+        A full disk inside the block becomes one :class:`StoreError` that says so: each commit
+        is atomic, so everything committed before it is kept.
+
         Raises:
-            StoreError: another process is writing to this store.
+            StoreError: another process is writing to this store, or the disk filled up.
         """
         with self._thread_lock:  # threads sharing this Store take turns; re-entrant per thread
             if self._lock_fd is not None:
                 yield self
                 return
             with self._process_lock():
-                yield self
+                try:
+                    yield self
+                except OSError as exc:
+                    why = disk_full_reason(exc)
+                    if why is None:
+                        raise
+                    raise StoreError(
+                        f"the disk is full ({why}) while writing store {self.root}; everything committed before is "
+                        "kept: free some space and run the same command again"
+                    ) from None
 
     @contextmanager
     def _process_lock(self) -> Iterator[None]:
@@ -1003,6 +1015,21 @@ class Store:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def disk_full_reason(exc: OSError) -> str | None:
+    """``"no space left on device"``, ``"file too large"`` or ``"disk quota exceeded"`` when
+    ``exc`` says the disk (or a size limit) is full, else None. Lance reports it in its message."""
+    import errno
+
+    reasons = {errno.ENOSPC: "no space left on device", errno.EFBIG: "file too large", errno.EDQUOT: "disk quota exceeded"}
+    if exc.errno in reasons:
+        return reasons[exc.errno]
+    text = str(exc)
+    for code, why in reasons.items():
+        if f"(os error {code})" in text:
+            return why
+    return None
 
 
 @contextmanager
