@@ -594,3 +594,14 @@ def test_cli_search_table_shows_an_images_caption(tmp_path: Path, monkeypatch: p
     assert str(tmp_path / "pics" / "red.png") + "aredsquareatdusk" in cells
     hit = json.loads(run_cli("search", "red", "--store", str(store), "-k", "1", "--json").stdout)[0]
     assert (hit["caption"], hit["label"]) == ("a red square at dusk", None)
+
+
+def test_a_query_naming_a_missing_image_file_says_so(tmp_path: Path) -> None:
+    from PIL import Image
+
+    with pytest.raises(ValueError, match=r"^'nope\.jpg' looks like an image file, but there is no file at that path; "):
+        parse_query(["nope.jpg"])
+    assert parse_query(["nope.jpg", "photo"]).terms[0].kind == "text"  # more words: a text
+    image = tmp_path / "here.png"
+    Image.new("RGB", (8, 8)).save(image)
+    assert parse_query([str(image)]).terms[0].kind == "image"

@@ -136,7 +136,28 @@ def _term(text: str, sign: float) -> Term:
         return Term("item", text[len(ITEM_PREFIX) :].strip(), sign * weight)
     if _is_image_file(text):
         return Term("image", text, sign * weight)
+    if _names_a_missing_image(text):
+        raise ValueError(
+            f"{text!r} looks like an image file, but there is no file at that path; give an existing image "
+            "(or, to search for these words, add another word)"
+        )
     return Term("text", text, sign * weight)
+
+
+def _names_a_missing_image(text: str) -> bool:
+    """One word with an image file's extension (``nope.jpg``, ``~/x/cat.png``) that is no file:
+    meant as an image, not as text to search for."""
+    from clipsearch.images import is_image_path
+
+    if " " in text.strip() or not is_image_path(Path(text)):
+        return False
+    try:
+        Path(text).expanduser().stat()
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):  # a name too long to be a file, a NUL byte: text
+        return False
+    return False
 
 
 def _is_image_file(text: str) -> bool:

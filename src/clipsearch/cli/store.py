@@ -124,13 +124,11 @@ def index(
             highlight=False,
             markup=True,
         )
-    if summary.failures and report is None:
-        for f in summary.failures[:10]:
-            err_console.print(f"  [yellow]failed[/] {escape(display_path(f.path))}: {escape(f.reason)}", highlight=False)
-        if len(summary.failures) > 10:
-            err_console.print(
-                f"  ... and {len(summary.failures) - 10} more (use --report FILE.jsonl for all)", highlight=False
-            )
+    for f in summary.failures[:10]:
+        err_console.print(f"  [yellow]failed[/] {escape(display_path(f.path))}: {escape(f.reason)}", highlight=False)
+    if len(summary.failures) > 10:
+        where = f"all of them are in {report}" if report is not None else "use --report FILE.jsonl for all"
+        err_console.print(f"  ... and {len(summary.failures) - 10} more ({escape(where)})", highlight=False)
 
 
 @handle_errors
@@ -201,8 +199,12 @@ def search(
     if not hits:
         if min_score is not None:
             err_console.print(f"no result above the threshold {min_score:g}", highlight=False)
-        else:
+        elif where or path_glob:
             err_console.print("no result matches the filters", highlight=False)
+        elif modality != "any" and st.count(modality) == 0:
+            err_console.print(f"the store holds no {modality}s to return; index some, or search --modality any", highlight=False)
+        else:
+            err_console.print("no result", highlight=False)
     elif not as_json:
         console.print(_table(hits))
     kinds = {h.modality for h in hits}
