@@ -158,7 +158,7 @@ def resolve_text_tower(ref: str) -> tuple[Path, bool]:
                 return sub, False
         raise ModelNotAvailable(f"text tower folder {ref!r} has no config.json")
     if "/" in ref and not path.exists():
-        from clipsearch.models.registry import cached_hub_folder
+        from clipsearch.models.hub import cached_hub_folder
 
         return cached_hub_folder(ref, name=ref), False
     raise ModelNotAvailable(f"unknown text tower {ref!r}: use 'minilm', a Hugging Face folder or a cached hub id")
@@ -588,7 +588,7 @@ def build_dual(cfg: DualConfig) -> Any:
     """A fresh ``"dual"`` model (torch module); the caller seeds torch first for a fixed init."""
     from transformers import AutoModel, AutoTokenizer
 
-    from clipsearch.models.hf_clip import quiet_transformers
+    from clipsearch.models.hf_progress import quiet_transformers
 
     cfg.validate()
     path, packaged = resolve_text_tower(cfg.text_tower)
@@ -610,11 +610,12 @@ def build_hf_clip(base: str, *, freeze_text: bool = False) -> Any:
     import torch
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-    from clipsearch.models.hf_clip import preprocess_from_hf, quiet_transformers
+    from clipsearch.models.hf_clip import preprocess_from_hf
+    from clipsearch.models.hf_progress import quiet_transformers
 
     path = Path(base).expanduser()
     if not path.is_dir():
-        from clipsearch.models.registry import cached_hub_folder
+        from clipsearch.models.hub import cached_hub_folder
 
         path = cached_hub_folder(base, name=base)
     try:
@@ -640,7 +641,7 @@ def save_model(model: Any, folder: str | Path, *, training: dict[str, Any] | Non
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    from clipsearch.models.hf_clip import quiet_transformers
+    from clipsearch.models.hf_progress import quiet_transformers
 
     with quiet_transformers(quiet=not sys.stderr.isatty()):  # a shard bar in a terminal; none in a log
         _write_model(model, folder, training)
@@ -713,7 +714,7 @@ def load_module(folder: str | Path) -> Any:
     from safetensors.torch import load_file
     from transformers import AutoModel, AutoTokenizer
 
-    from clipsearch.models.hf_clip import quiet_transformers
+    from clipsearch.models.hf_progress import quiet_transformers
 
     cfg = DualConfig.from_dict(meta["config"])
     ref = meta["text_tower"]
