@@ -246,10 +246,10 @@ def dual_base_config(base: str) -> dict[str, Any] | None:
 def build_model(opts: TrainOptions) -> Any:
     """A fresh model for ``opts`` (seed torch first for a fixed initialisation), or the
     ``--base`` model to fine-tune."""
-    from clipsearch.models.dual import DualConfig, build_dual
+    from clipsearch.models.dual import DualConfig, build_dual, load_module
 
     if opts.base and dual_base_config(opts.base) is not None:
-        model = load_trainable(Path(opts.base).expanduser())
+        model = load_module(Path(opts.base).expanduser())
         model.set_text_trainable(not opts.freeze_text)
         # Each addition starts as a no-op, so the base's vectors are kept until training moves them;
         # except cell places under --attend-objects, which start random (see enable_pool_positions).
