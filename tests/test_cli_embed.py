@@ -14,7 +14,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from clipsearch.cli.main import app
-from clipsearch.models.registry import load_model, offline_message
+from clipsearch.models.hub import offline_message
+from clipsearch.models.registry import load_model
 
 runner = CliRunner()
 

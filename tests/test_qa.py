@@ -18,7 +18,9 @@ import typer
 from typer.testing import CliRunner
 
 from clipsearch.errors import EmptyText, ModelNotAvailable, StoreError
+from clipsearch.models.cross_encoder import load_reranker
 from clipsearch.models.dpr import load_dpr
+from clipsearch.models.reader import load_reader
 from clipsearch.tasks.qa import (
     MemoryRetriever,
     QAExample,
@@ -33,8 +35,8 @@ from clipsearch.tasks.qa import (
     normalize_answer,
     open_retriever,
 )
-from clipsearch.tasks.reader import load_reader, read, sentence_answer
-from clipsearch.tasks.rerank import load_reranker, rerank
+from clipsearch.tasks.reader import read, sentence_answer
+from clipsearch.tasks.rerank import rerank
 from clipsearch.text.passages import split_passages
 from qa_tiny_models import (
     save_tiny_cross_encoder,

@@ -723,6 +723,59 @@ def test_train_outside_a_terminal_logs_lines_not_a_bar(tmp_path: Path, tiny_sber
     assert re.search(r"^step 2 of 2: loss \d+\.\d{4}, temperature 0\.\d{4}, \d+ img/s$", result.stderr, re.M), result.stderr
 
 
+def test_train_reports_progress_as_events_and_prints_nothing(tmp_path: Path, tiny_sbert: Path, capsys) -> None:
+    """The library never prints: steps, logged windows, evaluations and the text cache reach
+    ``on_progress`` as events; without ``progress`` only evaluations and notices do."""
+    from clipsearch.events import Event
+    from clipsearch.train.text_cache import TASK as CACHE_TASK
+    from clipsearch.train.trainer import TrainOptions, train
+
+    def options(out: str, **kw) -> TrainOptions:
+        return TrainOptions(pairs="demo-world", out=str(tmp_path / out), text_tower=str(tiny_sbert), image_size=16,
+                            batch_size=8, steps=3, caption_pool=20, eval_pairs="demo-world", eval_size=8,
+                            eval_every=2, threads=1, **kw)  # fmt: skip
+
+    events: list[Event] = []
+    result = train(options("a"), events.append)
+    assert capsys.readouterr().err == ""
+    steps = [e for e in events if e.task == "training"]
+    assert [e.n for e in steps if e.kind == "total"] == [3] and sum(e.n for e in steps if e.kind == "advance") == 3
+    assert steps[-1].kind == "done"
+    windows = [e for e in steps if e.kind == "message" and "loss" in e.data]
+    assert windows[-1].data["step"] == 3 and windows[-1].data["steps"] == 3
+    assert windows[-1].data["loss"] == result.history[-2]["loss"]  # the last window, then the last eval
+    assert re.fullmatch(r"step 3 of 3: loss \d+\.\d{4}, temperature 0\.\d{4}, \d+ img/s", windows[-1].message)
+    evals = [e for e in steps if e.kind == "message" and "eval" in e.data]
+    assert [e.data["step"] for e in evals] == [2, 3] and evals[-1].data["eval"] == result.eval
+    assert evals[0].message.startswith("step 2: eval text->image R@1 ")
+    cache = [e for e in events if e.task == CACHE_TASK]
+    assert cache[0].kind == "total" and cache[0].n == 20 and sum(e.n for e in cache if e.kind == "advance") == 20
+    assert any(e.message == "cached text tower states for 20 captions in 0 s" for e in steps)
+
+    quiet: list[Event] = []
+    train(options("b", progress=False), quiet.append)
+    assert {e.kind for e in quiet} == {"message", "done"} and not any("loss" in e.data for e in quiet)
+    assert [e.data["step"] for e in quiet if "eval" in e.data] == [2, 3]
+    assert capsys.readouterr().err == ""
+
+
+def test_text_cache_gives_what_the_tower_gives(tiny_dual) -> None:
+    from clipsearch.train.text_cache import TextStateCache
+
+    model = tiny_dual.eval()
+    texts = ["a red star", "there is a tiny blue ring somewhere in this picture", "a red star"]
+    cache = TextStateCache(model)
+    cache.fill(texts[:1])
+    with torch.no_grad():
+        cached = model.encode_text(cache.inputs(texts))  # the second text is computed on the way
+        direct = model.encode_text(model.text_inputs(texts))
+    assert len(cache) == 2
+    torch.testing.assert_close(cached, direct, rtol=0, atol=2e-3)  # float16 states
+    model.set_text_trainable(True)
+    with pytest.raises(ValueError, match="a trainable text tower cannot be cached"):
+        TextStateCache(model)
+
+
 def test_train_from_a_tiny_hf_clip_base(tmp_path: Path, tiny_hf_clip: Path) -> None:
     from typer.testing import CliRunner
 
@@ -826,7 +879,9 @@ def test_lock_image_trains_the_text_side_only(tmp_path: Path, tiny_sbert: Path) 
 
 
 def test_lock_image_on_a_clip_base(tiny_hf_clip: Path) -> None:
-    model = dual.build_hf_clip(str(tiny_hf_clip))
+    from clipsearch.train.clip_finetune import build_hf_clip
+
+    model = build_hf_clip(str(tiny_hf_clip))
     model.lock_image()
     model.train()
     assert not model.clip.vision_model.training and model.clip.text_model.training
@@ -961,14 +1016,15 @@ _CACHE_ORDER_SCRIPT = """
 import hashlib, sys
 import torch
 from clipsearch.models import dual
+from clipsearch.train.text_cache import TextStateCache
 cfg = dual.DualConfig(image_size=16, cnn_widths=(8, 16), cnn_blocks=(0, 1), embed_dim=16, text_tower=sys.argv[1],
                       text_head_dim=16, text_head_queries=2, text_head_heads=2)
 model = dual.build_dual(cfg)
 seen = []
 tokenize = model.tokenize
 model.tokenize = lambda chunk: seen.append(list(chunk)) or tokenize(chunk)
-model.precompute_text([f"a {c} {s}" for c in ("red", "blue", "green", "tan") for s in ("star", "ring", "cross")],
-                      batch_size=4)
+TextStateCache(model).fill([f"a {c} {s}" for c in ("red", "blue", "green", "tan") for s in ("star", "ring", "cross")],
+                           batch_size=4)
 print(hashlib.md5(repr(seen).encode()).hexdigest())
 """
 

@@ -40,9 +40,9 @@ TopKOption = Annotated[int, typer.Option("--top-k", "-k", min=1, max=1000, help=
 
 
 def _load(store: str | None, retriever: str | None, reader: str | None, rerank: str | None) -> tuple[Any, Any, Any]:
+    from clipsearch.models.cross_encoder import load_reranker
+    from clipsearch.models.reader import load_reader
     from clipsearch.tasks.qa import open_retriever
-    from clipsearch.tasks.reader import load_reader
-    from clipsearch.tasks.rerank import load_reranker
 
     def note(n: int, name: str) -> None:
         err_console.print(f"re-embedding {n} passages with {name} (the store was built with another model)")

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from clipsearch.cli.common import JsonOption, ModelOption, console, default_model, err_console, handle_errors
+from clipsearch.cli.progress import rendered_progress
+
+if TYPE_CHECKING:
+    from clipsearch.events import Event, ProgressCallback
 
 DEMO_WORLD = "demo-world"  # same value as clipsearch.train.data.DEMO_WORLD (no heavy import here)
 
@@ -78,17 +85,20 @@ def train_cmd(
     """
     from clipsearch.train.trainer import TrainOptions, train
 
-    result = train(
-        TrainOptions(
-            pairs=pairs, out=str(out), base=base, image_tower=image_tower, text_tower=text_tower,
-            freeze_text=freeze_text, steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-            eval_pairs=eval_pairs, eval_every=eval_every, eval_size=eval_size, resume=resume, minutes=minutes,
-            threads=threads, device=device, workers=workers, caption_pool=caption_pool, twins=twins, twin_kind=twin_kind,
-            soft_targets=soft_targets, negatives=negatives, object_queries=object_queries,
-            text_layers=text_layers, text_positions=text_positions, attend_objects=attend_objects, lock_image=lock_image, image_size=image_size, embed_dim=embed_dim, pool=pool,
-            pool_positions=pool_positions, progress=progress,
-        )
-    )  # fmt: skip
+    with _training_output(progress) as on_progress:
+        result = train(
+            TrainOptions(
+                pairs=pairs, out=str(out), base=base, image_tower=image_tower, text_tower=text_tower,
+                freeze_text=freeze_text, steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                eval_pairs=eval_pairs, eval_every=eval_every, eval_size=eval_size, resume=resume, minutes=minutes,
+                threads=threads, device=device, workers=workers, caption_pool=caption_pool, twins=twins, twin_kind=twin_kind,
+                soft_targets=soft_targets, negatives=negatives, object_queries=object_queries,
+                text_layers=text_layers, text_positions=text_positions, attend_objects=attend_objects, lock_image=lock_image, image_size=image_size, embed_dim=embed_dim, pool=pool,
+                pool_positions=pool_positions, progress=progress,
+            ),
+            on_progress,
+            transformers_bars=sys.stderr.isatty(),  # their shard bar in a terminal; none in a log
+        )  # fmt: skip
     state = "finished" if result.finished else "stopped early (--resume continues)"
     loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
     err_console.print(
@@ -97,6 +107,28 @@ def train_cmd(
     )
     if result.eval:
         _print_recall(result.eval)
+
+
+@contextmanager
+def _training_output(progress: bool) -> Iterator[ProgressCallback]:
+    """Shows the trainer's events (:mod:`clipsearch.train.trainer`) on stderr.
+
+    In a terminal, with ``progress``: a bar per task, the training bar showing the numbers of
+    the last logged window. In a log: each logged window is a line of its own, no carriage
+    returns. Evaluations and notices are a line either way, and every line is the trainer's own
+    words, as a log parser reads them ("step 120 of 3500: loss 3.2749, ...").
+    """
+    bars = progress and sys.stderr.isatty()
+    with rendered_progress(bars, bars=True) as draw:
+
+        def on_event(event: Event) -> None:
+            window = "loss" in event.data  # a logged window's numbers: the bar shows them
+            if event.kind == "message" and not (window and draw is not None):
+                err_console.print(event.message, markup=False, highlight=False, soft_wrap=True)
+            elif draw is not None:
+                draw(event)
+
+        yield on_event
 
 
 def _print_recall(metrics: dict) -> None:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import numpy.typing as npt
 
+from clipsearch.models.preprocess import Preprocess, to_pixel_values
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -24,26 +26,6 @@ Vectors = npt.NDArray[np.float32]
 Modality = Literal["image", "text"]
 ImageInput = "str | Path | bytes | Image.Image"
 TextRole = Literal["query", "passage"]
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How an image becomes the model's input tensor; travels with the weights.
-
-    Matches CLIP's recipe: resize the shortest side to ``size`` with ``interpolation``, centre
-    crop to ``crop`` x ``crop``, scale to [0, 1], subtract ``mean`` and divide by ``std`` per channel.
-    """
-
-    size: int = 224  # shortest side after resize, in pixels
-    crop: int = 224  # square centre crop, in pixels
-    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP
-    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-    interpolation: str = "bicubic"  # a PIL resampling filter name
-    resize_mode: str = "shortest"  # "shortest" (resize+crop, CLIP) or "squash" (resize to crop x crop)
-    crop_rounding: str = "floor"  # crop offset: "floor" (transformers) or "round" (torchvision, open_clip)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -117,8 +99,6 @@ class Encoder(ABC):
 
     def preprocess_images(self, images: Sequence["Image.Image"]) -> npt.NDArray[np.float32]:
         """``(n, 3, crop, crop)`` float32 model input for n RGB images (worker-process safe)."""
-        from clipsearch.models.preprocess import to_pixel_values
-
         if self.info.preprocess is None:
             raise ValueError(f"model {self.name!r} embeds text only; it has no image preprocessing")
         return np.stack([to_pixel_values(im, self.info.preprocess) for im in images])

@@ -221,7 +221,7 @@ def _load_tower(source: str, want: str | None, name: str, device: str) -> tuple[
     import transformers
     from transformers import AutoTokenizer
 
-    from clipsearch.models.hf_clip import quiet_transformers
+    from clipsearch.models.hf_progress import quiet_transformers
 
     path = Path(source).expanduser()
     if path.exists() and not path.is_dir():

@@ -10,8 +10,7 @@ each batch is padded only to its longest member.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy.typing as npt
 
 from clipsearch.errors import ModelNotAvailable
 from clipsearch.models.base import Encoder, ModelInfo, Preprocess, TextRole
+from clipsearch.models.hf_progress import quiet_transformers
 from clipsearch.models.preprocess import PIL_RESAMPLE_CODES, RESAMPLING_NAMES
 
 
@@ -188,18 +188,3 @@ def _triple(v: Any) -> tuple[float, float, float]:
         raise ValueError(f"expected 3 per-channel values, got {vals}")
     return vals[0], vals[1], vals[2]
 
-
-@contextlib.contextmanager
-def quiet_transformers(quiet: bool = True) -> Iterator[None]:
-    """Hide transformers' progress bars ("Loading weights", "Writing model shards") inside the
-    block when ``quiet``, then restore the setting."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    if quiet:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()

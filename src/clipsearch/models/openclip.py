@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 from clipsearch.errors import ModelNotAvailable
 from clipsearch.models.base import Encoder, ModelInfo, Preprocess, TextRole
+from clipsearch.models.hub import cached_hub_folder, offline_message
 
 PREFIX = "open_clip:"
 CROP_ROUNDING = "round"  # torchvision's CenterCrop, which open_clip's transform uses
@@ -129,16 +130,13 @@ def _trimmable_pool_type(model: Any) -> str | None:
 
 
 # -- loading ---------------------------------------------------------------------------------
-def load_open_clip(
-    name: str, *, weights: str | None = None, device: str = "cpu", offline_message: str = ""
-) -> OpenClipEncoder:
+def load_open_clip(name: str, *, weights: str | None = None, device: str = "cpu") -> OpenClipEncoder:
     """Load ``open_clip:ARCH/PRETRAINED``, ``open_clip:ARCH`` + ``weights`` or ``open_clip:hf-hub:REPO``.
 
     Args:
         name: the full name, starting with ``open_clip:``.
         weights: a local checkpoint file, for ``open_clip:ARCH`` names only.
         device: torch device for inference.
-        offline_message: the sentence to raise when the tag's weights are not cached.
 
     Raises:
         ModelNotAvailable: malformed name, unknown architecture or tag, weights not cached,
@@ -149,8 +147,6 @@ def load_open_clip(
     if spec.startswith("hf-hub:"):
         if weights:
             raise ModelNotAvailable(f"open_clip model {name!r} takes its weights from the hub repo, not weights=FILE")
-        from clipsearch.models.registry import cached_hub_folder
-
         folder = cached_hub_folder(spec[len("hf-hub:") :], name=name)
         return load_open_clip_dir(folder, name=name, device=device)
     if not spec or spec.count("/") > 1 or spec.startswith("/") or spec.endswith("/"):
@@ -178,7 +174,7 @@ def load_open_clip(
             )
         checkpoint = _cached_pretrained_file(cfg)
         if checkpoint is None:
-            raise ModelNotAvailable(offline_message or f"model {name!r} is not available offline")
+            raise ModelNotAvailable(offline_message(name))
         # What create_model(arch, pretrained=tag) would take from the tag, without its download:
         force_pp = {k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode", "fill_color") if k in cfg}
         # The tag says how the weights were trained; open_clip only warns on a mismatch, which

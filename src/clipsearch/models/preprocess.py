@@ -8,12 +8,11 @@ nearest even pixel, Python's ``round``), chosen by ``crop_rounding``.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-
-from clipsearch.models.base import Preprocess
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -26,6 +25,26 @@ PIL_RESAMPLE_CODES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4
 
 RESIZE_MODES = ("shortest", "squash")
 CROP_ROUNDINGS = ("floor", "round")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes the model's input tensor; travels with the weights.
+
+    Matches CLIP's recipe: resize the shortest side to ``size`` with ``interpolation``, centre
+    crop to ``crop`` x ``crop``, scale to [0, 1], subtract ``mean`` and divide by ``std`` per channel.
+    """
+
+    size: int = 224  # shortest side after resize, in pixels
+    crop: int = 224  # square centre crop, in pixels
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    interpolation: str = "bicubic"  # a PIL resampling filter name
+    resize_mode: str = "shortest"  # "shortest" (resize+crop, CLIP) or "squash" (resize to crop x crop)
+    crop_rounding: str = "floor"  # crop offset: "floor" (transformers) or "round" (torchvision, open_clip)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def resampling_filter(name: str) -> int:

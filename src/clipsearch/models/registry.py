@@ -28,17 +28,12 @@ from typing import Any
 
 from clipsearch.errors import ModelNotAvailable
 from clipsearch.models.base import Encoder
+from clipsearch.models.hub import OFFLINE_OPTIONS, cached_hub_folder, looks_like_path
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 """The library's default model name (a hub id: it must be in the local HF cache)."""
 
-OFFLINE_OPTIONS = "use a local model folder, 'minilm' (text only) or 'demo'"
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-def offline_message(name: str) -> str:
-    """The one-sentence error for a model whose weights are not on this machine."""
-    return f"model {name!r} is not available offline: downloads are unavailable here, so {OFFLINE_OPTIONS}"
 
 
 def load_model(name: str, *, weights: str | None = None, device: str | None = None) -> Encoder:
@@ -87,7 +82,9 @@ def _load(name: str, weights: str | None, device: str) -> Encoder:
     if weights and not name.startswith("open_clip:"):
         raise ModelNotAvailable(f"weights=FILE only goes with 'open_clip:ARCH' model names, not {name!r}")
     if name == "demo":
-        return _load_demo(device)
+        from clipsearch.models.demo import load_demo
+
+        return load_demo(device=device)
     if name == "minilm":
         from clipsearch.models.sbert import load_minilm
 
@@ -95,9 +92,10 @@ def _load(name: str, weights: str | None, device: str) -> Encoder:
     if name.startswith("open_clip:"):
         from clipsearch.models.openclip import load_open_clip
 
-        return load_open_clip(name, weights=weights, device=device, offline_message=offline_message(name))
+        return load_open_clip(name, weights=weights, device=device)
     if name == "dpr" or name.startswith("dpr:"):
-        load_dpr = _lazy("clipsearch.models.dpr", "load_dpr", name, "the DPR backend")
+        from clipsearch.models.dpr import load_dpr
+
         return load_dpr(name, device=device)
     if name.startswith("onnx:"):
         # The place for an ONNX Runtime backend (MEASURED.md: int8 about 1.5-2x faster on CPU).
@@ -106,7 +104,7 @@ def _load(name: str, weights: str | None, device: str) -> Encoder:
     path = Path(name).expanduser()
     if path.is_dir():
         return load_folder(path, name=str(path.resolve()), device=device)
-    if _looks_like_path(name):
+    if looks_like_path(name):
         raise ModelNotAvailable(f"model folder {name!r} does not exist")
     if _HUB_ID.fullmatch(name):
         folder = cached_hub_folder(name, name=name)
@@ -133,7 +131,8 @@ def load_folder(folder: str | Path, *, name: str, device: str = "cpu") -> Encode
 
 def _load_folder(folder: Path, *, name: str, device: str) -> Encoder:
     if (folder / "clipsearch_model.json").is_file():
-        load_dual = _lazy("clipsearch.models.dual", "load_dual", name, "our dual-encoder backend")
+        from clipsearch.models.dual import load_dual
+
         return load_dual(folder, name=name, device=device)
     if (folder / "modules.json").is_file() or (folder / "config_sentence_transformers.json").is_file():
         from clipsearch.models.sbert import load_sbert
@@ -150,51 +149,14 @@ def _load_folder(folder: Path, *, name: str, device: str) -> Encoder:
 
         return load_hf_clip(folder, name=name, device=device)
     if model_type == "dpr" or is_dpr_pair:
-        load_dpr = _lazy("clipsearch.models.dpr", "load_dpr", name, "the DPR backend")
+        from clipsearch.models.dpr import load_dpr
+
         return load_dpr(folder, name=name, device=device)
     found = f"config.json with model_type {model_type!r}" if model_type else "no config.json"
     raise ModelNotAvailable(
         f"model folder {str(folder)!r} holds no model clipsearch can load ({found}): expected "
         "clipsearch_model.json, modules.json, open_clip_config.json, or config.json with model_type 'clip' or 'dpr'"
     )
-
-
-def cached_hub_folder(repo_id: str, *, name: str) -> Path:
-    """The local snapshot folder of a hub repo, from the HF cache only (no network, fails fast).
-
-    Raises:
-        ModelNotAvailable: the repo is not in the local cache.
-    """
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except (LocalEntryNotFoundError, FileNotFoundError, ValueError, OSError) as e:
-        raise ModelNotAvailable(offline_message(name)) from e
-
-
-def _load_demo(device: str) -> Encoder:
-    load_demo = _lazy("clipsearch.models.demo", "load_demo", "demo", "the demo model")
-    try:
-        return load_demo(device=device)
-    except FileNotFoundError as e:
-        raise ModelNotAvailable(f"the demo model is not built yet: its weights are missing ({e.filename or e})") from e
-
-
-def _lazy(module: str, attr: str, name: str, what: str) -> Any:
-    """``module.attr``, imported on first use; ModelNotAvailable if that module is not written yet."""
-    import importlib
-
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name != module:  # a missing dependency inside an existing module is a real bug
-            raise
-        if name == "demo":
-            raise ModelNotAvailable("the demo model is not built yet: clipsearch.models.demo does not exist") from e
-        raise ModelNotAvailable(f"model {name!r} needs {what}, which is not built yet") from e
-    return getattr(mod, attr)
 
 
 def _model_type(config: Path) -> str | None:
@@ -205,6 +167,3 @@ def _model_type(config: Path) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
 
-
-def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1

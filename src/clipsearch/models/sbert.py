@@ -68,7 +68,7 @@ def load_sbert(folder: str | Path, *, name: str, device: str = "cpu") -> Sentenc
     """Load a sentence-transformers model saved in ``folder`` (``modules.json`` and friends)."""
     from sentence_transformers import SentenceTransformer
 
-    from clipsearch.models.hf_clip import quiet_transformers
+    from clipsearch.models.hf_progress import quiet_transformers
 
     folder = Path(folder)
     with quiet_transformers():

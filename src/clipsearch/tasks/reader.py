@@ -1,8 +1,8 @@
 """Read an answer out of retrieved passages.
 
 :func:`read` runs an extractive question-answering model (``AutoModelForQuestionAnswering``,
-e.g. ``deepset/roberta-base-squad2`` or ``distilbert-base-cased-distilled-squad``) over every
-passage. Passages longer than the model's window are cut into overlapping windows
+e.g. ``deepset/roberta-base-squad2`` or ``distilbert-base-cased-distilled-squad``, loaded by
+:func:`clipsearch.models.reader.load_reader`) over every passage. Passages longer than the model's window are cut into overlapping windows
 (``stride`` tokens shared between neighbours), and the best span over all windows of all
 passages wins.
 
@@ -20,18 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from clipsearch.errors import EmptyText, ModelNotAvailable
+from clipsearch.errors import EmptyText
 from clipsearch.models.base import Encoder
-
-_OFFLINE_HINT = (
-    "clipsearch never downloads weights, so copy it into the Hugging Face cache from a connected "
-    "machine or pass a local folder, or leave the reader out to get a sentence answer"
-)
+from clipsearch.models.reader import Reader, load_reader
 
 
 @dataclass
@@ -49,86 +44,6 @@ class Answer:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class Reader:
-    """A loaded extractive QA model and its fast tokenizer."""
-
-    model: Any
-    tokenizer: Any
-    name: str
-    device: str = "cpu"
-
-    @property
-    def max_length(self) -> int:
-        """The most tokens one window can hold."""
-        limits = [int(getattr(self.model.config, "max_position_embeddings", 512))]
-        if 0 < self.tokenizer.model_max_length < 100_000:
-            limits.append(int(self.tokenizer.model_max_length))
-        if getattr(self.model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-            limits[0] -= 2  # RoBERTa's position ids start after the padding index
-        return min(limits)
-
-
-def load_reader(name_or_folder: str | Path, *, device: str | None = None) -> Reader:
-    """Load a question-answering model from a local folder or the local Hugging Face cache.
-
-    Args:
-        name_or_folder: a folder, or a hub id in the local cache.
-        device: torch device (see :func:`clipsearch.models.device.resolve_device`; ``None``:
-            ``$CLIPSEARCH_DEVICE``, else cpu).
-
-    Raises:
-        ModelNotAvailable: not on this machine, not a QA model, or without a fast tokenizer.
-        DeviceUnavailable: a device that is malformed or not on this machine.
-    """
-    from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
-    from transformers.models.auto.modeling_auto import MODEL_FOR_QUESTION_ANSWERING_MAPPING
-
-    from clipsearch.models.device import resolve_device
-    from clipsearch.models.hf_clip import quiet_transformers
-
-    device = resolve_device(device)
-
-    name = str(name_or_folder)
-    source = local_source(name, "reader")
-    try:
-        with quiet_transformers():
-            config = AutoConfig.from_pretrained(source, local_files_only=True)
-            if type(config) not in MODEL_FOR_QUESTION_ANSWERING_MAPPING:
-                raise ModelNotAvailable(
-                    f"reader model {name!r} is not a question-answering model: transformers has no "
-                    f"question-answering head for model type {config.model_type!r}"
-                )
-            model = AutoModelForQuestionAnswering.from_pretrained(source, local_files_only=True)
-            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        where = "folder" if Path(source).exists() else "Hugging Face cache"
-        raise ModelNotAvailable(
-            f"reader model {name!r} cannot be loaded from the local {where}; {_OFFLINE_HINT}"
-        ) from exc
-    if not getattr(tokenizer, "is_fast", False):
-        raise ModelNotAvailable(
-            f"reader model {name!r} has no fast tokenizer (tokenizer.json); the reader needs its offset mapping"
-        )
-    model.eval().to(device)
-    return Reader(model, tokenizer, name, device)
-
-
-def local_source(name: str, what: str) -> str:
-    """``name`` as a folder when it is one; a path-like name that does not exist is an error
-    (rather than a confusing "not in the Hugging Face cache"); anything else is a hub id."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return str(path)
-    if path.exists():
-        raise ModelNotAvailable(
-            f"{what} model {name!r} is a file; give a folder saved with save_pretrained, or a hub id"
-        )
-    if name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1:
-        raise ModelNotAvailable(f"{what} model folder {name!r} does not exist")
-    return name
 
 
 def read(

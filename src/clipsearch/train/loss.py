@@ -14,14 +14,13 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from clipsearch.models.dual.config import MAX_LOGIT_SCALE
+
 if TYPE_CHECKING:
     import torch
 
 INIT_LOGIT_SCALE = math.log(1 / 0.07)
 """CLIP's initial ``logit_scale`` (a temperature of 0.07)."""
-
-MAX_LOGIT_SCALE = 100.0
-"""``exp(logit_scale)`` is clamped here, as in CLIP, so the logits cannot blow up."""
 
 
 def scale_from_param(logit_scale: "torch.Tensor") -> "torch.Tensor":

@@ -1,9 +1,22 @@
 """The contrastive trainer behind ``clipsearch train``.
 
-One loop for both model kinds (:mod:`clipsearch.models.dual`): batches from
-:mod:`clipsearch.train.data`, the symmetric loss of :mod:`clipsearch.train.loss`, AdamW with a
-linear warm-up and a cosine decay over ``steps``, periodic recall@k on a held-out set,
-checkpoints, ``--resume`` and a PNG of the curves.
+One loop for both model kinds (:mod:`clipsearch.models.dual`; a CLIP base through
+:mod:`clipsearch.train.clip_finetune`): batches from :mod:`clipsearch.train.data`, the symmetric
+loss of :mod:`clipsearch.train.loss`, AdamW with a linear warm-up and a cosine decay over
+``steps``, periodic recall@k on a held-out set, checkpoints, ``--resume`` and a PNG of the curves.
+
+Progress leaves as events (:mod:`clipsearch.events`) to the ``on_progress`` callback of
+:func:`train`, task ``"training"``:
+
+- ``total`` (the planned steps) and ``advance`` (one per step, the steps already done at once on
+  a resume), with ``progress`` on;
+- a message per logged window, with ``progress`` on: ``"step 120 of 3500: loss 3.2749,
+  temperature 0.0716, 171 img/s"``, data ``step, steps, loss, temperature, lr, img_per_s`` (and
+  ``object_attention`` under ``--attend-objects``);
+- always, a message per evaluation (``"step 500: eval text->image R@1 ..."``, data ``step, eval``)
+  and one per notice (the text cache filled, the time limit reached, undecodable images);
+- ``done`` when :func:`train` returns;
+- the text cache's own events, task :data:`clipsearch.train.text_cache.TASK`, with ``progress`` on.
 
 Output folder::
 
@@ -27,13 +40,15 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from clipsearch.events import ProgressCallback, Reporter
 
 CHECKPOINT_DIR = "checkpoint"
 HISTORY_FILE = "history.jsonl"
@@ -96,7 +111,7 @@ class TrainOptions:
     pool_positions: bool = False  # attention pool: a learned embedding of each cell's place (added to a --base too)
     attend_objects: float = 0.0  # demo-world: weight of a loss that draws the attention pool to the objects' boxes
     lock_image: bool = False  # train the text side only (LiT): the image side stays exactly as it is
-    progress: bool = True  # a progress bar on stderr in a terminal; elsewhere a line per logged window
+    progress: bool = True  # report each step and logged window (False: evaluations and notices only)
 
 
 @dataclass
@@ -109,10 +124,6 @@ class TrainResult:
     eval: dict[str, Any] | None  # the last evaluation
     images_per_second: float
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _resolve_defaults(opts: TrainOptions) -> TrainOptions:
@@ -207,6 +218,18 @@ def lr_factor(step: int, steps: int, warmup: int) -> float:
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def load_trainable(folder: Path) -> Any:
+    """The trainable torch module saved in a model folder (a checkpoint to resume, or a
+    dual-encoder ``--base`` to fine-tune), of either kind."""
+    from clipsearch.models.dual import HF_DIR, load_module, read_config
+
+    if read_config(folder)["kind"] == "hf_clip":
+        from clipsearch.train.clip_finetune import build_hf_clip
+
+        return build_hf_clip(str(folder / HF_DIR))
+    return load_module(folder)
+
+
 def dual_base_config(base: str) -> dict[str, Any] | None:
     """The :class:`~clipsearch.models.dual.DualConfig` fields of a ``--base`` that is a
     dual-encoder folder written by ``clipsearch train``; ``None`` for anything else (a CLIP
@@ -223,7 +246,7 @@ def dual_base_config(base: str) -> dict[str, Any] | None:
 def build_model(opts: TrainOptions) -> Any:
     """A fresh model for ``opts`` (seed torch first for a fixed initialisation), or the
     ``--base`` model to fine-tune."""
-    from clipsearch.models.dual import DualConfig, build_dual, build_hf_clip, load_module
+    from clipsearch.models.dual import DualConfig, build_dual, load_module
 
     if opts.base and dual_base_config(opts.base) is not None:
         model = load_module(Path(opts.base).expanduser())
@@ -238,6 +261,8 @@ def build_model(opts: TrainOptions) -> Any:
             model.text_head.add_layers(opts.text_layers)
         return model
     if opts.base:
+        from clipsearch.train.clip_finetune import build_hf_clip
+
         return build_hf_clip(opts.base, freeze_text=opts.freeze_text)
     cfg = DualConfig(
         image_tower=opts.image_tower,
@@ -265,8 +290,12 @@ def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+TextInputs = Callable[[Sequence[str]], dict[str, Any]]
+"""Texts -> what the model's ``encode_text`` takes: ``model.text_inputs``, or a text cache's ``inputs``."""
+
+
 def _embed_eval(
-    model: Any, pixels: np.ndarray, captions: list[str], batch: int = 256
+    model: Any, text_inputs: TextInputs, pixels: np.ndarray, captions: list[str], batch: int = 256
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """``(n, d)`` unit image and caption vectors and, for a model with a grid, the images'
     ``(n, gh, gw, d)`` unit cells (else ``None``), from one pass over the images."""
@@ -286,7 +315,7 @@ def _embed_eval(
                 v = model.encode_image(x)
             imgs.append(v.float().cpu().numpy())
         txt = torch.cat(
-            [model.encode_text(model.text_inputs(captions[i : i + batch])) for i in range(0, len(captions), batch)]
+            [model.encode_text(text_inputs(captions[i : i + batch])) for i in range(0, len(captions), batch)]
         )
     model.train(was_training)
     return np.concatenate(imgs), txt.float().cpu().numpy(), (np.concatenate(cells) if grid else None)
@@ -303,16 +332,16 @@ class _EvalSet:
         else:
             self.pixels, self.captions, self.keys = pairs_eval_set(read_pairs(opts.eval_pairs), preprocess)
 
-    def run(self, model: Any) -> dict[str, Any]:
+    def run(self, model: Any, text_inputs: TextInputs) -> dict[str, Any]:
         """Recall both ways; text -> image ranked as search ranks a store (see
         :func:`~clipsearch.train.evaluate.recall_as_search`)."""
         from clipsearch.train.evaluate import recall_as_search
 
-        img, txt, grids = _embed_eval(model, self.pixels, self.captions)
+        img, txt, grids = _embed_eval(model, text_inputs, self.pixels, self.captions)
         return recall_as_search(img, txt, self.captions, self.keys, grids)
 
 
-def _save_checkpoint(model: Any, optimizer: Any, out: Path, state: dict[str, Any]) -> None:
+def _save_checkpoint(model: Any, optimizer: Any, out: Path, state: dict[str, Any], transformers_bars: bool) -> None:
     """Write OUT/checkpoint atomically (a temporary folder renamed over the old one)."""
     import torch
 
@@ -321,7 +350,7 @@ def _save_checkpoint(model: Any, optimizer: Any, out: Path, state: dict[str, Any
     tmp = out / (CHECKPOINT_DIR + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_model(model, tmp, training=state["summary"])
+    save_model(model, tmp, training=state["summary"], transformers_bars=transformers_bars)
     blob = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
     if torch.cuda.is_initialized():  # dropout on a GPU draws from its own generators
         blob["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -377,8 +406,16 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads best in one place
+def train(  # noqa: C901 - the loop reads best in one place
+    opts: TrainOptions, on_progress: ProgressCallback | None = None, *, transformers_bars: bool = False
+) -> TrainResult:
     """Train a dual encoder (or fine-tune CLIP) as ``opts`` says; see the module docstring.
+
+    Args:
+        opts: what to train, on what, how long.
+        on_progress: receives the progress events listed in the module docstring.
+        transformers_bars: let transformers show its own bar while a Hugging Face part of the
+            model is written (a caller drawing on a terminal may want it; a log does not).
 
     Returns:
         A :class:`TrainResult`; the model is in ``opts.out``.
@@ -388,9 +425,8 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
             ``resume``), or resume options that differ from the checkpoint's.
     """
     import torch
-    from tqdm import tqdm
 
-    from clipsearch.models.dual import load_module, save_model
+    from clipsearch.models.dual import MAX_LOGIT_SCALE, save_model
     from clipsearch.train.data import (
         DEMO_WORLD,
         DemoWorldBatches,
@@ -401,11 +437,12 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
         object_query_texts,
         read_pairs,
     )
-    from clipsearch.train.loss import MAX_LOGIT_SCALE, box_cell_targets, contrastive_loss, object_attention_loss
+    from clipsearch.train.loss import box_cell_targets, contrastive_loss, object_attention_loss
+    from clipsearch.train.text_cache import TextStateCache
 
     opts = _resolve_defaults(opts)
     device = opts.device  # resolved by _resolve_defaults
-    bars = opts.progress and sys.stderr.isatty()  # bars in a terminal; in a log, a line per logged window
+    report = Reporter(on_progress, "training")
     if opts.workers:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer must not run threads across fork
     out = Path(opts.out).expanduser()
@@ -431,7 +468,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
     out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(opts.seed)
-    model = (load_module(ckpt) if saved else build_model(opts)).to(device)
+    model = (load_trainable(ckpt) if saved else build_model(opts)).to(device)
     if opts.lock_image:
         model.lock_image()
     if saved and getattr(model, "kind", "") == "hf_clip" and opts.freeze_text:
@@ -454,15 +491,19 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
         pool, negatives = None, {}
     warmup = opts.warmup if opts.warmup is not None else min(300, max(1, steps // 10))
 
+    text_inputs: TextInputs = model.text_inputs
     if getattr(model, "kind", "") == "dual" and opts.freeze_text:
-        model.enable_text_cache()
+        cache = TextStateCache(model)  # captions outside the known set join it as batches bring them
+        text_inputs = cache.inputs
         texts = [c for c, _ in pool] if pool else ([] if demo else sorted({p.caption for p in pairs}))
         texts += [negative for negative, _ in negatives.values()]
         texts += object_query_texts() if opts.object_queries else []
         if texts:
             t0 = time.perf_counter()
-            model.precompute_text(texts, progress=bars)
-            _log(f"cached text tower states for {len(texts)} captions in {time.perf_counter() - t0:.0f} s")
+            cache.fill(texts, on_progress=on_progress if opts.progress else None)
+            seconds = time.perf_counter() - t0
+            report.message(f"cached text tower states for {len(texts)} captions in {seconds:.0f} s",
+                           captions=len(texts), seconds=round(seconds, 1))  # fmt: skip
 
     eval_set = _EvalSet(opts, preprocess) if opts.eval_pairs else None
 
@@ -476,7 +517,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
             torch.cuda.set_rng_state_all(blob["cuda_rng"])
         start, history, elapsed_before = int(saved["step"]), list(saved["history"]), float(saved.get("elapsed_s", 0.0))
     if start >= steps:
-        _log(f"already trained {start} of {steps} steps; nothing to do")
+        report.message(f"already trained {start} of {steps} steps; nothing to do", step=start, steps=steps)
 
     params = [p for g in optimizer.param_groups for p in g["params"]]
     max_log_scale = math.log(MAX_LOGIT_SCALE)
@@ -508,14 +549,17 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
             entry["object_attention"] = float(np.mean(attention_window))
         history.append(entry)
         window, attention_window = [], []
-        if opts.progress and not bars:
-            _log(f"step {step} of {steps}: loss {entry['loss']:.4f}, temperature {1 / entry['logit_scale']:.4f}, {rate:.0f} img/s")
+        if opts.progress:
+            temperature = 1 / entry["logit_scale"]
+            numbers = {k: v for k, v in entry.items() if k != "logit_scale"}
+            report.message(f"step {step} of {steps}: loss {entry['loss']:.4f}, temperature {temperature:.4f}, {rate:.0f} img/s",
+                           **numbers, steps=steps, temperature=temperature)  # fmt: skip
 
     def checkpoint() -> None:
         state = {"step": step, "options": asdict(opts), "history": history,
                  "elapsed_s": round(elapsed_before + time.perf_counter() - t_start, 1), "summary": summary()}  # fmt: skip
-        _save_checkpoint(model, optimizer, out, state)
-        save_model(model, out, training=summary())
+        _save_checkpoint(model, optimizer, out, state, transformers_bars)
+        save_model(model, out, training=summary(), transformers_bars=transformers_bars)
         _write_history(out, history)
         plot_curves(history, out / CURVES_FILE)
 
@@ -523,17 +567,20 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
         nonlocal last_eval
         if eval_set is None:
             return
-        last_eval = eval_set.run(model)
+        last_eval = eval_set.run(model, text_inputs)
         history.append({"step": step, "eval": last_eval})
         t2i, i2t = last_eval["text_to_image"], last_eval["image_to_text"]
         vectors = last_eval.get("text_to_image_vectors")
         how = f" (grid re-rank, as search; vectors alone R@10 {vectors['R@10']:.3f})" if vectors else ""
-        _log(
+        report.message(
             f"step {step}: eval text->image R@1 {t2i['R@1']:.3f} R@5 {t2i['R@5']:.3f} R@10 {t2i['R@10']:.3f}{how} | "
-            f"image->text R@1 {i2t['R@1']:.3f} R@5 {i2t['R@5']:.3f} R@10 {i2t['R@10']:.3f}"
-        )
+            f"image->text R@1 {i2t['R@1']:.3f} R@5 {i2t['R@5']:.3f} R@10 {i2t['R@10']:.3f}",
+            step=step, eval=last_eval,
+        )  # fmt: skip
 
-    bar = tqdm(total=steps, initial=start, unit="step", disable=not bars, file=sys.stderr, dynamic_ncols=True)
+    if opts.progress:
+        report.total(steps)
+        report.advance(start)  # a resumed run's bar starts where the checkpoint stopped
     model.train()
     batches = iterate_batches(source, start, steps, opts.workers)
     t_seen = time.perf_counter()
@@ -548,7 +595,7 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
                 img = torch.nn.functional.normalize(pooled, dim=-1)
             else:
                 img = model.encode_image(pixels)
-            txt = model.encode_text(model.text_inputs(batch.captions))
+            txt = model.encode_text(text_inputs(batch.captions))
             targets = torch.from_numpy(batch.targets).to(device)
             loss = contrastive_loss(img, txt, model.logit_scale, targets, batch.n_pairs)
             if opts.attend_objects:
@@ -564,10 +611,9 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
             step += 1
             seen_images += len(batch.pixels)
             window.append(float(loss.detach()))
-            scale = float(model.logit_scale.detach().exp())
             rate = seen_images / max(1e-9, time.perf_counter() - t_seen)
-            bar.set_postfix(loss=f"{window[-1]:.3f}", temp=f"{1 / scale:.4f}", img_s=f"{rate:.0f}")
-            bar.update(1)
+            if opts.progress:
+                report.advance(1)
             if step % log_every == 0 or step == steps:
                 log_window(rate)
             if step % opts.eval_every == 0 and step < steps:
@@ -577,11 +623,11 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
                 t_seen += time.perf_counter() - t_pause  # the img/s rate counts training time only
             if opts.minutes is not None and time.perf_counter() - t_start > opts.minutes * 60 and step < steps:
                 finished = False
-                _log(f"time limit of {opts.minutes} minutes reached at step {step} of {steps}; --resume continues")
+                report.message(f"time limit of {opts.minutes} minutes reached at step {step} of {steps}; --resume continues",
+                               step=step, steps=steps)  # fmt: skip
                 break
     finally:
         batches.close()  # stops the worker processes now, even when the time limit broke the loop
-        bar.close()
     rate = seen_images / max(1e-9, time.perf_counter() - t_seen)
     if window:
         log_window(rate)
@@ -590,9 +636,11 @@ def train(opts: TrainOptions) -> TrainResult:  # noqa: C901 - the loop reads bes
     checkpoint()
     losses = [h["loss"] for h in history if "loss" in h]
     if refused:
-        _log(
-            f"{len(refused)} training images could not be decoded and were skipped, e.g. {next(iter(refused.items()))}"
+        report.message(
+            f"{len(refused)} training images could not be decoded and were skipped, e.g. {next(iter(refused.items()))}",
+            skipped=len(refused),
         )
+    report.done()
     return TrainResult(
         out, step, steps, finished and step >= steps, losses[-1] if losses else None, last_eval, rate, history
     )
