@@ -21,6 +21,17 @@ MAX_FILE_BYTES = 512 * 1024 * 1024
 """Image files larger than this are refused before being read into memory."""
 
 
+def check_run_options(batch_size: Any, workers: Any) -> int:
+    """Refuse a bad ``batch_size`` or ``workers`` before a run touches anything; returns the
+    number of decoding workers (``None``: :func:`default_workers`)."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive whole number, got {batch_size!r}")
+    workers = default_workers() if workers is None else int(workers)
+    if workers < 0:
+        raise ValueError(f"workers must be 0 (decode in this process) or more, got {workers}")
+    return workers
+
+
 def default_workers() -> int:
     """Decoding processes: ``min(2, cpu count)``."""
     return max(1, min(2, os.cpu_count() or 1))

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipsearch.events import ProgressCallback, Reporter
-from clipsearch.ingest.decode import Prepared, default_workers, prepared_images
+from clipsearch.ingest.decode import Prepared, check_run_options, prepared_images
 from clipsearch.ingest.embed import embed_images, embed_texts
 from clipsearch.ingest.summary import Failure
 from clipsearch.models.fingerprint import probe
@@ -66,9 +66,7 @@ def reembed_store(
     Raises:
         StoreError: another process is writing to the store.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive whole number, got {batch_size!r}")
-    workers = default_workers() if workers is None else int(workers)
+    workers = check_run_options(batch_size, workers)
     t0 = time.perf_counter()
     summary = ReembedSummary()
     report = Reporter(on_progress, "re-embedding")

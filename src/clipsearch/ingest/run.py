@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipsearch.events import ProgressCallback, Reporter
-from clipsearch.ingest.decode import Prepared, default_workers, file_timeout_from_env, prepare_image, prepared_images
+from clipsearch.ingest.decode import Prepared, check_run_options, file_timeout_from_env, prepare_image, prepared_images
 from clipsearch.ingest.documents import API_SOURCE, TextItem, read_text_items
 from clipsearch.ingest.embed import embed_images, embed_texts
 from clipsearch.ingest.plan import file_unchanged, plan_images, plan_prune
@@ -93,11 +93,7 @@ def index_paths(
     Raises:
         StoreError: another process is writing to the store.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive whole number, got {batch_size!r}")
-    workers = default_workers() if workers is None else int(workers)
-    if workers < 0:
-        raise ValueError(f"workers must be 0 (decode in this process) or more, got {workers}")
+    workers = check_run_options(batch_size, workers)
     file_timeout = file_timeout_from_env()  # a bad setting is refused before anything is read
     t0 = time.perf_counter()
     summary = IndexSummary()

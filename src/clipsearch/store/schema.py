@@ -205,22 +205,20 @@ PATH_COLUMNS = ("path", "source")
 
 def stored_row(row: dict[str, Any]) -> dict[str, Any]:
     """An items row with its paths as stored (a new dict; other fields shared)."""
-    out = dict(row)
-    for name in PATH_COLUMNS:
-        if name in out:
-            out[name] = stored_path(out[name])
-    if out.get("extra_paths"):
-        out["extra_paths"] = [stored_path(p) for p in out["extra_paths"]]
-    return out
+    return _map_paths(dict(row), stored_path)
 
 
 def real_row(row: dict[str, Any]) -> dict[str, Any]:
     """An items row read from the store, its paths as the file system names them (in place)."""
+    return _map_paths(row, real_path)
+
+
+def _map_paths(row: dict[str, Any], convert) -> dict[str, Any]:
     for name in PATH_COLUMNS:
         if name in row:
-            row[name] = real_path(row[name])
+            row[name] = convert(row[name])
     if row.get("extra_paths"):
-        row["extra_paths"] = [real_path(p) for p in row["extra_paths"]]
+        row["extra_paths"] = [convert(p) for p in row["extra_paths"]]
     return row
 
 
