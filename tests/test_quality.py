@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from clipsearch.models import dual
 from clipsearch.models.base import Encoder, ModelInfo, Preprocess
-from clipsearch.train import demo_world as dw
+from clipsearch import world as dw
 from clipsearch.train.quality import (
     ALL_PAIRS,
     evaluate_demo_quality,
@@ -283,7 +283,7 @@ def test_evaluate_retrieval_ranks_text_to_image_as_search_does(tiny_encoder, tmp
     import json
 
     from clipsearch.store import open_store
-    from clipsearch.train.demo_world import generate_world
+    from clipsearch.world import generate_world
     from clipsearch.train.evaluate import evaluate_retrieval
 
     encoder, _ = tiny_encoder

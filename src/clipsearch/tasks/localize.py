@@ -458,21 +458,14 @@ def _case(record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any] | 
 def generated_cases(n: int, seed: int, *, split: str = "eval") -> list[dict[str, Any]]:
     """``n`` fresh two-object demo-world scenes, in memory, each with one object to find.
 
-    Scenes come from :func:`clipsearch.train.demo_world.render_scene` (random sizes and
+    Scenes come from :func:`clipsearch.world.render_scene` (random sizes and
     aspect ratios, the ``eval`` split by default); the same seed gives the same cases.
 
     Returns:
         Dicts ``{"image": PIL image, "name": "scene #i", "prompt", "target": [x0, y0, x1, y1]}``.
     """
-    try:
-        from clipsearch.train.demo_world import render_scene
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("clipsearch.train"):
-            raise
-        raise ValueError(
-            "the demo-world generator (clipsearch.train.demo_world) is not installed; "
-            "give --scenes, a folder made by 'clipsearch demo-world OUT'"
-        ) from None
+    from clipsearch.world import render_scene
+
     rng = np.random.default_rng([int(seed), 0x10CA1])  # its own stream: not the train/eval worlds
     pick = np.random.default_rng(seed)
     cases: list[dict[str, Any]] = []

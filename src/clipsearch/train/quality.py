@@ -19,19 +19,19 @@ vector-only numbers are reported beside the judged ones.
    is the caption's own image, or an image whose caption has the identical text (duplicates
    are interchangeable); this is the definition of ``clipsearch evaluate retrieval``.
    ``retrieval_true_r1`` / ``retrieval_true_r10`` (reported): a hit is any image of which the
-   caption is true (:func:`~clipsearch.train.demo_world.claim_holds`); many captions name
+   caption is true (:func:`~clipsearch.world.claim_holds`); many captions name
    only some objects or attributes, so they fit several images.
 2. Zero-shot classification of ``n_single`` single-object images, balanced over all 88
    (colour, shape) pairs, through :class:`~clipsearch.tasks.classify.ZeroShotClassifier`:
    the shape among 8 ("a photo of a {shape}"), the colour among 11 ("a photo of a {colour}
    object"), and (reported) the pair among 88 ("a photo of a {colour} {shape}"), the position
    among 9 ("a photo of an object in the top left corner") and the size among 2.
-3. Held-out pairs (:data:`~clipsearch.train.demo_world.HELD_OUT_PAIRS`, never in a training
+3. Held-out pairs (:data:`~clipsearch.world.HELD_OUT_PAIRS`, never in a training
    image): precision@10 of the query "{colour} {shape}" over the retrieval gallery (a hit: a
    scene holding an object of that colour and shape), and the 88-way colour+shape
    classification of ``n_single`` single-object images of held-out pairs only.
 4. Phrasing: every "{colour} {shape}" pair queried in the three eval-only phrasings
-   (:func:`~clipsearch.train.demo_world.object_query` with "eval") and, for comparison, the
+   (:func:`~clipsearch.world.object_query` with "eval") and, for comparison, the
    three train phrasings, over ``n_scenes`` fresh scenes of 1-3 objects: precision@5 (a hit:
    a scene holding such an object), and the gap train - eval. For models with a grid of cell
    embeddings, also (reported) the same precision@5 after ``clipsearch search --rerank 50
@@ -59,7 +59,7 @@ import numpy.typing as npt
 
 from clipsearch.models.base import embeds_grid, encode_pixels
 from clipsearch.search import DEFAULT_CELL_WEIGHT, DEFAULT_RERANK
-from clipsearch.train import demo_world as dw
+from clipsearch import world as dw
 
 if TYPE_CHECKING:
     from PIL import Image
