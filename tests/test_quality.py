@@ -12,17 +12,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from clipsearch import world as dw
 from clipsearch.models import dual
 from clipsearch.models.base import Encoder, ModelInfo, Preprocess
-from clipsearch import world as dw
-from clipsearch.train.quality import (
-    ALL_PAIRS,
-    evaluate_demo_quality,
-    expected_recall_at_k,
-    precision_at_k,
-    recall_at_k,
-    strict_accuracy,
-)
+from clipsearch.tasks.metrics import expected_recall_at_k, precision_at_k, recall_at_k, strict_accuracy
+from clipsearch.train.quality import ALL_PAIRS, evaluate_demo_quality
 
 TINY_SIZES = dict(n_gallery=12, n_scenes=8, n_single=11)
 METRIC_IDS = {

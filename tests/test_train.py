@@ -14,7 +14,7 @@ import torch
 from clipsearch.errors import ModelNotAvailable
 from clipsearch.models import dual
 from clipsearch.train import data
-from clipsearch.train.evaluate import recall_at_k
+from clipsearch.train.evaluate import retrieval_recall as recall_at_k
 from clipsearch.train.loss import contrastive_loss
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from clipsearch.images import IMAGE_FIELDS
 from clipsearch.tasks.classify import ZeroShotClassifier, _draft_size, iter_image_batches
+from clipsearch.tasks.metrics import class_rank
 from clipsearch.tasks.templates import TemplateSpec
 
 if TYPE_CHECKING:
@@ -314,9 +315,7 @@ def evaluate_classification(
             probs = clf.probabilities(encoder.encode_images([item.image for item in ok]))
             true = truth[[item.index for item in ok]]
             pred = probs.argmax(axis=1)
-            true_p = probs[np.arange(len(ok)), true]
-            rank = (probs > true_p[:, None]).sum(axis=1)
-            top_k_hits += int((rank < k).sum())
+            top_k_hits += int((class_rank(probs, true, ties="for") < k).sum())
             np.add.at(confusion, (true, pred), 1)
             for item, t, p, row in zip(ok, true, pred, probs):
                 if t != p:

@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from clipsearch.tasks.metrics import box_iou, inside
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -407,20 +409,6 @@ class LocalizationReport:
             "method": self.method,
             "seed": self.seed,
         }
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two ``[x0, y0, x1, y1)`` boxes (0 when either is empty)."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
-def inside(point: Sequence[float], box: Sequence[float]) -> bool:
-    """Whether pixel ``(x, y)`` lies in box ``[x0, y0, x1, y1)``."""
-    return box[0] <= point[0] < box[2] and box[1] <= point[1] < box[3]
 
 
 def two_object_cases(records: Sequence[dict[str, Any]], root: str | Path, *, n: int, seed: int) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ _EXPORTS = {
     "read_pairs": "clipsearch.train.data",
     "TrainOptions": "clipsearch.train.trainer",
     "train": "clipsearch.train.trainer",
-    "recall_at_k": "clipsearch.train.evaluate",
+    "retrieval_recall": "clipsearch.train.evaluate",
     "evaluate_retrieval": "clipsearch.train.evaluate",
 }
 
