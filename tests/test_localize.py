@@ -178,18 +178,33 @@ def test_exif_rotated_file_gives_boxes_in_upright_pixels(tmp_path):
 
 
 def test_json_dict_and_overlay_png(tmp_path):
-    from clipsearch.viz.overlay import relevance_overlay_png
-
     im = scene()
     loc = localize(RednessEncoder(), im, "red", grid=16)
     d = loc.to_dict()
     assert set(d) >= {"map", "bbox", "score", "peak", "size"}
     assert len(d["map"]) == 12 and len(d["map"][0]) == 16
     json.dumps(d)
-    out = relevance_overlay_png(im, loc, tmp_path / "o.png", target=(6, 8, 36, 38))
+    out = loc.overlay_png(im, tmp_path / "o.png", target=(6, 8, 36, 38))
     with Image.open(out) as png:
         png.load()
         assert png.format == "PNG" and png.width > 400
+    with pytest.raises(ValueError, match=re.escape("image size (60, 45) does not match the localisation's (120, 90)")):
+        loc.overlay_png(im.resize((60, 45)), tmp_path / "x.png")
+
+
+def test_map_over_image_draws_the_box_on_the_blended_map():
+    """The web page's overlay: one picture the image's size (longest side at most max_side)."""
+    from clipsearch.viz.overlay import map_over_image
+
+    im = scene()
+    rel = np.zeros((3, 4), dtype=np.float32)
+    rel[0, 0] = 1.0
+    out = map_over_image(im, rel, (6, 8, 36, 38))
+    assert out.size == im.size and out.mode == "RGB"
+    assert out.getpixel((6, 20)) == (0, 229, 255)  # the box's left edge, 2 pixels wide
+    assert out.getpixel((60, 60)) != out.getpixel((6, 20))
+    small = map_over_image(im, rel, (6, 8, 36, 38), max_side=60)
+    assert small.size == (60, 45) and small.getpixel((3, 10)) == (0, 229, 255)  # the box scaled with it
 
 
 def test_patches_method_needs_a_patch_grid():

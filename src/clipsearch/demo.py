@@ -123,7 +123,7 @@ def run_demo(
             hits = [h for h in hits if query_image.name not in {Path(p).name for p in h.paths}]
         report.examples.append(Example(direction, text, hits[:5], note))
 
-    from clipsearch.contact_sheet import contact_sheet
+    from clipsearch.viz.contact_sheet import contact_sheet
 
     sheet_hits = store.search("a red circle", k=12, modality="image")
     report.contact_sheet = contact_sheet(sheet_hits, folder / "contact_sheet.png", title="a red circle")
@@ -144,12 +144,11 @@ def run_demo(
         from clipsearch.images import load_image
         from clipsearch.tasks import localize
         from clipsearch.tasks.localize import SMALL_OBJECTS
-        from clipsearch.viz.overlay import relevance_overlay_png
 
         target = two["objects"][0]
         prompt = f"{target['color']} {target['shape']}"
         image = load_image(gallery / two["file"])
         loc = localize(encoder, image, prompt, **SMALL_OBJECTS)
-        report.relevance_map = relevance_overlay_png(image, loc, folder / "relevance_map.png", target=tuple(target["bbox"]))
+        report.relevance_map = loc.overlay_png(image, folder / "relevance_map.png", target=target["bbox"])
         report.relevance_prompt = prompt
     return report

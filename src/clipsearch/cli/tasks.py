@@ -316,9 +316,7 @@ def localize(
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     if out is not None:
-        from clipsearch.viz.overlay import relevance_overlay_png
-
-        relevance_overlay_png(pil, loc, out)
+        loc.overlay_png(pil, out)
     if as_json:
         row = loc.to_dict()
         row["image"] = str(image)

@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from clipsearch.tasks.metrics import box_iou, inside
+from clipsearch.viz.overlay import relevance_overlay_png
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -91,6 +92,23 @@ class Localization:
             math.ceil((col + 1) * w / gw),
             math.ceil((row + 1) * h / gh),
         )
+
+    def overlay_png(
+        self, image: "Image.Image", out: str | Path, *, target: Sequence[float] | None = None
+    ) -> Path:
+        """Save ``image`` beside itself with this map, the box and the peak drawn over it (PNG).
+
+        Args:
+            image: the RGB image that was localised (its size is :attr:`image_size`).
+            out: PNG path.
+            target: a known box ``[x0, y0, x1, y1)`` to draw dashed (evaluation overlays).
+        """
+        if tuple(image.size) != tuple(self.image_size):
+            raise ValueError(f"image size {image.size} does not match the localisation's {self.image_size}")
+        return relevance_overlay_png(
+            image, self.map, out, box=self.bbox, peak=self.peak, target=target,
+            title=f"“{self.prompt}”", caption=f"box score {self.score:.3f} (cosine)",
+        )  # fmt: skip
 
     def to_dict(self, digits: int = 3) -> dict[str, Any]:
         return {
@@ -551,9 +569,8 @@ def evaluate_localization(
 
 def _draw_case(out_dir: Path, index: int, case: dict[str, Any], loc: Localization) -> Path:
     from clipsearch.tasks.classify import load_one
-    from clipsearch.viz.overlay import relevance_overlay_png
 
     out_dir.mkdir(parents=True, exist_ok=True)
     verdict = "hit" if case["hit"] else "miss"
     name = f"{index:03d}-{case['prompt'].replace(' ', '_')}-{verdict}-iou{case['iou']:.2f}.png"
-    return relevance_overlay_png(load_one(case["image"]), loc, out_dir / name, target=tuple(case["target"]))
+    return loc.overlay_png(load_one(case["image"]), out_dir / name, target=case["target"])
