@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -69,25 +68,12 @@ MethodOption = Annotated[
 ]
 
 
-def _image_inputs(paths: Iterable[Path]) -> list[Path]:
-    """Files stay, folders become their images (recursive, sorted); missing paths stay to be reported."""
-    from clipsearch.embed import expand_image_paths
-
-    out: list[Path] = []
-    for p in paths:
-        out.extend(expand_image_paths([p]) if p.is_dir() else [p])
-    return out
-
-
 def _labels(labels: str | None, labels_file: Path | None) -> list[str] | None:
-    out: list[str] = []
-    if labels:
-        out.extend(x.strip() for x in labels.split(",") if x.strip())
+    from clipsearch.tasks.templates import parse_labels, read_labels
+
+    out = parse_labels(labels) if labels else []
     if labels_file is not None:
-        if not labels_file.is_file():
-            fail(f"no such labels file: {labels_file}")
-        lines = labels_file.read_text(encoding="utf-8-sig").splitlines()
-        out.extend(x.strip() for x in lines if x.strip() and not x.lstrip().startswith("#"))
+        out += read_labels(labels_file)
     return out or None
 
 
@@ -153,12 +139,13 @@ def classify(
     line per image: {"image", "predictions": [{"label", "prob"}, ...]} best first, or
     {"image", "error"} for files that could not be read.
     """
+    from clipsearch.embed import expand_image_paths
     from clipsearch.tasks.classify import ZeroShotClassifier
 
     names = _labels(labels, labels_file)
     if not names:
         fail("give the labels to choose between with --labels \"a,b,c\" or --labels-file FILE")
-    images = _image_inputs(paths)
+    images = expand_image_paths(paths)
     if not images:
         fail("no image files found in the given folders")
     encoder = load_encoder(model, weights)
@@ -436,12 +423,13 @@ def caption(
     Candidates come from --candidates FILE or from the text items of a store (--store). With
     --json, one line per image: {"image", "captions": [{"text", "score"}, ...]} or {"image", "error"}.
     """
+    from clipsearch.embed import expand_image_paths
     from clipsearch.tasks.caption import caption as run_caption
     from clipsearch.tasks.caption import read_candidates
 
     if (candidates is None) == (store is None):
         fail("give exactly one source of captions: --candidates FILE or --store DIR")
-    images = _image_inputs(paths)
+    images = expand_image_paths(paths)
     if not images:
         fail("no image files found in the given folders")
     if candidates is not None:
@@ -497,10 +485,11 @@ def moderate(
     line per image: {"image", "fired": [{"rule", "score"}], "scores": {rule: score}} or
     {"image", "error"}. The count per rule goes to stderr.
     """
+    from clipsearch.embed import expand_image_paths
     from clipsearch.tasks.moderate import Moderator, load_rules, summarize
 
     rule_list = load_rules(rules)
-    images = _image_inputs(paths)
+    images = expand_image_paths(paths)
     if not images:
         fail("no image files found in the given folders")
     encoder = load_encoder(model, weights)

@@ -1,7 +1,7 @@
 """Routes for the tasks of :mod:`clipsearch.tasks`: classify, localise (JSON map or PNG overlay), ask.
 
-Each route is added only when its task module exists, so the server works before (and
-without) them; ``GET /api/config`` tells the page which ones are there.
+``GET /api/config`` tells the page which of them the store's model can serve. The routes parse
+the request, call the library and render its answer; the work is the library's.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from clipsearch.server.schemas import (
     error_responses,
     valid_unicode,
 )
+from clipsearch.viz.overlay import map_over_image
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 
 def add_task_routes(app: FastAPI, state: ServerState, reads: list[Any]) -> None:
-    """Routes for the tasks whose modules exist (each is skipped when its module is missing)."""
+    """Add the task routes to ``app``; ``reads`` are the dependencies every read route needs."""
 
     def image_from(upload: bytes | None, item_id: str | None) -> Image.Image:
         if (upload is None) == (item_id is None):
@@ -56,101 +57,95 @@ def add_task_routes(app: FastAPI, state: ServerState, reads: list[Any]) -> None:
         data = await image.read()
         return data or None
 
-    if state.tasks["classify"] is not None:
+    @app.post("/api/classify", tags=["tasks"], dependencies=reads, responses=error_responses(401, 404, 413, 422, 503))
+    async def classify(
+        labels: Annotated[str, Form(min_length=1, max_length=10_000, description="labels, comma or newline separated")],
+        image: Annotated[UploadFile | None, File(description="an image to classify")] = None,
+        id: Annotated[str | None, Form(pattern=ID_PATTERN, description="or a stored image item")] = None,  # noqa: A002
+        top: Annotated[int, Form(ge=1, le=MAX_LABELS)] = 5,
+        templates: Annotated[Literal["simple", "ensemble"], Form()] = "simple",
+    ) -> dict[str, Any]:
+        """Zero-shot classification of one image among the labels: ``{"predictions": [{"label", "prob"}]}``."""
+        names = tuple(_labels(labels))
+        data = await read_upload(image)
 
-        @app.post("/api/classify", tags=["tasks"], dependencies=reads, responses=error_responses(401, 404, 413, 422, 503))
-        async def classify(
-            labels: Annotated[str, Form(min_length=1, max_length=10_000, description="labels, comma or newline separated")],
-            image: Annotated[UploadFile | None, File(description="an image to classify")] = None,
-            id: Annotated[str | None, Form(pattern=ID_PATTERN, description="or a stored image item")] = None,  # noqa: A002
-            top: Annotated[int, Form(ge=1, le=MAX_LABELS)] = 5,
-            templates: Annotated[Literal["simple", "ensemble"], Form()] = "simple",
-        ) -> dict[str, Any]:
-            """Zero-shot classification of one image among the labels: ``{"predictions": [{"label", "prob"}]}``."""
-            names = tuple(_split_labels(labels))
-            data = await read_upload(image)
+        def work() -> dict[str, Any]:
+            clf = state.classifier(names, templates)
+            prediction = clf.classify([image_from(data, id)], top=top)[0]
+            if prediction.error is not None:
+                raise HTTPException(422, f"image: {prediction.error}")
+            return {"id": id, "predictions": prediction.to_dict()["predictions"]}
 
-            def work() -> dict[str, Any]:
-                clf = state.classifier(names, templates)
-                pil = image_from(data, id)
-                probs = clf.probabilities(state.encoder.encode_images([pil]))
-                top_labels = clf.top_labels(probs, top)[0]
-                return {
-                    "id": id,
-                    "predictions": [{"label": lab, "prob": round(float(p), 6)} for lab, p in top_labels],
-                }
+        return await run_in_threadpool(work)
 
-            return await run_in_threadpool(work)
+    loc_content = {200: {"content": {"application/json": {}, "image/png": {}}, "description": "the map"}}
 
-    if state.tasks["localize"] is not None:
-        loc_content = {200: {"content": {"application/json": {}, "image/png": {}}, "description": "the map"}}
+    def localize_response(pil: Image.Image, prompt: str, method: str, fmt: str) -> Response:
+        from clipsearch.tasks.localize import localize
 
-        def localize_response(pil: Image.Image, prompt: str, method: str, fmt: str) -> Response:
-            from clipsearch.tasks.localize import localize
+        valid_unicode(prompt)
+        text_vector = state.text_vector(prompt)
+        enc = state.encoder
+        if method == "auto":
+            method = "patches" if hasattr(enc, "encode_patch_grid") else "windows"
+        loc = localize(enc, pil, prompt, method=method, text_vector=text_vector)
+        if fmt == "png":
+            overlay = map_over_image(pil, loc.map, loc.bbox, max_side=OVERLAY_SIDE)
+            return Response(_png(overlay), media_type="image/png", headers={"Cache-Control": "no-store"})
+        return JSONResponse(finite(loc.to_dict()))
 
-            valid_unicode(prompt)
-            text_vector = state.text_vector(prompt)
-            enc = state.encoder
-            if method == "auto":
-                method = "patches" if hasattr(enc, "encode_patch_grid") else "windows"
-            loc = localize(enc, pil, prompt, method=method, text_vector=text_vector)
-            if fmt == "png":
-                return Response(_overlay_png(pil, loc), media_type="image/png", headers={"Cache-Control": "no-store"})
-            return JSONResponse(finite(loc.to_dict()))
+    @app.get(
+        "/api/items/{item_id}/localize",
+        tags=["tasks"],
+        dependencies=reads,
+        response_class=Response,
+        responses={**loc_content, **error_responses(401, 404, 422, 503)},
+    )
+    def localize_item(
+        item_id: ItemIdPath,
+        prompt: Annotated[str, Query(min_length=1, max_length=MAX_TEXT, pattern=r"\S")],
+        format: Format = "json",  # noqa: A002
+        method: Method = "auto",
+    ) -> Response:
+        """Where in a stored image is ``prompt``? A relevance map (JSON) or the map drawn over the image (PNG)."""
+        return localize_response(state.item_image(item_id), prompt, method, format)
 
-        @app.get(
-            "/api/items/{item_id}/localize",
-            tags=["tasks"],
-            dependencies=reads,
-            response_class=Response,
-            responses={**loc_content, **error_responses(401, 404, 422, 503)},
-        )
-        def localize_item(
-            item_id: ItemIdPath,
-            prompt: Annotated[str, Query(min_length=1, max_length=MAX_TEXT, pattern=r"\S")],
-            format: Format = "json",  # noqa: A002
-            method: Method = "auto",
-        ) -> Response:
-            """Where in a stored image is ``prompt``? A relevance map (JSON) or the map drawn over the image (PNG)."""
-            return localize_response(state.item_image(item_id), prompt, method, format)
+    @app.post(
+        "/api/localize",
+        tags=["tasks"],
+        dependencies=reads,
+        response_class=Response,
+        responses={**loc_content, **error_responses(401, 404, 413, 422, 503)},
+    )
+    async def localize_upload(
+        prompt: Annotated[str, Form(min_length=1, max_length=MAX_TEXT, pattern=r"\S")],
+        image: Annotated[UploadFile | None, File(description="an image")] = None,
+        id: Annotated[str | None, Form(pattern=ID_PATTERN, description="or a stored image item")] = None,  # noqa: A002
+        format: Annotated[Format, Form()] = "json",  # noqa: A002
+        method: Annotated[Method, Form()] = "auto",
+    ) -> Response:
+        """Where in this image is ``prompt``? An uploaded image or a stored one; JSON map or PNG overlay."""
+        data = await read_upload(image)
+        return await run_in_threadpool(lambda: localize_response(image_from(data, id), prompt, method, format))
 
-        @app.post(
-            "/api/localize",
-            tags=["tasks"],
-            dependencies=reads,
-            response_class=Response,
-            responses={**loc_content, **error_responses(401, 404, 413, 422, 503)},
-        )
-        async def localize_upload(
-            prompt: Annotated[str, Form(min_length=1, max_length=MAX_TEXT, pattern=r"\S")],
-            image: Annotated[UploadFile | None, File(description="an image")] = None,
-            id: Annotated[str | None, Form(pattern=ID_PATTERN, description="or a stored image item")] = None,  # noqa: A002
-            format: Annotated[Format, Form()] = "json",  # noqa: A002
-            method: Annotated[Method, Form()] = "auto",
-        ) -> Response:
-            """Where in this image is ``prompt``? An uploaded image or a stored one; JSON map or PNG overlay."""
-            data = await read_upload(image)
-            return await run_in_threadpool(lambda: localize_response(image_from(data, id), prompt, method, format))
+    @app.post("/api/ask", tags=["tasks"], dependencies=reads, responses=error_responses(401, 409, 422, 503))
+    def ask(body: AskIn) -> dict[str, Any]:
+        """Answer a question from the store's text passages: the best sentence of the top ``k``."""
+        from clipsearch.tasks.qa import StoreRetriever
+        from clipsearch.tasks.qa import ask as ask_question
 
-    if state.tasks["qa"] is not None:
-
-        @app.post("/api/ask", tags=["tasks"], dependencies=reads, responses=error_responses(401, 409, 422, 503))
-        def ask(body: AskIn) -> dict[str, Any]:
-            """Answer a question from the store's text passages: the best sentence of the top ``k``."""
-            from clipsearch.tasks.qa import StoreRetriever
-            from clipsearch.tasks.qa import ask as ask_question
-
-            if "text" not in state.modalities():
-                raise HTTPException(422, f"model {state.store.model_name!r} embeds images only; it cannot answer questions")
-            with state.model_lock:
-                result = ask_question(body.question, StoreRetriever(state.store, state.store.encoder), k=body.k)
-            return finite(result.to_dict())
+        if "text" not in state.modalities():
+            raise HTTPException(422, f"model {state.store.model_name!r} embeds images only; it cannot answer questions")
+        with state.model_lock:
+            result = ask_question(body.question, StoreRetriever(state.store, state.store.encoder), k=body.k)
+        return finite(result.to_dict())
 
 
-def _split_labels(text: str) -> list[str]:
-    sep = "\n" if "\n" in text else ","
-    labels = [x.strip() for x in text.split(sep)]
-    labels = [x for x in labels if x]
+def _labels(text: str) -> list[str]:
+    """The form's labels (:func:`clipsearch.tasks.templates.parse_labels`), within the server's limits."""
+    from clipsearch.tasks.templates import parse_labels
+
+    labels = parse_labels(text)
     if len(labels) > MAX_LABELS:
         raise HTTPException(422, f"labels: at most {MAX_LABELS}, got {len(labels)}")
     if len(labels) < 2:
@@ -160,21 +155,7 @@ def _split_labels(text: str) -> list[str]:
     return labels
 
 
-def _overlay_png(image: Image.Image, loc: Any) -> bytes:
-    """The relevance map blended over the image (longest side <= 1024), best box outlined."""
-    from PIL import Image as PILImage
-    from PIL import ImageDraw
-
-    from clipsearch.viz.overlay import blend
-
-    scale = min(1.0, OVERLAY_SIDE / max(image.size))
-    view = image
-    if scale < 1.0:
-        view = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), PILImage.Resampling.BILINEAR)
-    out = blend(view, loc.map)
-    x0, y0, x1, y1 = (v * scale for v in loc.bbox)
-    width = max(2, round(max(view.size) / 200))
-    ImageDraw.Draw(out).rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=(0, 229, 255), width=width)
+def _png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
-    out.save(buf, format="PNG")
+    image.save(buf, format="PNG")
     return buf.getvalue()
