@@ -84,11 +84,7 @@ def add_task_routes(app: FastAPI, state: ServerState, reads: list[Any]) -> None:
         from clipsearch.tasks.localize import localize
 
         valid_unicode(prompt)
-        text_vector = state.text_vector(prompt)
-        enc = state.encoder
-        if method == "auto":
-            method = "patches" if hasattr(enc, "encode_patch_grid") else "windows"
-        loc = localize(enc, pil, prompt, method=method, text_vector=text_vector)
+        loc = localize(state.encoder, pil, prompt, method=method, text_vector=state.text_vector(prompt))
         if fmt == "png":
             overlay = map_over_image(pil, loc.map, loc.bbox, max_side=OVERLAY_SIDE)
             return Response(_png(overlay), media_type="image/png", headers={"Cache-Control": "no-store"})
