@@ -159,7 +159,7 @@ def _check_structure(result: dict, sizes: dict) -> None:
 def test_tiny_model_run_is_well_formed_and_deterministic(tiny_encoder) -> None:
     encoder, _ = tiny_encoder
     stages: list[str] = []
-    result = evaluate_demo_quality(encoder, seed=3, **TINY_SIZES, batch_size=5, progress=stages.append)
+    result = evaluate_demo_quality(encoder, seed=3, **TINY_SIZES, batch_size=5, on_progress=lambda e: stages.append(e.message))
     _check_structure(result, TINY_SIZES)
     assert result["model"] == "tiny" and result["seed"] == 3
     assert result["details"]["retrieval"]["queries"] == 12

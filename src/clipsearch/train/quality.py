@@ -49,7 +49,7 @@ A classification is correct only when the true class scores strictly above every
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +57,7 @@ import numpy as np
 import numpy.typing as npt
 
 from clipsearch import world as dw
+from clipsearch.events import ProgressCallback, Reporter
 from clipsearch.models.base import embeds_grid, encode_pixels
 from clipsearch.search import DEFAULT_CELL_WEIGHT, DEFAULT_RERANK
 from clipsearch.tasks.metrics import (
@@ -249,7 +250,7 @@ def evaluate_demo_quality(
     n_scenes: int = 400,
     n_single: int = 400,
     batch_size: int = 64,
-    progress: Callable[[str], None] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Measure every quality bar of the demo model (see the module docstring).
 
@@ -261,7 +262,8 @@ def evaluate_demo_quality(
         n_single: single-object images for zero-shot classification, and again as many of
             held-out pairs (at least 1).
         batch_size: images or texts per forward pass.
-        progress: called with a short description before each stage.
+        on_progress: called with a ``message`` event of the task ``"demo quality"`` before
+            each stage, saying what it does.
 
     Returns:
         ``{"model", "seed", "sizes", "metrics": {id: Metric.to_dict()}, "details", "all_pass",
@@ -277,7 +279,7 @@ def evaluate_demo_quality(
             raise ValueError(f"{key} must be a whole number >= {MIN_SIZES[key]}, not {value!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, not {batch_size!r}")
-    say = progress or (lambda _msg: None)
+    say = Reporter(on_progress, "demo quality").message
     texts = TextCache(encoder, batch_size)
     metrics: list[Metric] = []
     details: dict[str, Any] = {}
