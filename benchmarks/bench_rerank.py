@@ -51,7 +51,7 @@ def main() -> None:
     from clipsearch.models.registry import load_model
     from clipsearch.search import DEFAULT_CELL_WEIGHT, DEFAULT_RERANK, query_vector, rerank_by_grid
     from clipsearch.collection import open_store
-    from clipsearch.train import demo_world as dw
+    from clipsearch import world as dw
 
     encoder = load_model("demo")
     with tempfile.TemporaryDirectory() as tmp_name:

@@ -318,7 +318,7 @@ def test_demo_model_classifies_single_object_shapes(tmp_path):
     """Zero-shot shape classification on fresh single-object demo-world scenes (issue bar: >= 95%)."""
     from clipsearch.errors import ModelNotAvailable
     from clipsearch.models.registry import load_model
-    from clipsearch.train.demo_world import SHAPES, render_scene
+    from clipsearch.world import SHAPES, render_scene
 
     try:
         enc = load_model("demo")

@@ -101,7 +101,7 @@ def test_demo_searches_find_what_they_ask_for(tmp_path: Path):
 def test_demo_takes_out_the_captions_table_older_demos_indexed(tmp_path: Path):
     from clipsearch.demo import run_demo
     from clipsearch.collection import open_store
-    from clipsearch.train.demo_world import generate_world
+    from clipsearch.world import generate_world
 
     # a demo folder as older demos left it: the gallery, and a store of captions.jsonl only
     folder = tmp_path / "tour"

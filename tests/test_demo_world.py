@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipsearch.train import demo_world as dw
+from clipsearch import world as dw
 
 
 def _drawn_extent(img: Image.Image, bg_rgb: tuple[int, int, int], threshold: int) -> list[int]:
@@ -68,6 +68,15 @@ def test_same_seed_same_world_byte_for_byte(tmp_path: Path) -> None:
     for name in names:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     assert (a / "metadata.jsonl").read_bytes() != (c / "metadata.jsonl").read_bytes()
+
+
+def test_generating_a_world_reports_progress_as_events(tmp_path: Path) -> None:
+    """The library never draws a bar: it sends the total, one advance per image, and done."""
+    events = []
+    dw.generate_world(tmp_path, 4, seed=2, split="eval", on_progress=events.append)
+    assert [(e.task, e.kind, e.n) for e in events] == [
+        ("demo world (eval)", "total", 4), *[("demo world (eval)", "advance", 1)] * 4, ("demo world (eval)", "done", 0)
+    ]
 
 
 def test_world_folder_layout(tmp_path: Path) -> None:

@@ -14,14 +14,15 @@ from typer.testing import CliRunner
 from clipsearch.models.base import Encoder, ModelInfo, Preprocess
 from clipsearch.tasks import localize
 from clipsearch.tasks.localize import (
-    box_iou,
+    choose_method,
     collate,
     evaluate_localization,
-    inside,
     normalize_scores,
     peak_and_box,
     window_boxes,
+    window_settings,
 )
+from clipsearch.tasks.metrics import box_iou, inside
 
 
 class RednessEncoder(Encoder):
@@ -178,25 +179,40 @@ def test_exif_rotated_file_gives_boxes_in_upright_pixels(tmp_path):
 
 
 def test_json_dict_and_overlay_png(tmp_path):
-    from clipsearch.viz.overlay import relevance_overlay_png
-
     im = scene()
     loc = localize(RednessEncoder(), im, "red", grid=16)
     d = loc.to_dict()
     assert set(d) >= {"map", "bbox", "score", "peak", "size"}
     assert len(d["map"]) == 12 and len(d["map"][0]) == 16
     json.dumps(d)
-    out = relevance_overlay_png(im, loc, tmp_path / "o.png", target=(6, 8, 36, 38))
+    out = loc.overlay_png(im, tmp_path / "o.png", target=(6, 8, 36, 38))
     with Image.open(out) as png:
         png.load()
         assert png.format == "PNG" and png.width > 400
+    with pytest.raises(ValueError, match=re.escape("image size (60, 45) does not match the localisation's (120, 90)")):
+        loc.overlay_png(im.resize((60, 45)), tmp_path / "x.png")
+
+
+def test_map_over_image_draws_the_box_on_the_blended_map():
+    """The web page's overlay: one picture the image's size (longest side at most max_side)."""
+    from clipsearch.viz.overlay import map_over_image
+
+    im = scene()
+    rel = np.zeros((3, 4), dtype=np.float32)
+    rel[0, 0] = 1.0
+    out = map_over_image(im, rel, (6, 8, 36, 38))
+    assert out.size == im.size and out.mode == "RGB"
+    assert out.getpixel((6, 20)) == (0, 229, 255)  # the box's left edge, 2 pixels wide
+    assert out.getpixel((60, 60)) != out.getpixel((6, 20))
+    small = map_over_image(im, rel, (6, 8, 36, 38), max_side=60)
+    assert small.size == (60, 45) and small.getpixel((3, 10)) == (0, 229, 255)  # the box scaled with it
 
 
 def test_patches_method_needs_a_patch_grid():
     msg = "model 'redness' has no spatial patch grid; use --method windows (works with any model)"
     with pytest.raises(ValueError, match=re.escape(msg)):
         localize(RednessEncoder(), scene(), "red", method="patches")
-    with pytest.raises(ValueError, match=re.escape("unknown localisation method 'grid'; use one of windows, patches")):
+    with pytest.raises(ValueError, match=re.escape("unknown localisation method 'grid'; use one of auto, windows, patches")):
         localize(RednessEncoder(), scene(), "red", method="grid")
 
 
@@ -288,12 +304,14 @@ def test_cli_defaults_match_the_library():
     # scales, stride and box threshold come from the library: its defaults, or SMALL_OBJECTS
     resolved = cli_tasks._window_settings(None, None, None, None, small_objects=False)
     assert resolved == {name: lib_defaults[name].default for name in ("scales", "stride", "box_threshold")}
+    assert resolved == window_settings() == {"scales": None, "stride": None, "box_threshold": None}
     assert cli_tasks._window_settings(None, None, None, None, small_objects=True) == {
         **SMALL_OBJECTS, "scales": tuple(SMALL_OBJECTS["scales"])
     }
     assert cli_tasks._window_settings("0.5", None, 0.2, 0.4, small_objects=True) == {
         "scales": (0.5,), "stride": 0.2, "box_threshold": 0.4
     }
+    assert cli_tasks._window_settings("0.5", 0.3, None, None, small_objects=False)["scales"] == (0.3,)  # --window wins
 
 
 def test_any_real_encoder_gives_a_well_formed_map(tiny_hf_clip):
@@ -333,3 +351,35 @@ def test_patches_method_uses_the_encoders_grid():
     assert loc.map.shape == (8, 8)
     assert inside(loc.peak, square)
     assert box_iou(loc.bbox, square) >= 0.5
+
+
+def test_auto_uses_the_patch_grid_unless_windows_are_asked_for(tmp_path):
+    from clipsearch.tasks.localize import SMALL_OBJECTS
+
+    grid, plain = GridRednessEncoder(), RednessEncoder()
+    assert choose_method(grid) == "patches" and choose_method(plain) == "windows"
+    assert choose_method(grid, scales=(0.3,)) == "windows"  # window settings ask for windows
+    assert choose_method(grid, stride=0.5) == choose_method(grid, overhang=0.0) == "windows"
+    assert choose_method(grid, "windows") == "windows" and choose_method(plain, "patches") == "patches"
+    square = (0, 0, 30, 30)
+    assert localize(grid, scene(120, 120, square), "red", grid=8).method == "patches"  # the default is auto
+    assert localize(grid, scene(120, 120, square), "red", grid=8, **SMALL_OBJECTS).method == "windows"
+    # the evaluation settles "auto" once and reports the method it used
+    im = scene(120, 120, square)
+    im.paste((20, 20, 220), (90, 90, 120, 120))
+    im.save(tmp_path / "a.png")
+    objects = [
+        {"shape": "square", "color": "red", "bbox": list(square)},
+        {"shape": "square", "color": "blue", "bbox": [90, 90, 120, 120]},
+    ]
+    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file": "a.png", "objects": objects}) + "\n")
+    assert evaluate_localization(grid, tmp_path, n=2, grid=8).summary()["method"] == "patches"
+
+
+def test_the_report_files_are_the_librarys(tmp_path):
+    report = evaluate_localization(RednessEncoder(), n=2, seed=0, scales=(0.3,), grid=8)
+    files = report.write_report(tmp_path / "r")
+    assert json.loads(files["summary"].read_text()) == report.summary()
+    lines = files["cases"].read_text().splitlines()
+    assert [json.loads(line) for line in lines] == report.cases and len(lines) == 2
+    assert {"name", "prompt", "target", "bbox", "peak", "score", "iou", "hit"} <= set(report.cases[0])

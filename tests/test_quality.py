@@ -12,17 +12,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from clipsearch import world as dw
 from clipsearch.models import dual
 from clipsearch.models.base import Encoder, ModelInfo, Preprocess
-from clipsearch.train import demo_world as dw
-from clipsearch.train.quality import (
-    ALL_PAIRS,
-    evaluate_demo_quality,
-    expected_recall_at_k,
-    precision_at_k,
-    recall_at_k,
-    strict_accuracy,
-)
+from clipsearch.tasks.metrics import expected_recall_at_k, precision_at_k, recall_at_k, strict_accuracy
+from clipsearch.train.quality import ALL_PAIRS, evaluate_demo_quality
 
 TINY_SIZES = dict(n_gallery=12, n_scenes=8, n_single=11)
 METRIC_IDS = {
@@ -165,7 +159,7 @@ def _check_structure(result: dict, sizes: dict) -> None:
 def test_tiny_model_run_is_well_formed_and_deterministic(tiny_encoder) -> None:
     encoder, _ = tiny_encoder
     stages: list[str] = []
-    result = evaluate_demo_quality(encoder, seed=3, **TINY_SIZES, batch_size=5, progress=stages.append)
+    result = evaluate_demo_quality(encoder, seed=3, **TINY_SIZES, batch_size=5, on_progress=lambda e: stages.append(e.message))
     _check_structure(result, TINY_SIZES)
     assert result["model"] == "tiny" and result["seed"] == 3
     assert result["details"]["retrieval"]["queries"] == 12
@@ -283,7 +277,7 @@ def test_evaluate_retrieval_ranks_text_to_image_as_search_does(tiny_encoder, tmp
     import json
 
     from clipsearch.collection import open_store
-    from clipsearch.train.demo_world import generate_world
+    from clipsearch.world import generate_world
     from clipsearch.train.evaluate import evaluate_retrieval
 
     encoder, _ = tiny_encoder

@@ -14,6 +14,8 @@ from clipsearch.tasks.templates import (
     class_embeddings,
     ensemble_embeddings,
     fill,
+    parse_labels,
+    read_labels,
     resolve_templates,
     validate_labels,
 )
@@ -113,3 +115,15 @@ def test_label_errors_are_exact():
         validate_labels(["dog", "  "])
     with pytest.raises(ValueError, match=re.escape("label 'dog' is given twice; labels must be distinct")):
         validate_labels(["dog", "cat", "dog "])
+
+
+def test_labels_from_a_string_and_from_a_file(tmp_path):
+    """One parser for the CLI's --labels and the server's form field; a file for --labels-file."""
+    assert parse_labels("dog, cat,horse ,") == ["dog", "cat", "horse"]
+    assert parse_labels("a dog, sitting\n a cat \n\n") == ["a dog, sitting", "a cat"]  # lines win over commas
+    assert parse_labels(" , ") == []
+    path = tmp_path / "labels.txt"
+    path.write_text("\ufeff# the classes\ncircle\n  square \n\n   # not this one\nstar, big\n", encoding="utf-8")
+    assert read_labels(path) == ["circle", "square", "star, big"]
+    with pytest.raises(ValueError, match=re.escape(f"no such labels file: {tmp_path / 'missing.txt'}")):
+        read_labels(tmp_path / "missing.txt")

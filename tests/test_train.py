@@ -14,7 +14,7 @@ import torch
 from clipsearch.errors import ModelNotAvailable
 from clipsearch.models import dual
 from clipsearch.train import data
-from clipsearch.train.evaluate import recall_at_k
+from clipsearch.train.evaluate import retrieval_recall as recall_at_k
 from clipsearch.train.loss import contrastive_loss
 
 
@@ -117,7 +117,7 @@ def test_loss_with_negative_captions_and_negative_images_by_hand() -> None:
 
 # -- binding twins ---------------------------------------------------------------------------------
 def test_binding_twin_keeps_the_layout_and_changes_only_the_binding() -> None:
-    from clipsearch.train import demo_world as dw
+    from clipsearch import world as dw
 
     rng = np.random.default_rng(0)
     pool = data.caption_pool(0, 500)
@@ -145,7 +145,7 @@ def test_binding_twin_keeps_the_layout_and_changes_only_the_binding() -> None:
 
 
 def test_contrast_twin_falsifies_its_caption_by_one_named_change() -> None:
-    from clipsearch.train import demo_world as dw
+    from clipsearch import world as dw
 
     rng = np.random.default_rng(0)
     pool = data.caption_pool(0, 600)
@@ -202,7 +202,7 @@ def test_contrast_twin_batches(tiny_dual) -> None:
 
 
 def test_object_query_batches(tiny_dual) -> None:
-    from clipsearch.train import demo_world as dw
+    from clipsearch import world as dw
 
     pool = data.caption_pool(0, 64)
     kw = dict(seed=0, pool=pool, sides=(32, 64), twins=0.25, twin_kind="contrast")
@@ -247,7 +247,7 @@ def test_twin_batches_hold_captionless_negatives(tiny_dual) -> None:
 
 
 def test_binding_negatives_rebind_colours_in_the_same_words() -> None:
-    from clipsearch.train import demo_world as dw
+    from clipsearch import world as dw
 
     pool = data.caption_pool(0, 400)
     negatives = data.binding_negatives(0, 400)
@@ -411,7 +411,7 @@ def test_box_cell_targets_and_object_attention_loss_by_hand() -> None:
 
 
 def test_demo_batches_give_each_image_its_object_boxes(tiny_dual) -> None:
-    from clipsearch.train import demo_world as dw
+    from clipsearch import world as dw
 
     src = data.DemoWorldBatches(
         tiny_dual.preprocess, 16, seed=0, pool=data.caption_pool(0, 64), sides=(32, 96), twins=0.25, twin_kind="contrast"
@@ -631,7 +631,7 @@ def test_train_cli_on_a_tiny_world_writes_a_loadable_folder(tmp_path: Path, tiny
     from typer.testing import CliRunner
 
     from clipsearch.models.registry import clear_cache, load_model
-    from clipsearch.train.demo_world import generate_world
+    from clipsearch.world import generate_world
 
     generate_world(tmp_path / "world", 12, seed=0, size_range=(40, 80))
     out = tmp_path / "model"
@@ -713,7 +713,7 @@ def test_train_outside_a_terminal_logs_lines_not_a_bar(tmp_path: Path, tiny_sber
     """A log (stderr not a terminal) gets a plain line per logged window, no carriage returns."""
     from typer.testing import CliRunner
 
-    from clipsearch.train.demo_world import generate_world
+    from clipsearch.world import generate_world
 
     generate_world(tmp_path / "world", 8, seed=0, size_range=(40, 80))
     args = [a for a in _train_args(str(tmp_path / "world"), tmp_path / "m", tiny_sbert, "--steps", "2") if a != "--no-progress"]
@@ -780,7 +780,7 @@ def test_train_from_a_tiny_hf_clip_base(tmp_path: Path, tiny_hf_clip: Path) -> N
     from typer.testing import CliRunner
 
     from clipsearch.models.registry import clear_cache, load_model
-    from clipsearch.train.demo_world import generate_world
+    from clipsearch.world import generate_world
 
     generate_world(tmp_path / "world", 8, seed=0, size_range=(40, 80))
     args = ["train", "--pairs", str(tmp_path / "world"), "--out", str(tmp_path / "m"), "--base", str(tiny_hf_clip),
@@ -937,7 +937,7 @@ def test_train_option_errors(tmp_path: Path, tiny_sbert: Path) -> None:
 def test_train_text_tower_and_skip_undecodable_images(tmp_path: Path, tiny_sbert: Path) -> None:
     from typer.testing import CliRunner
 
-    from clipsearch.train.demo_world import generate_world
+    from clipsearch.world import generate_world
 
     from images_helpers import HOSTILE_IMAGES as hostile
     meta = generate_world(tmp_path / "world", 6, seed=2, size_range=(40, 80))
@@ -967,7 +967,7 @@ def load_file_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_claim_likelihood_matches_caption_frequencies() -> None:
-    from clipsearch.train import demo_world as dw
+    from clipsearch import world as dw
 
     def obj(color: str, shape: str, size: str = "large", position: str = "center") -> dw.SceneObject:
         return dw.SceneObject(shape, color, size, position)

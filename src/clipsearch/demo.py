@@ -9,11 +9,13 @@ classification and a relevance map. The CLI prints the :class:`DemoReport` and s
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clipsearch.events import ProgressCallback, Reporter
+
+TASK = "demo"  # the task name of the tour's own events: one message per step
 DEMO_SHAPES = ("circle", "square", "triangle", "star", "heart", "cross", "diamond", "ring")
 
 
@@ -48,8 +50,7 @@ def run_demo(
     n: int = 300,
     seed: int = 0,
     model: str = "demo",
-    progress: bool = False,
-    say: Callable[[str], None] = lambda _msg: None,
+    on_progress: ProgressCallback | None = None,
 ) -> DemoReport:
     """Build (or reuse) the demo gallery and store in ``folder`` and run the example searches.
 
@@ -58,8 +59,8 @@ def run_demo(
         n: number of scenes in the gallery.
         seed: world seed; the same seed gives the same gallery.
         model: the model to index with (the demo model unless you pass another image model).
-        progress: progress bars on stderr.
-        say: called with a one-line account of each step.
+        on_progress: called with the tour's events: a ``message`` of task :data:`TASK` for
+            each step, and the progress of generating the gallery.
 
     Returns:
         The :class:`DemoReport` with every example's hits.
@@ -67,14 +68,15 @@ def run_demo(
     from clipsearch.errors import StoreError
     from clipsearch.models.registry import load_model
     from clipsearch.collection import open_store
-    from clipsearch.train.demo_world import generate_world
+    from clipsearch.world import generate_world
 
+    say = Reporter(on_progress, TASK).message
     folder = Path(folder).resolve()
     gallery, store_dir = folder / "gallery", folder / "store"
     encoder = load_model(model)  # first, so a missing model fails before any work
     if not (gallery / "metadata.jsonl").exists():
         say(f"generating {n} demo scenes in {gallery}")
-        generate_world(gallery, n, seed=seed, split="eval", progress=progress)
+        generate_world(gallery, n, seed=seed, split="eval", on_progress=on_progress)
     else:
         say(f"reusing the demo scenes in {gallery}")
     store = open_store(store_dir, model=encoder)
@@ -88,7 +90,7 @@ def run_demo(
         legacy.unlink()
     # each scene's record captions its image (and with both=True is a text item too); the
     # generator's truth (objects, background) is kept in the items' extra
-    summary = store.add([gallery / "metadata.jsonl"], both=True)
+    summary = store.add([gallery / "metadata.jsonl"], both=True, on_progress=on_progress)
     report = DemoReport(folder, gallery, store_dir, encoder.name, summary.to_dict())
 
     records = [json.loads(line) for line in (gallery / "metadata.jsonl").read_text().splitlines()]
@@ -121,7 +123,7 @@ def run_demo(
             hits = [h for h in hits if query_image.name not in {Path(p).name for p in h.paths}]
         report.examples.append(Example(direction, text, hits[:5], note))
 
-    from clipsearch.contact_sheet import contact_sheet
+    from clipsearch.viz.contact_sheet import contact_sheet
 
     sheet_hits = store.search("a red circle", k=12, modality="image")
     report.contact_sheet = contact_sheet(sheet_hits, folder / "contact_sheet.png", title="a red circle")
@@ -142,12 +144,11 @@ def run_demo(
         from clipsearch.images import load_image
         from clipsearch.tasks import localize
         from clipsearch.tasks.localize import SMALL_OBJECTS
-        from clipsearch.viz.overlay import relevance_overlay_png
 
         target = two["objects"][0]
         prompt = f"{target['color']} {target['shape']}"
         image = load_image(gallery / two["file"])
         loc = localize(encoder, image, prompt, **SMALL_OBJECTS)
-        report.relevance_map = relevance_overlay_png(image, loc, folder / "relevance_map.png", target=tuple(target["bbox"]))
+        report.relevance_map = loc.overlay_png(image, folder / "relevance_map.png", target=target["bbox"])
         report.relevance_prompt = prompt
     return report

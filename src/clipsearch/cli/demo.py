@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from clipsearch.cli.common import console, err_console, handle_errors
+
+if TYPE_CHECKING:
+    from clipsearch.events import Event
 
 
 @handle_errors
@@ -31,10 +34,19 @@ def demo(
     from rich.markup import escape
     from rich.table import Table
 
-    from clipsearch.demo import run_demo
+    from clipsearch.cli.progress import rendered_progress
+    from clipsearch.demo import TASK, run_demo
 
-    bars = sys.stderr.isatty()  # bars in a terminal; no carriage returns in a log
-    report = run_demo(folder, n=n, seed=seed, model=model, progress=bars, say=lambda m: err_console.print(m, highlight=False))
+    # the tour's steps as lines; bars in a terminal only (no carriage returns in a log)
+    with rendered_progress(sys.stderr.isatty()) as bars:
+
+        def on_progress(event: Event) -> None:
+            if event.task == TASK and event.kind == "message":
+                err_console.print(event.message, highlight=False)
+            elif bars is not None:
+                bars(event)
+
+        report = run_demo(folder, n=n, seed=seed, model=model, on_progress=on_progress)
     s = report.indexed
     console.print(
         f"[bold]indexed[/] {s['added']} new, {s['updated']} updated, {s['unchanged']} unchanged, "

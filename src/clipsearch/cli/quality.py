@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from clipsearch.cli.common import JsonOption, console, err_console, handle_errors
+
+if TYPE_CHECKING:
+    from clipsearch.events import Event
 
 DEFAULT_QUALITY_MODEL = "demo"
 
@@ -40,10 +43,15 @@ def evaluate_demo_cmd(
 
     started = time.perf_counter()
     with err_console.status(f"loading model {model} ...", spinner="dots") as status:
+
+        def show_stage(event: Event) -> None:
+            if event.kind == "message":
+                status.update(event.message + " ...")
+
         encoder = load_model(model)
         result = evaluate_demo_quality(
             encoder, seed=seed, n_gallery=n_gallery, n_scenes=n_scenes, n_single=n_single,
-            batch_size=batch_size, progress=lambda msg: status.update(msg + " ..."),
+            batch_size=batch_size, on_progress=show_stage,
         )  # fmt: skip
     if as_json:
         typer.echo(json.dumps(result))

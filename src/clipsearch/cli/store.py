@@ -219,7 +219,7 @@ def search(
                 highlight=False,
             )
     if grid is not None and hits:
-        from clipsearch.contact_sheet import contact_sheet
+        from clipsearch.viz.contact_sheet import contact_sheet
 
         path = contact_sheet(hits, grid, title=q.describe())
         err_console.print(f"contact sheet: {path}", highlight=False)

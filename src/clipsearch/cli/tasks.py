@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -60,55 +59,40 @@ BoxThresholdOption = Annotated[
     typer.Option("--box-threshold", min=0.0, max=1.0, help="Box region: cells >= peak - T * (peak - min)."),
 ]
 OverhangOption = Annotated[
-    float,
-    typer.Option("--overhang", min=0.0, max=0.5, help="How far windows reach past the image edge (fraction of their side)."),
+    float | None,
+    typer.Option("--overhang", min=0.0, max=0.5, show_default=False,
+                 help="How far windows reach past the image edge (fraction of their side; default 0.5)."),
 ]
 MethodOption = Annotated[
     str,
-    typer.Option("--method", help="'windows' (any model) or 'patches' (models with a patch grid, such as demo)."),
+    typer.Option("--method", help="'windows' (any model), 'patches' (models with a patch grid, such as demo) or 'auto' "
+                 "(patches for a model with a grid unless a window option is given, else windows)."),
 ]
 
 
-def _image_inputs(paths: Iterable[Path]) -> list[Path]:
-    """Files stay, folders become their images (recursive, sorted); missing paths stay to be reported."""
-    from clipsearch.embed import expand_image_paths
-
-    out: list[Path] = []
-    for p in paths:
-        out.extend(expand_image_paths([p]) if p.is_dir() else [p])
-    return out
-
-
 def _labels(labels: str | None, labels_file: Path | None) -> list[str] | None:
-    out: list[str] = []
-    if labels:
-        out.extend(x.strip() for x in labels.split(",") if x.strip())
+    from clipsearch.tasks.templates import parse_labels, read_labels
+
+    out = parse_labels(labels) if labels else []
     if labels_file is not None:
-        if not labels_file.is_file():
-            fail(f"no such labels file: {labels_file}")
-        lines = labels_file.read_text(encoding="utf-8-sig").splitlines()
-        out.extend(x.strip() for x in lines if x.strip() and not x.lstrip().startswith("#"))
+        out += read_labels(labels_file)
     return out or None
 
 
 def _window_settings(
     scales: str | None, window: float | None, stride: float | None, box_threshold: float | None, small_objects: bool
-) -> dict:
-    """``scales``, ``stride`` and ``box_threshold`` for :func:`localize`: what was given, else
-    the small-object settings or the library defaults."""
-    from clipsearch.tasks.localize import DEFAULT_BOX_THRESHOLD, DEFAULT_SCALES, DEFAULT_STRIDE, SMALL_OBJECTS
+) -> dict[str, Any]:
+    """The window options, parsed, for :func:`clipsearch.tasks.localize.window_settings`."""
+    from clipsearch.tasks.localize import window_settings
 
-    base = SMALL_OBJECTS if small_objects else {"scales": DEFAULT_SCALES, "stride": DEFAULT_STRIDE, "box_threshold": DEFAULT_BOX_THRESHOLD}
-    return {
-        "scales": _scales(scales, window) if (scales is not None or window is not None) else tuple(base["scales"]),
-        "stride": base["stride"] if stride is None else stride,
-        "box_threshold": base["box_threshold"] if box_threshold is None else box_threshold,
-    }
+    return window_settings(small_objects, scales=_scales(scales, window), stride=stride, box_threshold=box_threshold)
 
 
-def _scales(scales: str | None, window: float | None) -> tuple[float, ...]:
+def _scales(scales: str | None, window: float | None) -> tuple[float, ...] | None:
     if window is not None:
         return (window,)
+    if scales is None:
+        return None
     try:
         return tuple(float(x) for x in scales.split(",") if x.strip())
     except ValueError:
@@ -153,12 +137,13 @@ def classify(
     line per image: {"image", "predictions": [{"label", "prob"}, ...]} best first, or
     {"image", "error"} for files that could not be read.
     """
+    from clipsearch.embed import expand_image_paths
     from clipsearch.tasks.classify import ZeroShotClassifier
 
     names = _labels(labels, labels_file)
     if not names:
         fail("give the labels to choose between with --labels \"a,b,c\" or --labels-file FILE")
-    images = _image_inputs(paths)
+    images = expand_image_paths(paths)
     if not images:
         fail("no image files found in the given folders")
     encoder = load_encoder(model, weights)
@@ -285,8 +270,8 @@ def localize(
     stride: StrideOption = None,
     grid: GridOption = 32,
     box_threshold: BoxThresholdOption = None,
-    overhang: OverhangOption = 0.5,
-    method: MethodOption = "windows",
+    overhang: OverhangOption = None,
+    method: MethodOption = "auto",
     small_objects: Annotated[
         bool, typer.Option("--small-objects", help="Smaller windows and a tighter box, for objects a few percent of the image wide.")
     ] = False,
@@ -294,11 +279,14 @@ def localize(
     weights: WeightsOption = None,
     batch_size: BatchOption = 64,
 ) -> None:
-    """Where in the image is PROMPT? A relevance map from multi-scale sliding windows.
+    """Where in the image is PROMPT? A relevance map from the model's patch grid or sliding windows.
 
-    Each map cell is the average (per-scale standardised) cosine of the windows covering it.
-    The box is the region around the peak within --box-threshold of it; its score is the cosine
-    of the prompt with the box's crop. With --json: {"map": \\[\\[...]], "bbox": \\[x0, y0, x1, y1],
+    A model with its own grid of cells (such as demo) scores each cell in one pass; any other
+    model, or one given window options (--scales, --window, --stride, --overhang,
+    --small-objects) or --method windows, slides multi-scale windows, and each map cell is the
+    average (per-scale standardised) cosine of the windows covering it. The box is the region
+    around the peak within --box-threshold of it; its score is the cosine of the prompt with
+    the box's crop. With --json: {"map": \\[\\[...]], "bbox": \\[x0, y0, x1, y1],
     "score", "peak": \\[x, y], "size": \\[w, h], ...} in pixels of the image after EXIF rotation.
     """
     from clipsearch.tasks.classify import load_one
@@ -316,9 +304,7 @@ def localize(
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     if out is not None:
-        from clipsearch.viz.overlay import relevance_overlay_png
-
-        relevance_overlay_png(pil, loc, out)
+        loc.overlay_png(pil, out)
     if as_json:
         row = loc.to_dict()
         row["image"] = str(image)
@@ -362,13 +348,13 @@ def evaluate_localize_cmd(
     ] = None,
     n: Annotated[int, typer.Option("--n", min=1, help="Two-object scenes to localise.")] = 200,
     seed: Annotated[int, typer.Option("--seed", help="Scene generation and which object is prompted.")] = 0,
-    method: MethodOption = "windows",
+    method: MethodOption = "auto",
     scales: ScalesOption = None,
     window: WindowOption = None,
     stride: StrideOption = None,
     grid: GridOption = 32,
     box_threshold: BoxThresholdOption = None,
-    overhang: OverhangOption = 0.5,
+    overhang: OverhangOption = None,
     small_objects: Annotated[
         bool,
         typer.Option("--small-objects/--any-size", help="The small-object settings, which fit the demo world's shapes."),
@@ -397,11 +383,7 @@ def evaluate_localize_cmd(
             on_start=lambda total: bar.update(task, total=total), on_progress=lambda k: bar.advance(task, k),
         )
     if report is not None:
-        report.mkdir(parents=True, exist_ok=True)
-        (report / "summary.json").write_text(json.dumps(result.summary(), indent=2) + "\n", encoding="utf-8")
-        with (report / "cases.jsonl").open("w", encoding="utf-8") as f:
-            for case in result.cases:
-                f.write(json.dumps({k: v for k, v in case.items() if k != "localization"}) + "\n")
+        result.write_report(report)
     if as_json:
         _emit(result.summary())
     else:
@@ -438,12 +420,13 @@ def caption(
     Candidates come from --candidates FILE or from the text items of a store (--store). With
     --json, one line per image: {"image", "captions": [{"text", "score"}, ...]} or {"image", "error"}.
     """
+    from clipsearch.embed import expand_image_paths
     from clipsearch.tasks.caption import caption as run_caption
     from clipsearch.tasks.caption import read_candidates
 
     if (candidates is None) == (store is None):
         fail("give exactly one source of captions: --candidates FILE or --store DIR")
-    images = _image_inputs(paths)
+    images = expand_image_paths(paths)
     if not images:
         fail("no image files found in the given folders")
     if candidates is not None:
@@ -499,10 +482,11 @@ def moderate(
     line per image: {"image", "fired": [{"rule", "score"}], "scores": {rule: score}} or
     {"image", "error"}. The count per rule goes to stderr.
     """
+    from clipsearch.embed import expand_image_paths
     from clipsearch.tasks.moderate import Moderator, load_rules, summarize
 
     rule_list = load_rules(rules)
-    images = _image_inputs(paths)
+    images = expand_image_paths(paths)
     if not images:
         fail("no image files found in the given folders")
     encoder = load_encoder(model, weights)

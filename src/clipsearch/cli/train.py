@@ -34,10 +34,11 @@ def demo_world_cmd(
     """Generate a world of captioned shape scenes with exact ground truth (boxes, attributes)."""
     import sys
 
-    from clipsearch.train.demo_world import generate_world
+    from clipsearch.cli.progress import rendered_progress
+    from clipsearch.world import generate_world
 
-    bar = n >= 50 and sys.stderr.isatty()  # a bar in a terminal; no carriage returns in a log
-    meta = generate_world(out, n, seed=seed, split=split, size_range=(min_side, max_side), progress=bar)
+    with rendered_progress(n >= 50 and sys.stderr.isatty()) as on_progress:  # a bar in a terminal; nothing in a log
+        meta = generate_world(out, n, seed=seed, split=split, size_range=(min_side, max_side), on_progress=on_progress)
     err_console.print(f"wrote {n} images and {meta}")
 
 

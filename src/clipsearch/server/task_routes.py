@@ -1,6 +1,7 @@
 """Routes for the tasks of :mod:`clipsearch.tasks`: classify, localise (JSON map or PNG overlay), ask.
 
-``GET /api/config`` tells the page which of them the store's model can serve.
+``GET /api/config`` tells the page which of them the store's model can serve. The routes parse
+the request, call the library and render its answer; the work is the library's.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from clipsearch.server.schemas import (
     error_responses,
     valid_unicode,
 )
+from clipsearch.viz.overlay import map_over_image
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -64,18 +66,15 @@ def add_task_routes(app: FastAPI, state: ServerState, reads: list[Any]) -> None:
         templates: Annotated[Literal["simple", "ensemble"], Form()] = "simple",
     ) -> dict[str, Any]:
         """Zero-shot classification of one image among the labels: ``{"predictions": [{"label", "prob"}]}``."""
-        names = tuple(_split_labels(labels))
+        names = tuple(_labels(labels))
         data = await read_upload(image)
 
         def work() -> dict[str, Any]:
             clf = state.classifier(names, templates)
-            pil = image_from(data, id)
-            probs = clf.probabilities(state.encoder.encode_images([pil]))
-            top_labels = clf.top_labels(probs, top)[0]
-            return {
-                "id": id,
-                "predictions": [{"label": lab, "prob": round(float(p), 6)} for lab, p in top_labels],
-            }
+            prediction = clf.classify([image_from(data, id)], top=top)[0]
+            if prediction.error is not None:
+                raise HTTPException(422, f"image: {prediction.error}")
+            return {"id": id, "predictions": prediction.to_dict()["predictions"]}
 
         return await run_in_threadpool(work)
 
@@ -85,13 +84,10 @@ def add_task_routes(app: FastAPI, state: ServerState, reads: list[Any]) -> None:
         from clipsearch.tasks.localize import localize
 
         valid_unicode(prompt)
-        text_vector = state.text_vector(prompt)
-        enc = state.encoder
-        if method == "auto":
-            method = "patches" if hasattr(enc, "encode_patch_grid") else "windows"
-        loc = localize(enc, pil, prompt, method=method, text_vector=text_vector)
+        loc = localize(state.encoder, pil, prompt, method=method, text_vector=state.text_vector(prompt))
         if fmt == "png":
-            return Response(_overlay_png(pil, loc), media_type="image/png", headers={"Cache-Control": "no-store"})
+            overlay = map_over_image(pil, loc.map, loc.bbox, max_side=OVERLAY_SIDE)
+            return Response(_png(overlay), media_type="image/png", headers={"Cache-Control": "no-store"})
         return JSONResponse(finite(loc.to_dict()))
 
     @app.get(
@@ -141,10 +137,11 @@ def add_task_routes(app: FastAPI, state: ServerState, reads: list[Any]) -> None:
         return finite(result.to_dict())
 
 
-def _split_labels(text: str) -> list[str]:
-    sep = "\n" if "\n" in text else ","
-    labels = [x.strip() for x in text.split(sep)]
-    labels = [x for x in labels if x]
+def _labels(text: str) -> list[str]:
+    """The form's labels (:func:`clipsearch.tasks.templates.parse_labels`), within the server's limits."""
+    from clipsearch.tasks.templates import parse_labels
+
+    labels = parse_labels(text)
     if len(labels) > MAX_LABELS:
         raise HTTPException(422, f"labels: at most {MAX_LABELS}, got {len(labels)}")
     if len(labels) < 2:
@@ -154,21 +151,7 @@ def _split_labels(text: str) -> list[str]:
     return labels
 
 
-def _overlay_png(image: Image.Image, loc: Any) -> bytes:
-    """The relevance map blended over the image (longest side <= 1024), best box outlined."""
-    from PIL import Image as PILImage
-    from PIL import ImageDraw
-
-    from clipsearch.viz.overlay import blend
-
-    scale = min(1.0, OVERLAY_SIDE / max(image.size))
-    view = image
-    if scale < 1.0:
-        view = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), PILImage.Resampling.BILINEAR)
-    out = blend(view, loc.map)
-    x0, y0, x1, y1 = (v * scale for v in loc.bbox)
-    width = max(2, round(max(view.size) / 200))
-    ImageDraw.Draw(out).rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=(0, 229, 255), width=width)
+def _png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
-    out.save(buf, format="PNG")
+    image.save(buf, format="PNG")
     return buf.getvalue()

@@ -101,6 +101,23 @@ class ZeroShotClassifier:
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         return [[(self.labels[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
 
+    def iter_probabilities(
+        self, images: Iterable[Any], *, batch_size: int = 32
+    ) -> Iterator[tuple[list[LoadedImage], npt.NDArray[np.float32]]]:
+        """Decode and embed ``images`` (paths, bytes or PIL images) one batch at a time.
+
+        Yields:
+            ``(batch, probs)``: the batch's inputs in order (unreadable ones carry an ``error``
+            and no pixels) and ``(readable inputs, n_classes)`` probabilities of the readable
+            ones, in the same order.
+        """
+        for batch in iter_image_batches(images, batch_size=batch_size, draft=_draft_size(self.encoder)):
+            pixels = [item.image for item in batch if item.image is not None]
+            if pixels:
+                yield batch, self.probabilities(self.encoder.encode_images(pixels))
+            else:
+                yield batch, np.zeros((0, self.n_classes), dtype=np.float32)
+
     def classify(
         self,
         images: Sequence[Any],
@@ -115,15 +132,13 @@ class ZeroShotClassifier:
         """
         check_top(top)
         out: list[Prediction] = []
-        for batch in iter_image_batches(images, batch_size=batch_size, draft=_draft_size(self.encoder)):
-            ok = [item for item in batch if item.image is not None]
-            rows = self.top_labels(self.probabilities(self.encoder.encode_images([i.image for i in ok])), top) if ok else []
-            by_index = dict(zip((item.index for item in ok), rows))
+        for batch, probs in self.iter_probabilities(images, batch_size=batch_size):
+            rows = iter(self.top_labels(probs, top))
             for item in batch:
                 if item.image is None:
                     out.append(Prediction(item.name, error=item.error))
                 else:
-                    out.append(Prediction(item.name, top=by_index[item.index]))
+                    out.append(Prediction(item.name, top=next(rows)))
             if on_progress:
                 on_progress(len(batch))
         return out

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipsearch.images import IMAGE_FIELDS
-from clipsearch.tasks.classify import ZeroShotClassifier, _draft_size, iter_image_batches
+from clipsearch.tasks.classify import ZeroShotClassifier
+from clipsearch.tasks.metrics import class_rank
 from clipsearch.tasks.templates import TemplateSpec
 
 if TYPE_CHECKING:
@@ -307,16 +308,13 @@ def evaluate_classification(
         on_start(len(data.items))
     paths = [p for p, _ in data.items]
     truth = np.array([index[lab] for _, lab in data.items], dtype=np.int64)
-    for batch in iter_image_batches(paths, batch_size=batch_size, draft=_draft_size(encoder)):
+    for batch, probs in clf.iter_probabilities(paths, batch_size=batch_size):
         ok = [item for item in batch if item.image is not None]
         skipped.extend((item.name, item.error or "unreadable") for item in batch if item.image is None)
         if ok:
-            probs = clf.probabilities(encoder.encode_images([item.image for item in ok]))
             true = truth[[item.index for item in ok]]
             pred = probs.argmax(axis=1)
-            true_p = probs[np.arange(len(ok)), true]
-            rank = (probs > true_p[:, None]).sum(axis=1)
-            top_k_hits += int((rank < k).sum())
+            top_k_hits += int((class_rank(probs, true, ties="for") < k).sum())
             np.add.at(confusion, (true, pred), 1)
             for item, t, p, row in zip(ok, true, pred, probs):
                 if t != p:

@@ -21,6 +21,12 @@ Windows reach past the image edges (``overhang``), filled with the image's mean 
 without that, a pixel near an edge is covered only by windows that hug the edge, so an object
 near a corner drags the peak into the corner.
 
+A model with its own spatial grid of cell embeddings (the demo model, dual encoders from
+``clipsearch train``) gives a map in one forward pass instead: the cosine of each of its cells
+with the prompt (``method="patches"``). ``method="auto"``, the default, uses the grid when the
+model has one and no window setting (``scales``, ``stride``, ``overhang``) is given, else the
+windows (:func:`choose_method`).
+
 The box: cells at or above ``peak - box_threshold * (peak - min)`` form a mask; the box is the
 extent of the mask's 4-connected component holding the peak. Its ``score`` is the cosine of the
 prompt with the box's own crop (one extra forward pass), a number comparable across images.
@@ -28,6 +34,7 @@ prompt with the box's own crop (one extra forward pass), a number comparable acr
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +43,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+
+from clipsearch.search import has_grid
+from clipsearch.tasks.classify import load_one, require_image_and_text
+from clipsearch.tasks.metrics import box_iou, inside
+from clipsearch.viz.overlay import relevance_overlay_png
+from clipsearch.world import render_scene
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -49,7 +62,7 @@ DEFAULT_STRIDE = 1 / 3  # step between windows as a fraction of the window side
 DEFAULT_GRID = 32  # map cells along the long side
 DEFAULT_BOX_THRESHOLD = 0.3  # box region: cells >= peak - 0.3 * (peak - min)
 DEFAULT_OVERHANG = 0.5  # windows may reach half their side past the image edge (filled with the mean colour)
-METHODS = ("windows", "patches")
+METHODS = ("auto", "windows", "patches")
 
 SMALL_OBJECTS = {"scales": (0.15, 0.25, 0.35), "stride": 0.25, "box_threshold": 0.12}
 """Settings for objects a few percent of the image wide, such as the demo world's shapes.
@@ -58,7 +71,7 @@ Chosen on demo-world two-object scenes with the demo model (seed 0, n=100), then
 fresh scenes (seed 1, n=200): peak in the object's box 0.895, box IoU >= 0.5 0.77. The defaults
 above gave 0.78 and 0.16 there (large windows blur small objects and the box grows), but they
 fit objects that fill a good part of the frame, as in photos, where these settings give boxes
-that are too small."""
+that are too small. They are window settings, so ``method="auto"`` slides windows with them."""
 
 
 @dataclass
@@ -89,6 +102,23 @@ class Localization:
             math.ceil((col + 1) * w / gw),
             math.ceil((row + 1) * h / gh),
         )
+
+    def overlay_png(
+        self, image: "Image.Image", out: str | Path, *, target: Sequence[float] | None = None
+    ) -> Path:
+        """Save ``image`` beside itself with this map, the box and the peak drawn over it (PNG).
+
+        Args:
+            image: the RGB image that was localised (its size is :attr:`image_size`).
+            out: PNG path.
+            target: a known box ``[x0, y0, x1, y1)`` to draw dashed (evaluation overlays).
+        """
+        if tuple(image.size) != tuple(self.image_size):
+            raise ValueError(f"image size {image.size} does not match the localisation's {self.image_size}")
+        return relevance_overlay_png(
+            image, self.map, out, box=self.bbox, peak=self.peak, target=target,
+            title=f"“{self.prompt}”", caption=f"box score {self.score:.3f} (cosine)",
+        )  # fmt: skip
 
     def to_dict(self, digits: int = 3) -> dict[str, Any]:
         return {
@@ -259,17 +289,55 @@ def _component(mask: npt.NDArray[np.bool_], seed: tuple[int, int]) -> npt.NDArra
     return out
 
 
+def choose_method(
+    encoder: "Encoder",
+    method: str = "auto",
+    *,
+    scales: Sequence[float] | None = None,
+    stride: float | None = None,
+    overhang: float | None = None,
+) -> str:
+    """The method :func:`localize` uses: ``"windows"`` or ``"patches"``.
+
+    ``"auto"`` is ``"patches"`` for a model with its own grid of cell embeddings (one forward
+    pass, the model's cells) unless a window setting is given (``scales``, ``stride`` or
+    ``overhang`` not None: they ask for windows), else ``"windows"`` (any model). Any other
+    ``method`` is checked and returned as it is.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown localisation method {method!r}; use one of {', '.join(METHODS)}")
+    if method != "auto":
+        return method
+    windows_asked = any(v is not None for v in (scales, stride, overhang))
+    return "patches" if has_grid(encoder) and not windows_asked else "windows"
+
+
+def window_settings(
+    small_objects: bool = False,
+    *,
+    scales: Sequence[float] | None = None,
+    stride: float | None = None,
+    box_threshold: float | None = None,
+) -> dict[str, Any]:
+    """``scales``, ``stride`` and ``box_threshold`` for :func:`localize`: each as given, else from
+    :data:`SMALL_OBJECTS` when ``small_objects``, else None (the library's default; window
+    settings left None let ``method="auto"`` use a model's patch grid)."""
+    base: dict[str, Any] = dict(SMALL_OBJECTS) if small_objects else {}
+    given = {"scales": None if scales is None else tuple(scales), "stride": stride, "box_threshold": box_threshold}
+    return {name: base.get(name) if value is None else value for name, value in given.items()}
+
+
 def localize(
     encoder: "Encoder",
     image: Any,
     prompt: str,
     *,
-    scales: Sequence[float] = DEFAULT_SCALES,
-    stride: float = DEFAULT_STRIDE,
+    scales: Sequence[float] | None = None,
+    stride: float | None = None,
     grid: int = DEFAULT_GRID,
-    box_threshold: float = DEFAULT_BOX_THRESHOLD,
-    overhang: float = DEFAULT_OVERHANG,
-    method: str = "windows",
+    box_threshold: float | None = None,
+    overhang: float | None = None,
+    method: str = "auto",
     batch_size: int = 64,
     text_vector: npt.NDArray[np.float32] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
@@ -280,14 +348,18 @@ def localize(
         encoder: any model that embeds images and text.
         image: a path, bytes or RGB ``PIL.Image`` (files get their EXIF orientation applied).
         prompt: what to find, e.g. ``"red circle"``.
-        scales: window sides as fractions of the image's short side.
-        stride: window step as a fraction of the window side.
+        scales: window sides as fractions of the image's short side (None:
+            :data:`DEFAULT_SCALES`).
+        stride: window step as a fraction of the window side (None: :data:`DEFAULT_STRIDE`).
         grid: map cells along the long side.
-        box_threshold: how far below the peak (as a fraction of peak - min) the box region reaches.
+        box_threshold: how far below the peak (as a fraction of peak - min) the box region
+            reaches (None: :data:`DEFAULT_BOX_THRESHOLD`).
         overhang: how far windows reach past the image edge (fraction of their side); the part
-            outside is filled with the image's mean colour.
-        method: ``"windows"`` (any encoder) or ``"patches"`` (encoders with ``encode_patch_grid``,
-            such as ``demo``: one forward pass, the encoder's own spatial grid).
+            outside is filled with the image's mean colour (None: :data:`DEFAULT_OVERHANG`).
+        method: ``"windows"`` (any encoder), ``"patches"`` (encoders with ``encode_patch_grid``,
+            such as ``demo``: one forward pass, the encoder's own spatial grid) or ``"auto"``
+            (:func:`choose_method`: patches for a model with a grid unless a window setting
+            is given).
         batch_size: windows per forward pass.
         text_vector: the prompt's unit ``(dim,)`` embedding, if already computed (skips the text pass).
         on_progress: called with (windows done, windows in all).
@@ -295,12 +367,12 @@ def localize(
     Returns:
         A :class:`Localization` with a ``(gh, gw)`` map and the box in input-image pixels.
     """
-    from clipsearch.tasks.classify import load_one, require_image_and_text
-
     require_image_and_text(encoder, "localisation")
-    if method not in METHODS:
-        raise ValueError(f"unknown localisation method {method!r}; use one of {', '.join(METHODS)}")
-    scales = check_scales(scales)
+    method = choose_method(encoder, method, scales=scales, stride=stride, overhang=overhang)
+    scales = check_scales(DEFAULT_SCALES if scales is None else scales)
+    stride = DEFAULT_STRIDE if stride is None else stride
+    overhang = DEFAULT_OVERHANG if overhang is None else overhang
+    box_threshold = DEFAULT_BOX_THRESHOLD if box_threshold is None else box_threshold
     pil = load_one(image)
     width, height = pil.size
     if text_vector is None:
@@ -367,7 +439,7 @@ def _patch_map(encoder: "Encoder", pil: "Image.Image", text_vector: npt.NDArray[
     """Cosine of each cell of the encoder's own patch grid with the prompt, resampled to the map grid."""
     from PIL import Image
 
-    if not hasattr(encoder, "encode_patch_grid"):
+    if not has_grid(encoder):
         raise ValueError(
             f"model {encoder.name!r} has no spatial patch grid; use --method windows (works with any model)"
         )
@@ -408,19 +480,19 @@ class LocalizationReport:
             "seed": self.seed,
         }
 
+    def write_report(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write ``summary.json`` (:meth:`summary`) and ``cases.jsonl`` (one line per case) into
+        ``out_dir`` (created); the overlays are drawn during :func:`evaluate_localization`.
 
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two ``[x0, y0, x1, y1)`` boxes (0 when either is empty)."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
-def inside(point: Sequence[float], box: Sequence[float]) -> bool:
-    """Whether pixel ``(x, y)`` lies in box ``[x0, y0, x1, y1)``."""
-    return box[0] <= point[0] < box[2] and box[1] <= point[1] < box[3]
+        Returns:
+            ``{"summary": path, "cases": path}``.
+        """
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        summary, cases = out / "summary.json", out / "cases.jsonl"
+        summary.write_text(json.dumps(self.summary(), indent=2) + "\n", encoding="utf-8")
+        cases.write_text("".join(json.dumps(case) + "\n" for case in self.cases), encoding="utf-8")
+        return {"summary": summary, "cases": cases}
 
 
 def two_object_cases(records: Sequence[dict[str, Any]], root: str | Path, *, n: int, seed: int) -> list[dict[str, Any]]:
@@ -458,21 +530,12 @@ def _case(record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any] | 
 def generated_cases(n: int, seed: int, *, split: str = "eval") -> list[dict[str, Any]]:
     """``n`` fresh two-object demo-world scenes, in memory, each with one object to find.
 
-    Scenes come from :func:`clipsearch.train.demo_world.render_scene` (random sizes and
+    Scenes come from :func:`clipsearch.world.render_scene` (random sizes and
     aspect ratios, the ``eval`` split by default); the same seed gives the same cases.
 
     Returns:
         Dicts ``{"image": PIL image, "name": "scene #i", "prompt", "target": [x0, y0, x1, y1]}``.
     """
-    try:
-        from clipsearch.train.demo_world import render_scene
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("clipsearch.train"):
-            raise
-        raise ValueError(
-            "the demo-world generator (clipsearch.train.demo_world) is not installed; "
-            "give --scenes, a folder made by 'clipsearch demo-world OUT'"
-        ) from None
     rng = np.random.default_rng([int(seed), 0x10CA1])  # its own stream: not the train/eval worlds
     pick = np.random.default_rng(seed)
     cases: list[dict[str, Any]] = []
@@ -491,12 +554,12 @@ def evaluate_localization(
     *,
     n: int = 200,
     seed: int = 0,
-    method: str = "windows",
-    scales: Sequence[float] = DEFAULT_SCALES,
-    stride: float = DEFAULT_STRIDE,
+    method: str = "auto",
+    scales: Sequence[float] | None = None,
+    stride: float | None = None,
     grid: int = DEFAULT_GRID,
-    box_threshold: float = DEFAULT_BOX_THRESHOLD,
-    overhang: float = DEFAULT_OVERHANG,
+    box_threshold: float | None = None,
+    overhang: float | None = None,
     overlay_dir: str | Path | None = None,
     n_overlays: int = 12,
     on_start: Callable[[int], None] | None = None,
@@ -510,7 +573,8 @@ def evaluate_localization(
             renders ``n`` fresh two-object scenes in memory (:func:`generated_cases`).
         n: number of scenes to evaluate.
         seed: picks which object of each scene is prompted (and the scenes, when generated).
-        method, scales, stride, grid, box_threshold, overhang: passed to :func:`localize`.
+        method, scales, stride, grid, box_threshold, overhang: passed to :func:`localize`
+            (``method="auto"`` is settled once, by :func:`choose_method`).
         overlay_dir: if given, draw the first ``n_overlays`` cases there as PNGs (map, returned
             box, and the target box dashed).
         n_overlays: how many overlays to draw.
@@ -522,10 +586,9 @@ def evaluate_localization(
         object's box, the fraction whose box has IoU >= 0.5 with it, and the mean IoU. Its
         ``cases`` hold per scene: name, prompt, target, bbox, peak, score, iou, hit.
     """
-    import json
-
     if n < 1:
         raise ValueError(f"n must be >= 1 scene, not {n!r}")
+    method = choose_method(encoder, method, scales=scales, stride=stride, overhang=overhang)
     if scenes is None:
         cases = generated_cases(n, seed)
     else:
@@ -569,10 +632,7 @@ def evaluate_localization(
 
 
 def _draw_case(out_dir: Path, index: int, case: dict[str, Any], loc: Localization) -> Path:
-    from clipsearch.tasks.classify import load_one
-    from clipsearch.viz.overlay import relevance_overlay_png
-
     out_dir.mkdir(parents=True, exist_ok=True)
     verdict = "hit" if case["hit"] else "miss"
     name = f"{index:03d}-{case['prompt'].replace(' ', '_')}-{verdict}-iou{case['iou']:.2f}.png"
-    return relevance_overlay_png(load_one(case["image"]), loc, out_dir / name, target=tuple(case["target"]))
+    return loc.overlay_png(load_one(case["image"]), out_dir / name, target=case["target"])

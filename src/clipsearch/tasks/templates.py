@@ -148,6 +148,26 @@ def fill(template: str, label: str) -> str:
     return template.replace("{}", label)
 
 
+def parse_labels(text: str) -> list[str]:
+    """Labels written in one string: one per line when it holds a line break, else separated
+    by commas (``"dog, cat, horse"``); spaces around each label and empty entries are dropped."""
+    sep = "\n" if "\n" in text else ","
+    return [x.strip() for x in text.split(sep) if x.strip()]
+
+
+def read_labels(path: str | Path) -> list[str]:
+    """Labels from a text file, one per line; blank lines and lines starting with ``#`` are skipped.
+
+    Raises:
+        ValueError: there is no such file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no such labels file: {path}")
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    return [x.strip() for x in lines if x.strip() and not x.lstrip().startswith("#")]
+
+
 def validate_labels(labels: Sequence[str]) -> list[str]:
     """Strip the labels and check there are at least two, none empty and none repeated."""
     clean = [str(x).strip() for x in labels]

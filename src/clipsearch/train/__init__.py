@@ -1,9 +1,9 @@
-"""Contrastive training, training data, and the demo world.
+"""Contrastive training, training data, and retrieval evaluation.
 
-Modules: :mod:`~clipsearch.train.demo_world` (generated captioned scenes),
-:mod:`~clipsearch.train.loss` (symmetric contrastive loss), :mod:`~clipsearch.train.data`
+Modules: :mod:`~clipsearch.train.loss` (symmetric contrastive loss), :mod:`~clipsearch.train.data`
 (pairs and on-the-fly batches), :mod:`~clipsearch.train.trainer` (``clipsearch train``),
-:mod:`~clipsearch.train.evaluate` (recall@k). Imported lazily: nothing here loads torch
+:mod:`~clipsearch.train.evaluate` (recall@k). The scenes it trains the demo model on are
+:mod:`clipsearch.world`. Imported lazily: nothing here loads torch
 until it is used.
 """
 
@@ -13,15 +13,11 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "render_scene": "clipsearch.train.demo_world",
-    "generate_world": "clipsearch.train.demo_world",
-    "claim_holds": "clipsearch.train.demo_world",
-    "object_query": "clipsearch.train.demo_world",
     "contrastive_loss": "clipsearch.train.loss",
     "read_pairs": "clipsearch.train.data",
     "TrainOptions": "clipsearch.train.trainer",
     "train": "clipsearch.train.trainer",
-    "recall_at_k": "clipsearch.train.evaluate",
+    "retrieval_recall": "clipsearch.train.evaluate",
     "evaluate_retrieval": "clipsearch.train.evaluate",
 }
 

@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from clipsearch.images import IMAGE_FIELDS as IMAGE_COLUMNS
 from clipsearch.models.base import Preprocess
-from clipsearch.train import demo_world as dw
+from clipsearch import world as dw
 
 DEMO_WORLD = "demo-world"
 CAPTION_COLUMNS = ("caption", "text")
@@ -160,7 +160,7 @@ def _pool_draws(seed: int, size: int, split: str) -> Iterator[tuple[str, dict, d
     """Random scenes of ``split`` and a caption of each, until ``size`` distinct captions came.
 
     Yields ``(caption, claim, scene, state)`` for each first use of a caption text, where
-    ``state`` is the random state :func:`~clipsearch.train.demo_world.caption_scene` started
+    ``state`` is the random state :func:`~clipsearch.world.caption_scene` started
     from (to caption another scene with the same choices of words).
     """
     if size < 1:
@@ -189,7 +189,7 @@ def binding_negatives(seed: int, size: int, split: str = "train") -> dict[str, t
     """Hard-negative captions for the captions of :func:`caption_pool` (same arguments).
 
     The negative of a caption describes its scene's binding twin
-    (:func:`~clipsearch.train.demo_world.binding_twin`: the same layout with the colours bound
+    (:func:`~clipsearch.world.binding_twin`: the same layout with the colours bound
     to other shapes) in the same words, so "a red star above a blue circle" gets "a blue star
     above a red circle". Only negatives that are false of the caption's own scene are kept;
     captions that name no colour, for example, get none.
@@ -238,15 +238,15 @@ class DemoWorldBatches:
         sides: smallest and largest image side of the rendered scenes.
         jpeg_prob: share of scenes that go through a JPEG round trip.
         twins: share of the batch's images that are binding twins
-            (:func:`~clipsearch.train.demo_world.binding_twin`) of captioned scenes: the same
+            (:func:`~clipsearch.world.binding_twin`) of captioned scenes: the same
             layout with colours bound to other shapes. They carry no caption of their own and
             are hard negatives for the captions they falsify; a caption still true of a twin
             counts it as a positive.
-        twin_kind: "binding" (:func:`~clipsearch.train.demo_world.binding_twin`) or
-            "contrast" (:func:`~clipsearch.train.demo_world.contrast_twin`: a twin of which
+        twin_kind: "binding" (:func:`~clipsearch.world.binding_twin`) or
+            "contrast" (:func:`~clipsearch.world.contrast_twin`: a twin of which
             its scene's caption is false, changed in a position, size or binding it names).
         soft_targets: weigh each (image, caption) positive by how likely the generator is to
-            caption that scene so (:func:`~clipsearch.train.demo_world.claim_likelihood`),
+            caption that scene so (:func:`~clipsearch.world.claim_likelihood`),
             instead of 1 for every scene the caption is true of. A caption such as "a red
             star" then prefers a lone red star to a red star among two other objects, as the
             generator's own captions do; 0/1 targets teach that every scene it is true of is

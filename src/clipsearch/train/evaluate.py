@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from clipsearch.models.base import embeds_grid, encode_pixels
+from clipsearch.tasks.metrics import mean_over_queries, recall_at_k
 
 if TYPE_CHECKING:
     from clipsearch.models.base import Encoder
@@ -39,14 +40,14 @@ def relevance(captions: Sequence[str], image_keys: Sequence[str] | None = None) 
     return rel
 
 
-def recall_at_k(
+def retrieval_recall(
     image_vecs: npt.ArrayLike,
     text_vecs: npt.ArrayLike,
     captions: Sequence[str],
     image_keys: Sequence[str] | None = None,
     ks: Sequence[int] = KS,
 ) -> dict[str, Any]:
-    """Recall@k both ways for n pairs.
+    """Recall@k both ways for n image-caption pairs (each caption's hits: see :func:`relevance`).
 
     Args:
         image_vecs: ``(n, d)`` image embeddings (row i: pair i's image).
@@ -85,16 +86,16 @@ def recall_as_search(
     image_keys: Sequence[str] | None = None,
     grids: npt.NDArray[np.float32] | None = None,
 ) -> dict[str, Any]:
-    """:func:`recall_at_k`, with text -> image ranked as ``clipsearch search`` ranks a store.
+    """:func:`retrieval_recall`, with text -> image ranked as ``clipsearch search`` ranks a store.
 
     Args:
-        image_vecs, text_vecs, captions, image_keys: as for :func:`recall_at_k`.
+        image_vecs, text_vecs, captions, image_keys: as for :func:`retrieval_recall`.
         grids: ``(n, gh, gw, d)`` unit cell vectors of the images, for a model with a grid: the
             best images by vector are then re-scored by their cells
             (:func:`clipsearch.train.quality.default_ranking`); ``None``: the vectors alone.
 
     Returns:
-        :func:`recall_at_k`'s dict plus ``"ranking"`` (``"vectors"`` or ``"grid re-rank"``);
+        :func:`retrieval_recall`'s dict plus ``"ranking"`` (``"vectors"`` or ``"grid re-rank"``);
         re-ranked, ``"text_to_image"`` is the search ranking's recall and
         ``"text_to_image_vectors"`` the vectors' own.
     """
@@ -113,7 +114,7 @@ def recall_as_search(
 def _recall_both_ways(
     sims: npt.NDArray[np.float32], rel: npt.NDArray[np.bool_], ks: Sequence[int] = KS
 ) -> dict[str, Any]:
-    """:func:`recall_at_k`'s dict from ``(texts, images)`` similarities and relevance."""
+    """:func:`retrieval_recall`'s dict from ``(texts, images)`` similarities and relevance."""
     return {
         "n": len(sims),
         "text_to_image": recall_from_scores(sims, rel, ks),
@@ -124,12 +125,9 @@ def _recall_both_ways(
 def recall_from_scores(
     scores: npt.NDArray[np.float32], relevant: npt.NDArray[np.bool_], ks: Sequence[int] = KS
 ) -> dict[str, float]:
-    """``{"R@k": ...}`` for ``(queries, items)`` scores and relevance (ties count against)."""
-    # rank of the best relevant item = irrelevant items scoring at least as high
-    best_rel = np.where(relevant, scores, -np.inf).max(axis=1, keepdims=True)
-    rank = ((scores >= best_rel) & ~relevant).sum(axis=1)
-    found = np.isfinite(best_rel[:, 0])  # a relevant item left unranked (score -inf) is never found
-    return {f"R@{k}": float(np.mean((rank < k) & found)) for k in ks}
+    """``{"R@k": ...}``: :func:`~clipsearch.tasks.metrics.recall_at_k` of ``(queries, items)``
+    scores and relevance, averaged over the queries."""
+    return {f"R@{k}": mean_over_queries(recall_at_k(scores, relevant, k)) for k in ks}
 
 
 def evaluate_retrieval(
@@ -155,7 +153,7 @@ def evaluate_retrieval(
             their grid cells; None: when the model has a grid (see the module docstring).
 
     Returns:
-        :func:`recall_at_k`'s dict plus ``"skipped"`` (images that could not be decoded) and
+        :func:`retrieval_recall`'s dict plus ``"skipped"`` (images that could not be decoded) and
         ``"ranking"`` (``"vectors"`` or ``"grid re-rank"``); re-ranked, also
         ``"text_to_image_vectors"``, the vectors' own text -> image recall.
 

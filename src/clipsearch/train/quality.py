@@ -19,19 +19,19 @@ vector-only numbers are reported beside the judged ones.
    is the caption's own image, or an image whose caption has the identical text (duplicates
    are interchangeable); this is the definition of ``clipsearch evaluate retrieval``.
    ``retrieval_true_r1`` / ``retrieval_true_r10`` (reported): a hit is any image of which the
-   caption is true (:func:`~clipsearch.train.demo_world.claim_holds`); many captions name
+   caption is true (:func:`~clipsearch.world.claim_holds`); many captions name
    only some objects or attributes, so they fit several images.
 2. Zero-shot classification of ``n_single`` single-object images, balanced over all 88
    (colour, shape) pairs, through :class:`~clipsearch.tasks.classify.ZeroShotClassifier`:
    the shape among 8 ("a photo of a {shape}"), the colour among 11 ("a photo of a {colour}
    object"), and (reported) the pair among 88 ("a photo of a {colour} {shape}"), the position
    among 9 ("a photo of an object in the top left corner") and the size among 2.
-3. Held-out pairs (:data:`~clipsearch.train.demo_world.HELD_OUT_PAIRS`, never in a training
+3. Held-out pairs (:data:`~clipsearch.world.HELD_OUT_PAIRS`, never in a training
    image): precision@10 of the query "{colour} {shape}" over the retrieval gallery (a hit: a
    scene holding an object of that colour and shape), and the 88-way colour+shape
    classification of ``n_single`` single-object images of held-out pairs only.
 4. Phrasing: every "{colour} {shape}" pair queried in the three eval-only phrasings
-   (:func:`~clipsearch.train.demo_world.object_query` with "eval") and, for comparison, the
+   (:func:`~clipsearch.world.object_query` with "eval") and, for comparison, the
    three train phrasings, over ``n_scenes`` fresh scenes of 1-3 objects: precision@5 (a hit:
    a scene holding such an object), and the gap train - eval. For models with a grid of cell
    embeddings, also (reported) the same precision@5 after ``clipsearch search --rerank 50
@@ -49,17 +49,24 @@ A classification is correct only when the true class scores strictly above every
 from __future__ import annotations
 
 import io
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
+from clipsearch import world as dw
+from clipsearch.events import ProgressCallback, Reporter
 from clipsearch.models.base import embeds_grid, encode_pixels
 from clipsearch.search import DEFAULT_CELL_WEIGHT, DEFAULT_RERANK
-from clipsearch.train import demo_world as dw
+from clipsearch.tasks.metrics import (
+    expected_recall_at_k,
+    mean_over_queries,
+    precision_at_k,
+    recall_at_k,
+    strict_accuracy,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -125,101 +132,6 @@ class Metric:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"passed": self.passed}
-
-
-# -- metrics on score matrices ---------------------------------------------------------------
-def _ranked_relevance(scores: npt.NDArray, relevant: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-    """``relevant`` reordered along each row by descending score; ties put irrelevant items first."""
-    order = np.lexsort((relevant.astype(np.int8), -scores), axis=-1)
-    return np.take_along_axis(relevant, order, axis=-1)
-
-
-def _check_pair(scores: npt.ArrayLike, relevant: npt.ArrayLike) -> tuple[npt.NDArray, npt.NDArray[np.bool_]]:
-    s = np.asarray(scores, dtype=np.float64)
-    r = np.asarray(relevant, dtype=bool)
-    if s.ndim != 2 or s.shape != r.shape:
-        raise ValueError(f"scores and relevant must be (queries, items) of one shape; got {s.shape} and {r.shape}")
-    return s, r
-
-
-def recall_at_k(scores: npt.ArrayLike, relevant: npt.ArrayLike, k: int) -> npt.NDArray[np.float64]:
-    """Per query, 1.0 when a relevant item is among the ``k`` best, else 0.0.
-
-    Args:
-        scores: ``(q, n)`` similarities, higher is better.
-        relevant: ``(q, n)`` bool, which items count as hits for each query.
-        k: the cut-off (at least 1).
-
-    Returns:
-        ``(q,)`` float64; NaN for a query with no relevant item at all.
-    """
-    s, r = _check_pair(scores, relevant)
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    hit = _ranked_relevance(s, r)[:, :k].any(axis=1).astype(np.float64)
-    hit[~r.any(axis=1)] = np.nan
-    return hit
-
-
-def expected_recall_at_k(scores: npt.ArrayLike, relevant: npt.ArrayLike, k: int) -> npt.NDArray[np.float64]:
-    """Like :func:`recall_at_k`, but ties are broken at random: the expected value per query.
-
-    For a query whose best relevant item scores ``s``, with ``a`` items scoring above ``s``
-    and ``b`` items scoring exactly ``s`` (``h`` of them relevant), a relevant item is among the
-    ``k`` best unless the ``k - a`` tied slots all go to irrelevant items.
-    """
-    s, r = _check_pair(scores, relevant)
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    out = np.full(len(s), np.nan)
-    for q in range(len(s)):
-        if not r[q].any():
-            continue
-        best = s[q][r[q]].max()
-        above, tied = int((s[q] > best).sum()), s[q] == best
-        b, h = int(tied.sum()), int((tied & r[q]).sum())
-        slots = min(max(k - above, 0), b)
-        out[q] = 1.0 - (math.comb(b - h, slots) / math.comb(b, slots) if slots <= b - h else 0.0)
-    return out
-
-
-def precision_at_k(
-    scores: npt.ArrayLike, relevant: npt.ArrayLike, k: int, *, capped: bool = True
-) -> npt.NDArray[np.float64]:
-    """Per query, hits among the ``k`` best divided by ``min(k, number of relevant items)``.
-
-    Args:
-        scores: ``(q, n)`` similarities, higher is better.
-        relevant: ``(q, n)`` bool.
-        k: the cut-off (at least 1).
-        capped: divide by ``min(k, relevant)``; False: by ``k`` (the textbook P@k, which
-            cannot reach 1 for a query with fewer than k relevant items).
-
-    Returns:
-        ``(q,)`` float64 in [0, 1]; NaN for a query with no relevant item.
-    """
-    s, r = _check_pair(scores, relevant)
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    hits = _ranked_relevance(s, r)[:, :k].sum(axis=1).astype(np.float64)
-    n_rel = r.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n_rel > 0, hits / (np.minimum(k, n_rel) if capped else k), np.nan)
-
-
-def strict_accuracy(logits: npt.ArrayLike, truth: Sequence[int]) -> npt.NDArray[np.bool_]:
-    """``(n,)``: whether each row's true class scores strictly above every other class."""
-    z = np.asarray(logits, dtype=np.float64)
-    t = np.asarray(truth, dtype=np.int64)
-    true_score = z[np.arange(len(t)), t]
-    others = z.copy()
-    others[np.arange(len(t)), t] = -np.inf
-    return true_score > others.max(axis=1)
-
-
-def _mean(values: npt.NDArray[np.float64]) -> float:
-    v = values[~np.isnan(values)]
-    return float(v.mean()) if len(v) else 0.0
 
 
 # -- scenes ----------------------------------------------------------------------------------
@@ -338,7 +250,7 @@ def evaluate_demo_quality(
     n_scenes: int = 400,
     n_single: int = 400,
     batch_size: int = 64,
-    progress: Callable[[str], None] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Measure every quality bar of the demo model (see the module docstring).
 
@@ -350,7 +262,8 @@ def evaluate_demo_quality(
         n_single: single-object images for zero-shot classification, and again as many of
             held-out pairs (at least 1).
         batch_size: images or texts per forward pass.
-        progress: called with a short description before each stage.
+        on_progress: called with a ``message`` event of the task ``"demo quality"`` before
+            each stage, saying what it does.
 
     Returns:
         ``{"model", "seed", "sizes", "metrics": {id: Metric.to_dict()}, "details", "all_pass",
@@ -366,7 +279,7 @@ def evaluate_demo_quality(
             raise ValueError(f"{key} must be a whole number >= {MIN_SIZES[key]}, not {value!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, not {batch_size!r}")
-    say = progress or (lambda _msg: None)
+    say = Reporter(on_progress, "demo quality").message
     texts = TextCache(encoder, batch_size)
     metrics: list[Metric] = []
     details: dict[str, Any] = {}
@@ -388,9 +301,8 @@ def evaluate_demo_quality(
     true_rel |= own  # a caption is always true of its own image; this only guards odd claims
     sec = "retrieval"
     for k, target in ((1, 0.5), (10, 0.9)):
-        metrics.append(
-            Metric(f"retrieval_r{k}", sec, f"R@{k} text->image, own image", _mean(recall_at_k(sims, own, k)), target)
-        )
+        recall = mean_over_queries(recall_at_k(sims, own, k))
+        metrics.append(Metric(f"retrieval_r{k}", sec, f"R@{k} text->image, own image", recall, target))
     # The best any model can do on the own-image recall: rank by how likely the generator is
     # to write each caption for each scene (many captions fit several scenes equally well).
     likelihood = np.array(
@@ -403,7 +315,7 @@ def evaluate_demo_quality(
     )
     for kind, name, recall in reported:
         for k in (1, 10):
-            metrics.append(Metric(f"retrieval_{kind}_r{k}", sec, name.format(k=k), _mean(recall(k))))
+            metrics.append(Metric(f"retrieval_{kind}_r{k}", sec, name.format(k=k), mean_over_queries(recall(k))))
     details["retrieval"] = {
         "queries": n_gallery,
         "distinct_captions": len(set(captions)),
@@ -478,15 +390,15 @@ def evaluate_demo_quality(
     ho_ok = strict_accuracy(pair_clf.logits(ho_vecs), ho_truth)
     sec = "held-out pairs"
     metrics += [
-        Metric("held_out_retrieval_p10", sec, f"retrieval P@{HELD_OUT_K}", _mean(ho_p), 0.9),
+        Metric("held_out_retrieval_p10", sec, f"retrieval P@{HELD_OUT_K}", mean_over_queries(ho_p), 0.9),
         Metric("held_out_retrieval_p10_vector", sec, f"retrieval P@{HELD_OUT_K}, vector only",
-               _mean(precision_at_k(ho_vector_sims, ho_rel, HELD_OUT_K))),
+               mean_over_queries(precision_at_k(ho_vector_sims, ho_rel, HELD_OUT_K))),
         Metric("held_out_zero_shot_pair", sec, "colour+shape (88 classes)", float(ho_ok.mean()), 0.70),
     ]  # fmt: skip
     details["held_out"] = {
         "p10_by_pair": {q: (None if np.isnan(p) else float(p)) for q, p in zip(ho_queries, ho_p)},
         "relevant_scenes_by_pair": dict(zip(ho_queries, ho_rel.sum(axis=1).tolist())),
-        "p10_hits_over_k": _mean(precision_at_k(ho_sims, ho_rel, HELD_OUT_K, capped=False)),
+        "p10_hits_over_k": mean_over_queries(precision_at_k(ho_sims, ho_rel, HELD_OUT_K, capped=False)),
         "zero_shot_by_pair": by([pair_labels[t] for t in ho_truth], ho_ok, ho_queries),
     }
 
@@ -514,12 +426,12 @@ def evaluate_demo_quality(
         q_vecs = texts([q for _, q in qs])
         q_vector_sims = q_vecs @ scene_vecs.T
         q_sims = default_ranking(q_vector_sims, scene_grids, q_vecs)
-        p5[phrasing] = _mean(precision_at_k(q_sims, rel, PHRASING_K))
-        p5_over_k[phrasing] = _mean(precision_at_k(q_sims, rel, PHRASING_K, capped=False))
-        p5_vector[phrasing] = _mean(precision_at_k(q_vector_sims, rel, PHRASING_K))
+        p5[phrasing] = mean_over_queries(precision_at_k(q_sims, rel, PHRASING_K))
+        p5_over_k[phrasing] = mean_over_queries(precision_at_k(q_sims, rel, PHRASING_K, capped=False))
+        p5_vector[phrasing] = mean_over_queries(precision_at_k(q_vector_sims, rel, PHRASING_K))
         if scene_grids is not None:
             reranked = grid_reranked(q_vector_sims, scene_grids, q_vecs, RERANK_DEPTH, cell_weight=RERANK_WEIGHT)
-            p5_rerank[phrasing] = _mean(precision_at_k(reranked, rel, PHRASING_K))
+            p5_rerank[phrasing] = mean_over_queries(precision_at_k(reranked, rel, PHRASING_K))
     sec = "phrasings"
     metrics += [
         Metric("phrasing_eval_p5", sec, f"P@{PHRASING_K} eval-only phrasings", p5["eval"], 0.8),
@@ -563,7 +475,4 @@ __all__ = [
     "default_ranking",
     "evaluate_demo_quality",
     "grid_reranked",
-    "precision_at_k",
-    "recall_at_k",
-    "strict_accuracy",
 ]

@@ -11,18 +11,30 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from clipsearch.store.lance_store import Hit
-
 SHEET_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
+class SheetItem(Protocol):
+    """What the sheet reads of a search hit (a store's ``Hit`` has it): only image items are
+    drawn, from their file, labelled with their score."""
+
+    @property
+    def modality(self) -> str: ...
+
+    @property
+    def path(self) -> str | None: ...
+
+    @property
+    def score(self) -> float: ...
+
+
 def contact_sheet(
-    hits: Sequence[Hit],
+    hits: Sequence[SheetItem],
     out_path: str | os.PathLike[str],
     *,
     tile: int = 192,
