@@ -131,7 +131,7 @@ def create_app(
         thumbnail_dir=Path(thumbnail_dir) if thumbnail_dir is not None else store.root / "thumbnails",
     )
 
-    from clipsearch import __version__
+    from clipsearch.version import __version__
 
     app = FastAPI(
         title="clipsearch",

@@ -230,7 +230,7 @@ def new_meta(
 ) -> dict[str, Any]:
     """A new store's header. ``grid``: the model embeds a grid of cells, so its images get cells
     (stores from before this key lack it: the model is then asked, see :mod:`clipsearch.ingest`)."""
-    from clipsearch import __version__
+    from clipsearch.version import __version__
 
     return {
         "schema_version": SCHEMA_VERSION,
