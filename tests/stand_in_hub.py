@@ -67,11 +67,11 @@ class StandInHub:
         path = unquote(urlparse(handler.path).path)
         self.requests.append(f"{handler.command} {path}")
         parts = path.strip("/").split("/")
-        if parts[:2] == ["api", "models"] and len(parts) >= 6:
+        if parts[:2] == ["api", "models"] and len(parts) >= 4:
             repo = "/".join(parts[2:4])
             if repo not in self.repos:
                 return self._send(handler, 404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"}, body)
-            if parts[4] == "revision":
+            if len(parts) == 4 or parts[4] == "revision":
                 files = self._files(repo)
                 info = {"id": repo, "modelId": repo, "sha": self._sha(repo), "private": False,
                         "siblings": [{"rfilename": name} for name in files]}  # fmt: skip

@@ -110,9 +110,9 @@ def test_uncached_hub_model_fails_fast_in_one_sentence():
     with pytest.raises(ModelNotAvailable) as info:
         load_dpr("dpr")
     assert str(info.value) == (
-        f"DPR model 'dpr': {DEFAULT_QUESTION_ENCODER} is not in the local Hugging Face cache; clipsearch never "
-        "downloads weights, so copy the model into the Hugging Face cache from a connected machine, or pass "
-        "local folders as dpr:QUESTION_FOLDER,CTX_FOLDER"
+        "model 'dpr' is not in the local Hugging Face cache and downloads are off (HF_HUB_OFFLINE=1): copy it "
+        f"with `hf download {DEFAULT_QUESTION_ENCODER}` on a machine with internet, or use a local model folder, "
+        "'minilm' (text only) or 'demo'"
     )
 
 

@@ -402,8 +402,9 @@ def test_hub_name_not_cached_fails_with_one_sentence():
         with pytest.raises(ModelNotAvailable) as err:
             load_model(name)
         assert str(err.value) == (
-            f"model {name!r} is not available offline: downloads are unavailable here, "
-            "so use a local model folder, 'minilm' (text only) or 'demo'"
+            f"model {name!r} is not in the local Hugging Face cache and downloads are off (HF_HUB_OFFLINE=1): "
+            f"copy it with `hf download {name}` on a machine with internet, or use a local model folder, "
+            "'minilm' (text only) or 'demo'"
         )
 
 
@@ -424,11 +425,10 @@ def test_cached_hub_id_loads_from_the_local_cache(tiny_hf_clip, hf_cache_dir):
 def test_unknown_and_malformed_names(tmp_path):
     options = "use a local model folder, 'minilm' (text only) or 'demo'"
     cases = {
-        "not a model!": f"unknown model name 'not a model!': {options}, a cached hub id such as "
+        "not a model!": f"unknown model name 'not a model!': {options}, a Hugging Face Hub id such as "
         f"{DEFAULT_MODEL!r}, or 'open_clip:ARCH/PRETRAINED'",
         "": f"model name '' is empty: give a model name, {options}",
         "./no/such/folder": "model folder './no/such/folder' does not exist",
-        "onnx:clip-int8": "model 'onnx:clip-int8' cannot be loaded: the ONNX Runtime backend is not implemented yet",
     }
     for name, message in cases.items():
         with pytest.raises(ModelNotAvailable) as err:

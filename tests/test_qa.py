@@ -167,9 +167,9 @@ def test_reader_errors(models, tmp_path):
     with pytest.raises(ModelNotAvailable) as info:
         load_reader("deepset/roberta-base-squad2")
     assert str(info.value) == (
-        "reader model 'deepset/roberta-base-squad2' cannot be loaded from the local Hugging Face cache; clipsearch "
-        "never downloads weights, so copy it into the Hugging Face cache from a connected machine or pass a local "
-        "folder, or leave the reader out to get a sentence answer"
+        "model 'deepset/roberta-base-squad2' is not in the local Hugging Face cache and downloads are off "
+        "(HF_HUB_OFFLINE=1): copy it with `hf download deepset/roberta-base-squad2` on a machine with internet, or "
+        "use a local model folder, 'minilm' (text only) or 'demo'"
     )
     with pytest.raises(ModelNotAvailable, match=re.escape(f"reader model folder '{tmp_path}/nope' does not exist")):
         load_reader(f"{tmp_path}/nope")
@@ -217,7 +217,7 @@ def test_rerank_model_errors(tmp_path):
     with pytest.raises(
         ModelNotAvailable,
         match=re.escape(
-            "rerank model 'cross-encoder/ms-marco-MiniLM-L6-v2' cannot be loaded from the local Hugging Face cache"
+            "model 'cross-encoder/ms-marco-MiniLM-L6-v2' is not in the local Hugging Face cache and downloads are off"
         ),
     ):
         load_reranker("cross-encoder/ms-marco-MiniLM-L6-v2")

@@ -6,7 +6,11 @@ functions a Python user calls.
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 import warnings
+from typing import Annotated
 
 import typer
 
@@ -24,6 +28,47 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from clipsearch.version import __version__
+
+        typer.echo(f"clipsearch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _everywhere(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Search and organise images and text by meaning with CLIP-style dual encoders."""
+    _show_library_log()
+
+
+def _show_library_log() -> None:
+    """Show what the library announces on its logger (a model downloaded on first use) on
+    stderr, one plain line each; and keep the Hugging Face Hub's own download bars to a terminal."""
+    logger = logging.getLogger("clipsearch")
+    if not any(getattr(h, "clipsearch_cli", False) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.clipsearch_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    if not sys.stderr.isatty():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at each record (a test runner swaps it per command)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.setStream(sys.stderr)
+        super().emit(record)
+
 
 # Each feature module adds its commands, in the order `clipsearch --help` lists them. None of
 # them imports torch at module level, so the help stays instant.

@@ -49,10 +49,9 @@ def load_reranker(name_or_folder: str | Path, *, device: str | None = None) -> R
         with quiet_transformers():
             model = CrossEncoder(source, device=device, local_files_only=True)
     except OSError as exc:
-        where = "folder" if Path(source).exists() else "Hugging Face cache"
         raise ModelNotAvailable(
-            f"rerank model {name!r} cannot be loaded from the local {where}; clipsearch never "
-            "downloads weights, so copy it into the cache from a connected machine or pass a local folder"
+            f"rerank model {name!r} cannot be loaded from {source} ({str(exc).strip().splitlines()[0][:160]}); "
+            "give a folder saved by sentence-transformers or a cross-encoder's hub id"
         ) from exc
     except ValueError as exc:  # a config without a sequence-classification head
         raise ModelNotAvailable(f"rerank model {name!r} is not a cross-encoder: {str(exc).splitlines()[0]}") from exc

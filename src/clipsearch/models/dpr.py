@@ -32,10 +32,7 @@ DEFAULT_QUESTION_ENCODER = "facebook/dpr-question_encoder-single-nq-base"
 DEFAULT_CTX_ENCODER = "facebook/dpr-ctx_encoder-single-nq-base"
 _QUESTION_CLASS = "DPRQuestionEncoder"
 _CTX_CLASS = "DPRContextEncoder"
-_OFFLINE_HINT = (
-    "clipsearch never downloads weights, so copy the model into the Hugging Face cache from a "
-    "connected machine, or pass local folders as dpr:QUESTION_FOLDER,CTX_FOLDER"
-)
+_LOCAL_HINT = "copy the model with `hf download` on a machine with internet, or pass local folders as dpr:QUESTION_FOLDER,CTX_FOLDER"
 
 
 class DPREncoder(Encoder):
@@ -189,15 +186,10 @@ def _pair_of(source: str, name: str) -> tuple[str, str]:
 
 
 def _cached_folder(repo_id: str, name: str) -> str:
-    """The local snapshot of a hub repo (cache only); ModelNotAvailable when it is not there."""
-    from huggingface_hub import snapshot_download
+    """The local snapshot of a hub repo, downloaded on first use (:func:`clipsearch.models.hub.hub_folder`)."""
+    from clipsearch.models.hub import hub_folder
 
-    try:
-        return snapshot_download(repo_id, local_files_only=True)
-    except Exception as exc:  # LocalEntryNotFoundError, OSError, ValueError for a bad id
-        raise ModelNotAvailable(
-            f"DPR model {name!r}: {repo_id} is not in the local Hugging Face cache; {_OFFLINE_HINT}"
-        ) from exc
+    return str(hub_folder(repo_id, name=name))
 
 
 def _is_pair_folder(path: Path) -> bool:
@@ -228,6 +220,9 @@ def _load_tower(source: str, want: str | None, name: str, device: str) -> tuple[
         raise ModelNotAvailable(f"DPR model {name!r}: {source} is a file; give a folder saved with save_pretrained")
     if not path.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
         raise ModelNotAvailable(f"DPR model {name!r}: folder {source} does not exist")
+    if not path.exists():  # a hub id: its snapshot, downloaded on first use
+        source = _cached_folder(source, name)
+        path = Path(source)
     if path.is_dir():
         found = _folder_class(path)
         if found is None:
@@ -242,8 +237,8 @@ def _load_tower(source: str, want: str | None, name: str, device: str) -> tuple[
             model, loading = cls.from_pretrained(source, local_files_only=True, output_loading_info=True)
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
     except OSError as exc:
-        where = "folder" if path.is_dir() else "Hugging Face cache"
-        raise ModelNotAvailable(f"DPR model {name!r}: {source} is not in the local {where}; {_OFFLINE_HINT}") from exc
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise ModelNotAvailable(f"DPR model {name!r}: {source} cannot be loaded ({first}); {_LOCAL_HINT}") from exc
     missing = [k for k in loading.get("missing_keys", []) if "position_ids" not in k]
     if missing:
         raise ModelNotAvailable(

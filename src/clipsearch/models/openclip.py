@@ -31,7 +31,7 @@ import numpy.typing as npt
 
 from clipsearch.errors import ModelNotAvailable
 from clipsearch.models.base import Encoder, ModelInfo, Preprocess, TextRole
-from clipsearch.models.hub import cached_hub_folder, offline_message
+from clipsearch.models.hub import hub_folder, offline_message
 
 PREFIX = "open_clip:"
 CROP_ROUNDING = "round"  # torchvision's CenterCrop, which open_clip's transform uses
@@ -147,7 +147,7 @@ def load_open_clip(name: str, *, weights: str | None = None, device: str = "cpu"
     if spec.startswith("hf-hub:"):
         if weights:
             raise ModelNotAvailable(f"open_clip model {name!r} takes its weights from the hub repo, not weights=FILE")
-        folder = cached_hub_folder(spec[len("hf-hub:") :], name=name)
+        folder = hub_folder(spec[len("hf-hub:") :], name=name)
         return load_open_clip_dir(folder, name=name, device=device)
     if not spec or spec.count("/") > 1 or spec.startswith("/") or spec.endswith("/"):
         raise ModelNotAvailable(f"malformed open_clip model name {name!r}: {usage}")
@@ -172,9 +172,7 @@ def load_open_clip(name: str, *, weights: str | None = None, device: str = "cpu"
             raise ModelNotAvailable(
                 f"unknown pretrained tag {tag!r} for open_clip architecture {arch!r}; known tags: {', '.join(tags) or 'none'}"
             )
-        checkpoint = _cached_pretrained_file(cfg)
-        if checkpoint is None:
-            raise ModelNotAvailable(offline_message(name))
+        checkpoint = _cached_pretrained_file(cfg) or _download_pretrained(cfg, name)
         # What create_model(arch, pretrained=tag) would take from the tag, without its download:
         force_pp = {k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode", "fill_color") if k in cfg}
         # The tag says how the weights were trained; open_clip only warns on a mismatch, which
@@ -288,6 +286,30 @@ def preprocess_from_open_clip(cfg: dict[str, Any], *, name: str) -> Preprocess:
 
 def _three(v: Any) -> tuple:
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
+
+
+def _download_pretrained(cfg: dict[str, Any], name: str) -> str:
+    """A pretrained tag's weights, downloaded now by open_clip (first use) into its usual cache.
+
+    Raises:
+        ModelNotAvailable: downloads are off, or the weights cannot be fetched.
+    """
+    import logging
+
+    import open_clip
+
+    from clipsearch.models.hub import downloads_off, unreachable_message
+
+    if downloads_off():
+        raise ModelNotAvailable(offline_message(name))
+    logging.getLogger("clipsearch").info("downloading the weights of %s (first use; later runs use the local copy)", name)
+    try:
+        path = open_clip.download_pretrained(cfg)
+    except Exception as e:  # noqa: BLE001 - huggingface_hub, urllib and httpx each raise their own
+        raise ModelNotAvailable(unreachable_message(name, str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__)) from e
+    if not path or not os.path.isfile(path):
+        raise ModelNotAvailable(unreachable_message(name, "nothing was downloaded"))
+    return path
 
 
 def _cached_pretrained_file(cfg: dict[str, Any]) -> str | None:

@@ -15,10 +15,7 @@ from typing import Any
 from clipsearch.errors import ModelNotAvailable
 from clipsearch.models.hub import local_source
 
-_OFFLINE_HINT = (
-    "clipsearch never downloads weights, so copy it into the Hugging Face cache from a connected "
-    "machine or pass a local folder, or leave the reader out to get a sentence answer"
-)
+_LOCAL_HINT = "give a folder saved with save_pretrained or a hub id, or leave the reader out to get a sentence answer"
 
 
 @dataclass
@@ -74,9 +71,8 @@ def load_reader(name_or_folder: str | Path, *, device: str | None = None) -> Rea
             model = AutoModelForQuestionAnswering.from_pretrained(source, local_files_only=True)
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError) as exc:
-        where = "folder" if Path(source).exists() else "Hugging Face cache"
         raise ModelNotAvailable(
-            f"reader model {name!r} cannot be loaded from the local {where}; {_OFFLINE_HINT}"
+            f"reader model {name!r} cannot be loaded from {source} ({str(exc).strip().splitlines()[0][:160]}); {_LOCAL_HINT}"
         ) from exc
     if not getattr(tokenizer, "is_fast", False):
         raise ModelNotAvailable(

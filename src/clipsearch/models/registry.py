@@ -7,13 +7,12 @@ Names, in the order they are tried:
 - ``"open_clip:ARCH/PRETRAINED"``, ``"open_clip:ARCH"`` with ``weights=FILE``,
   ``"open_clip:hf-hub:ORG/REPO"``: see :mod:`clipsearch.models.openclip`.
 - ``"dpr"``, ``"dpr:QUESTION,CTX"``: see :mod:`clipsearch.models.dpr`.
-- ``"onnx:..."``: reserved for an ONNX Runtime backend (not implemented yet).
 - an existing folder, recognised by its files: ``clipsearch_model.json`` (our dual encoder),
   ``modules.json`` / ``config_sentence_transformers.json`` (sentence-transformers),
   ``open_clip_config.json`` (open_clip), ``config.json`` with model_type "clip" (HF CLIP) or
   "dpr" (DPR), ``question_encoder/`` + ``ctx_encoder/`` subfolders (a DPR pair).
-- ``"ORG/NAME"``: a Hugging Face hub id, loaded from the local hub cache only. Nothing is ever
-  downloaded: there is no network here, and transformers' own download retries for ~40 s.
+- ``"ORG/NAME"``: a Hugging Face hub id: from the local hub cache, else downloaded on first use
+  into it (:func:`clipsearch.models.hub.hub_folder`) and loaded offline from then on.
 
 Loaded models are cached per ``(name, weights, device)`` for the life of the process.
 """
@@ -28,10 +27,10 @@ from typing import Any
 
 from clipsearch.errors import ModelNotAvailable
 from clipsearch.models.base import Encoder
-from clipsearch.models.hub import OFFLINE_OPTIONS, cached_hub_folder, looks_like_path
+from clipsearch.models.hub import OFFLINE_OPTIONS, hub_folder, looks_like_path
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
-"""The library's default model name (a hub id: it must be in the local HF cache)."""
+"""Real CLIP, the model a new image store prefers (downloaded on first use)."""
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -49,7 +48,7 @@ def load_model(name: str, *, weights: str | None = None, device: str | None = No
         The :class:`Encoder`; ``encoder.info`` describes it.
 
     Raises:
-        ModelNotAvailable: unknown or malformed name, a hub model that is not cached, a folder
+        ModelNotAvailable: unknown or malformed name, a hub model that cannot be had, a folder
             with no recognised model files, or weights that cannot be loaded.
         DeviceUnavailable: a device that is malformed or not on this machine.
     """
@@ -97,9 +96,6 @@ def _load(name: str, weights: str | None, device: str) -> Encoder:
         from clipsearch.models.dpr import load_dpr
 
         return load_dpr(name, device=device)
-    if name.startswith("onnx:"):
-        # The place for an ONNX Runtime backend (MEASURED.md: int8 about 1.5-2x faster on CPU).
-        raise ModelNotAvailable(f"model {name!r} cannot be loaded: the ONNX Runtime backend is not implemented yet")
 
     path = Path(name).expanduser()
     if path.is_dir():
@@ -107,10 +103,10 @@ def _load(name: str, weights: str | None, device: str) -> Encoder:
     if looks_like_path(name):
         raise ModelNotAvailable(f"model folder {name!r} does not exist")
     if _HUB_ID.fullmatch(name):
-        folder = cached_hub_folder(name, name=name)
+        folder = hub_folder(name, name=name)
         return load_folder(folder, name=name, device=device)
     raise ModelNotAvailable(
-        f"unknown model name {name!r}: {OFFLINE_OPTIONS}, a cached hub id such as {DEFAULT_MODEL!r}, "
+        f"unknown model name {name!r}: {OFFLINE_OPTIONS}, a Hugging Face Hub id such as {DEFAULT_MODEL!r}, "
         "or 'open_clip:ARCH/PRETRAINED'"
     )
 

@@ -94,11 +94,11 @@ def build_hf_clip(base: str, *, freeze_text: bool = False) -> HFClipModel:
 
     from clipsearch.models.hf_clip import preprocess_from_hf
     from clipsearch.models.hf_progress import quiet_transformers
-    from clipsearch.models.hub import cached_hub_folder
+    from clipsearch.models.hub import hub_folder
 
     path = Path(base).expanduser()
     if not path.is_dir():
-        path = cached_hub_folder(base, name=base)
+        path = hub_folder(base, name=base)
     try:
         with quiet_transformers():
             clip = CLIPModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)

@@ -45,9 +45,9 @@ def resolve_text_tower(ref: str) -> tuple[Path, bool]:
                 return sub, False
         raise ModelNotAvailable(f"text tower folder {ref!r} has no config.json")
     if "/" in ref and not path.exists():
-        from clipsearch.models.hub import cached_hub_folder
+        from clipsearch.models.hub import hub_folder
 
-        return cached_hub_folder(ref, name=ref), False
+        return hub_folder(ref, name=ref), False
     raise ModelNotAvailable(f"unknown text tower {ref!r}: use 'minilm', a Hugging Face folder or a cached hub id")
 
 
