@@ -15,13 +15,16 @@ The choice of a model for a new store lives here too, so the CLI and Python user
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from clipsearch.errors import StoreError
 from clipsearch.ingest import index_paths, is_text_only, remove_targets
 from clipsearch.models.lazy import LazyEncoder
+from clipsearch.models.registry import DEFAULT_MODEL
 from clipsearch.search import search_store
 from clipsearch.store import ModelRecord, Store, resolve_store_uri
 
@@ -34,20 +37,46 @@ if TYPE_CHECKING:
 
 MODEL_ENV = "CLIPSEARCH_MODEL"
 """Names the model a new store uses when none is given."""
-DEFAULT_MODEL = "demo"
-"""The bundled offline model: what a new store of images uses when nothing else is said."""
+CLIP_MODEL = DEFAULT_MODEL
+"""Real CLIP (``openai/clip-vit-base-patch32``): what a new store of images uses when it is cached
+or can be downloaded."""
+DEMO_MODEL = "demo"
+"""The bundled offline model: a new store of images uses it when real CLIP cannot be had."""
 TEXT_MODEL = "minilm"
 """What a new store built from text alone uses (a real sentence encoder, offline)."""
 
+log = logging.getLogger("clipsearch")
 
-def default_model(sources: Iterable[str | os.PathLike[str]] = ()) -> str:
-    """The model for a new store when none is given: ``$CLIPSEARCH_MODEL``, else
-    :data:`TEXT_MODEL` when ``sources`` hold text documents and no image, else :data:`DEFAULT_MODEL`."""
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model a new store gets when none is named, and why, in words a log line can hold."""
+
+    name: str
+    why: str
+    encoder: Encoder | None = None  # loaded while choosing (real CLIP), else None
+
+
+def default_model(sources: Iterable[str | os.PathLike[str]] = ()) -> ModelChoice:
+    """The model for a new store when none is given, the same for the CLI and Python:
+
+    ``$CLIPSEARCH_MODEL`` when set; :data:`TEXT_MODEL` when ``sources`` hold text documents and
+    no image; else real CLIP (:data:`CLIP_MODEL`) when it is in the Hugging Face cache or can be
+    downloaded now; else the bundled :data:`DEMO_MODEL`, saying why.
+    """
     named = os.environ.get(MODEL_ENV, "").strip()
     if named:
-        return named
+        return ModelChoice(named, f"${MODEL_ENV} names it")
     sources = list(sources)
-    return TEXT_MODEL if sources and is_text_only(sources) else DEFAULT_MODEL
+    if sources and is_text_only(sources):
+        return ModelChoice(TEXT_MODEL, "the sources are text only: a sentence encoder")
+    from clipsearch.errors import ModelNotAvailable
+    from clipsearch.models.registry import load_model
+
+    try:
+        return ModelChoice(CLIP_MODEL, "real CLIP", load_model(CLIP_MODEL))
+    except ModelNotAvailable as e:
+        return ModelChoice(DEMO_MODEL, f"the bundled offline model, since {CLIP_MODEL} cannot be had: {e}")
 
 
 class Collection:
@@ -226,10 +255,14 @@ def open_store(
     from clipsearch.store.lance_store import check_can_create
 
     check_can_create(root)  # before loading a model
+    if encoder is None and name is None:
+        choice = default_model()
+        log.info("new store %s: model %s (%s)", root, choice.name, choice.why)
+        name, encoder = choice.name, choice.encoder
     if encoder is None:
         from clipsearch.models.registry import load_model
 
-        encoder = load_model(name or default_model(), weights=weights)
+        encoder = load_model(name, weights=weights)
     from clipsearch.models.base import embeds_grid
 
     from clipsearch.models.fingerprint import probe
@@ -252,4 +285,8 @@ def open_for_indexing(
     :func:`default_model` for these sources (text alone: a sentence encoder)."""
     if Store.exists(uri):
         return open_store(uri, model=model, create=False)
-    return open_store(uri, model=model or default_model(sources), weights=weights, create=True)
+    if model is not None:
+        return open_store(uri, model=model, weights=weights, create=True)
+    choice = default_model(sources)
+    log.info("new store %s: model %s (%s)", resolve_store_uri(uri), choice.name, choice.why)
+    return open_store(uri, model=choice.encoder or choice.name, weights=weights, create=True)

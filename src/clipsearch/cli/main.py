@@ -66,7 +66,7 @@ class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at each record (a test runner swaps it per command)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.setStream(sys.stderr)
+        self.stream = sys.stderr  # not setStream: that flushes the old stream, which may be closed
         super().emit(record)
 
 
