@@ -655,3 +655,24 @@ def test_openapi_schema_describes_the_error_shape(client: TestClient) -> None:
     error = schema["components"]["schemas"]["HTTPValidationError"]
     assert error["properties"]["detail"]["type"] == "string"
     assert json.dumps(schema)  # serialisable as served
+
+
+def test_what_a_new_user_tripped_on(client: TestClient, store, fresh_store) -> None:
+    # HEAD / answers as GET / does (uptime checks use it)
+    assert client.head("/").status_code == 200
+    # a POST search takes its settings from the query string, as the GET does; the body wins
+    assert len(client.post("/api/search?k=1", json={"q": "a shape"}).json()) == 1
+    assert len(client.post("/api/search?k=1", json={"q": "a shape", "k": 2}).json()) == 2
+    assert len(client.post("/api/search?k=1", data={"q": "a shape"}).json()) == 1
+    bad = client.post("/api/search?kk=1", json={"q": "a shape"})
+    assert bad.status_code == 422 and bad.json()["detail"].startswith("unknown query parameter 'kk'")
+    # an item by a unique prefix of its id, as the CLI prints and takes them
+    hit = client.get("/api/search", params={"q": "a shape", "k": 1}).json()[0]
+    assert client.get(f"/api/items/{hit['id'][:8]}").json()["id"] == hit["id"]
+    assert client.get(f"/api/items/{hit['id'][:6]}/similar", params={"k": 2}).status_code == 200
+    # an upload's summary counts the files refused before indexing among the failed
+    writer = client_for(create_app(fresh_store, token=TOKEN))
+    files = [("files", ("good.png", png_bytes(shape_image((250, 10, 10), "rectangle", seed=77)), "image/png")),
+             ("files", ("bad.png", b"not an image", "image/png"))]  # fmt: skip
+    body = writer.post("/api/items", files=files, headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert len(body["failed"]) == 1 and body["summary"]["failed"] == 1 and body["summary"]["added"] == 1

@@ -341,7 +341,7 @@ def create_app(
     add_task_routes(app, state, reads)
 
     # -- the page ----------------------------------------------------------------------------------
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
 
@@ -402,6 +402,8 @@ async def _read_search_request(request: Request) -> tuple[SearchForm, bytes | No
             raw = await request.json()
         except (ValueError, UnicodeDecodeError) as exc:
             raise HTTPException(422, f"the body is not valid JSON ({str(exc).splitlines()[0][:120]})") from None
+        if isinstance(raw, dict):
+            raw = {**_query_fields(request), **raw}  # the body wins over the query string
         try:
             spec = SearchIn.model_validate(raw)
         except ValidationError as exc:
@@ -425,6 +427,7 @@ async def _read_search_request(request: Request) -> tuple[SearchForm, bytes | No
                     fields[key] = value
             else:
                 raise HTTPException(422, f"unknown form field {key[:40]!r}; use {', '.join(('image',) + _FORM_FIELDS)}")
+    fields = {**_query_fields(request), **fields}  # the form wins over the query string
     if "terms" in fields:
         try:
             fields["terms"] = json.loads(fields["terms"])
@@ -435,6 +438,16 @@ async def _read_search_request(request: Request) -> tuple[SearchForm, bytes | No
     except ValidationError as exc:
         raise as_request_error(exc, "body") from None
     return spec, image
+
+
+def _query_fields(request: Request) -> dict[str, Any]:
+    """Search settings given in the query string of a POST (``/api/search?k=1``), as a GET takes them."""
+    fields: dict[str, Any] = {}
+    for key, value in request.query_params.multi_items():
+        if key not in _FORM_FIELDS or key == "terms":
+            raise HTTPException(422, f"unknown query parameter {key[:40]!r}; use {', '.join(f for f in _FORM_FIELDS if f != 'terms')}")
+        fields.setdefault(key, value)
+    return fields
 
 
 def _run_search(state: ServerState, spec: SearchForm, image: bytes | None) -> list[Hit]:

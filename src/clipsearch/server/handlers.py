@@ -46,7 +46,7 @@ def _message(err: dict[str, Any]) -> str:
     msg = str(err.get("msg", "invalid"))
     pattern = (err.get("ctx") or {}).get("pattern")
     if kind == "string_pattern_mismatch" and pattern == ID_PATTERN:
-        msg = f"must be an item id: {ID_HEX} hex digits (0-9, a-f)"
+        msg = f"must be an item id: {ID_HEX} hex digits (0-9, a-f), or a unique prefix of 4 or more"
     elif kind == "string_pattern_mismatch" and pattern == r"\S":
         msg = "must contain a non-space character"
     elif kind == "missing":

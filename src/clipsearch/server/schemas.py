@@ -16,7 +16,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model,
 from clipsearch.store.lance_store import Item
 from clipsearch.store.schema import ID_HEX
 
-ID_PATTERN = rf"^[0-9a-f]{{{ID_HEX}}}$"
+ID_PATTERN = rf"^[0-9a-f]{{4,{ID_HEX}}}$"
+"""An item id, or a unique prefix of at least 4 hex digits (as the CLI prints and takes them)."""
 MAX_K = 1000
 MAX_TEXT = 1000  # characters in one query text
 MAX_TERMS = 16  # terms in one composed query
@@ -53,12 +54,14 @@ def valid_unicode(text: str) -> str:
 
 
 QueryText = Annotated[str, Field(min_length=1, max_length=MAX_TEXT, pattern=r"\S"), AfterValidator(valid_unicode)]
-ItemId = Annotated[str, Field(pattern=ID_PATTERN, description=f"an item id: {ID_HEX} hex digits")]
+ItemId = Annotated[str, Field(pattern=ID_PATTERN, description=f"an item id ({ID_HEX} hex digits) or a unique prefix of 4 or more")]
 Weight = Annotated[
     float,
     Field(ge=-MAX_WEIGHT, le=MAX_WEIGHT, json_schema_extra={"not": {"const": 0}}, description="non-zero; negative subtracts"),
 ]
-ItemIdPath = Annotated[str, PathParam(pattern=ID_PATTERN, description=f"an item id: {ID_HEX} hex digits (0-9, a-f)")]
+ItemIdPath = Annotated[
+    str, PathParam(pattern=ID_PATTERN, description=f"an item id ({ID_HEX} hex digits, 0-9 a-f) or a unique prefix of 4 or more")
+]
 
 
 def _nonzero(value: float, what: str) -> None:

@@ -198,4 +198,5 @@ def add_uploads(state: ServerState, uploads: list[tuple[str, bytes]]) -> dict[st
             failed.append({"name": name, "reason": bad[str(path)]})
         else:
             added.append({"name": name, "id": item_id, "path": str(path)})
-    return {"added": added, "failed": failed, "summary": summary.to_dict()}
+    # the summary counts every file sent: those refused before indexing are failures too
+    return {"added": added, "failed": failed, "summary": {**summary.to_dict(), "failed": len(failed)}}
