@@ -103,3 +103,25 @@ def test_mixed_load_gives_no_error_and_memory_stops_growing(served, tmp_path: Pa
     middle, last = max(memory[third : 2 * third]), max(memory[2 * third :])
     assert last <= middle * 1.05 + 16, f"server memory still growing: {memory}"
     assert proc.poll() is None  # still serving
+
+
+def test_port_0_serves_on_a_free_port_and_says_which(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    solid_image(photos / "a.png", "red", noise=8, seed=1)
+    open_store(tmp_path / "store", model=FakeEncoder()).add([photos], workers=0)
+    env = {k: v for k, v in os.environ.items() if k != "CLIPSEARCH_STORE"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVE, "serve", "--store", str(tmp_path / "store"), "--port", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        line = ""
+        deadline = time.monotonic() + 60
+        while "serving" not in line and time.monotonic() < deadline and proc.poll() is None:
+            line = proc.stderr.readline()
+        url = line.split(" at ")[1].split("/ ")[0].strip().rstrip("/")
+        assert url.startswith("http://127.0.0.1:") and not url.endswith(":0"), line
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

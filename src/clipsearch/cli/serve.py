@@ -16,7 +16,7 @@ from clipsearch.server.listen import (
     TOKEN_ENV,
     answered_hosts,
     check_bind,
-    check_port_free,
+    listening_socket,
     is_loopback,
 )
 from clipsearch.server.listen import serve as serve_app
@@ -71,7 +71,8 @@ def serve(
     st = open_store(resolve_store_uri(store), create=False)
     with err_console.status(f"loading model {st.model_name} ...", spinner="dots"):
         st.encoder  # noqa: B018 - load now, so the first search is not the slow one
-    check_port_free(host, port)  # before the line below says it is serving
+    sock = listening_socket(host, port)  # before the line below says it is serving; port 0: the one it got
+    port = sock.getsockname()[1]
 
     from clipsearch.server import create_app
 
@@ -90,7 +91,7 @@ def serve(
         highlight=False,
         soft_wrap=True,
     )
-    serve_app(app, host=host, port=port, log_level=log_level.lower())
+    serve_app(app, host=host, port=port, log_level=log_level.lower(), sock=sock)
 
 
 def register(app: typer.Typer) -> None:

@@ -67,24 +67,38 @@ def answered_hosts(host: str, extra: Iterable[str] = ()) -> list[str]:
     return extra or ["*"]
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Fail before anything starts when ``host:port`` cannot be listened on.
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` and listening, made before anything else starts, so an
+    address in use fails at once and ``port`` 0 (any free port) is known before it is announced.
 
     Raises:
         ValueError: the address is in use, not this machine's, or not allowed.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            reason = (exc.strerror or str(exc)).lower()
-            raise ValueError(f"cannot listen on {host}:{port}: {reason}; choose another --port or --host") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        reason = (exc.strerror or str(exc)).lower()
+        raise ValueError(f"cannot listen on {host}:{port}: {reason}; choose another --port or --host") from None
+    return sock
 
 
-def serve(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+def serve(
+    app: FastAPI,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    sock: socket.socket | None = None,
+) -> None:
     """Serve ``app`` (from :func:`clipsearch.server.create_app`) on ``host:port`` until interrupted.
+
+    ``sock``: an already listening socket for ``host`` (:func:`listening_socket`), used instead
+    of binding ``port`` again.
 
     Raises:
         ValueError: ``host`` is beyond this machine and the app has no token (see
@@ -99,7 +113,7 @@ def serve(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000, log_level:
         )
     import uvicorn
 
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -108,3 +122,4 @@ def serve(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000, log_level:
         proxy_headers=False,
         timeout_graceful_shutdown=5,
     )
+    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
