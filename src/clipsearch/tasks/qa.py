@@ -313,31 +313,25 @@ def load_qa_examples(path: str | Path) -> list[QAExample]:
     Raises:
         ValueError: naming the file, line and what is wrong with it.
     """
+    from clipsearch.text.passages import json_records
+
     path = Path(path)
     out = []
-    with path.open(encoding="utf-8-sig") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            question, answers, context_id = obj.get("question"), obj.get("answers", []), obj.get("context_id")
-            if not isinstance(question, str) or not question.strip():
-                raise ValueError(f"{where}: 'question' must be a non-empty string, not {question!r}")
-            if isinstance(answers, str):
-                answers = [answers]
-            if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
-                raise ValueError(f"{where}: 'answers' must be a list of strings, not {answers!r}")
-            if context_id is not None and not isinstance(context_id, (str, int)):
-                raise ValueError(f"{where}: 'context_id' must be a string or integer, not {context_id!r}")
-            if not answers and context_id is None:
-                raise ValueError(f"{where}: give 'answers' or 'context_id', or both; this line has neither")
-            out.append(QAExample(question, answers, None if context_id is None else str(context_id)))
+    for where, obj, reason in json_records(path):
+        if obj is None:
+            raise ValueError(f"{where}: {reason}")
+        question, answers, context_id = obj.get("question"), obj.get("answers", []), obj.get("context_id")
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"{where}: 'question' must be a non-empty string, not {question!r}")
+        if isinstance(answers, str):
+            answers = [answers]
+        if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+            raise ValueError(f"{where}: 'answers' must be a list of strings, not {answers!r}")
+        if context_id is not None and not isinstance(context_id, (str, int)):
+            raise ValueError(f"{where}: 'context_id' must be a string or integer, not {context_id!r}")
+        if not answers and context_id is None:
+            raise ValueError(f"{where}: give 'answers' or 'context_id', or both; this line has neither")
+        out.append(QAExample(question, answers, None if context_id is None else str(context_id)))
     if not out:
         raise ValueError(f"{path} holds no questions")
     return out

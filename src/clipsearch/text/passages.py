@@ -233,22 +233,13 @@ def read_documents(
             bad(str(path), "the file holds no text")
         return
     if suffix == ".jsonl":
-        with path.open(encoding="utf-8-sig", errors="replace") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    bad(where, f"not valid JSON ({exc.msg})")
-                    continue
-                if not isinstance(obj, dict):
-                    bad(where, f"expected a JSON object, got {type(obj).__name__}")
-                    continue
-                doc = _record_document(obj, path, where, text_field, bad)
-                if doc:
-                    yield doc
+        for where, obj, reason in json_records(path, errors="replace"):
+            if obj is None:
+                bad(where, reason)
+                continue
+            doc = _record_document(obj, path, where, text_field, bad)
+            if doc:
+                yield doc
         return
     with path.open(encoding="utf-8-sig", errors="replace", newline="") as fh:
         reader = csv.DictReader(fh)
@@ -301,3 +292,27 @@ def iter_passages(
                 source=doc.source,
                 metadata=doc.metadata,
             )
+
+
+def json_records(path: str | Path, *, errors: str = "strict") -> Iterator[tuple[str, dict[str, Any] | None, str]]:
+    """The JSON objects of a ``.jsonl`` file, one a line (blank lines skipped).
+
+    Yields:
+        ``(where, record, reason)``: ``where`` is ``FILE:LINE``; ``record`` the object, or None
+        for a line that is not a JSON object, with ``reason`` saying why (else ``""``).
+    """
+    path = Path(path)
+    with path.open(encoding="utf-8-sig", errors=errors) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield where, None, f"not valid JSON ({exc.msg})"
+                continue
+            if not isinstance(obj, dict):
+                yield where, None, f"expected a JSON object, got {type(obj).__name__}"
+                continue
+            yield where, obj, ""
