@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from load.serving import free_port, rss_mb
 from test_store import FakeEncoder, solid_image
 
 from clipsearch.collection import open_store
@@ -30,19 +30,6 @@ registry.load_model = lambda name, **kw: FakeEncoder()
 from clipsearch.cli.main import app
 app(prog_name="clipsearch")
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def start_server(store: Path, port: int) -> subprocess.Popen:
