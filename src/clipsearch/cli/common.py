@@ -63,7 +63,18 @@ ModelOption = Annotated[
         "--model",
         "-m",
         help="Model name: 'demo', 'minilm', a Hugging Face id or folder, 'open_clip:ARCH/TAG'. "
-        f"Default: the store's model, else ${DEFAULT_MODEL_ENV}, else 'demo'.",
+        f"Default: ${DEFAULT_MODEL_ENV}, else 'demo'.",
+        show_default=False,
+    ),
+]
+StoreModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model name: 'demo', 'minilm', a Hugging Face id or folder, 'open_clip:ARCH/TAG'. Default: the "
+        f"store's model; a new store: ${DEFAULT_MODEL_ENV}, else real CLIP when it can be had, else 'demo' "
+        "('minilm' for text alone).",
         show_default=False,
     ),
 ]

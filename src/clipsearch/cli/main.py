@@ -6,6 +6,7 @@ functions a Python user calls.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -74,6 +75,32 @@ class _StderrHandler(logging.StreamHandler):
 # them imports torch at module level, so the help stays instant.
 for _area in (embed, store, tasks, qa, train, serve, evaluate, demo):
     _area.register(app)
+
+
+def reflow(doc: str) -> str:
+    """A docstring as help text that reads well at any terminal width: the lines of each
+    paragraph joined, so the terminal wraps them, not the source's line breaks. Paragraphs that
+    are lists or indented blocks keep their lines."""
+    out = []
+    for para in inspect.cleandoc(doc).split("\n\n"):
+        lines = para.splitlines()
+        if any(line.lstrip().startswith(("- ", "* ", "$ ", "clipsearch ")) or line.startswith(" ") for line in lines):
+            out.append(para)
+        else:
+            out.append(" ".join(line.strip() for line in lines))
+    return "\n\n".join(out)
+
+
+def _reflow_help(typer_app: typer.Typer) -> None:
+    for info in typer_app.registered_commands:
+        if info.help is None and info.callback is not None and info.callback.__doc__:
+            info.help = reflow(info.callback.__doc__)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _reflow_help(group.typer_instance)
+
+
+_reflow_help(app)
 
 
 def main() -> None:

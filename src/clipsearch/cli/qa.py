@@ -36,7 +36,7 @@ RerankOption = Annotated[
         show_default=False,
     ),
 ]
-TopKOption = Annotated[int, typer.Option("--top-k", "-k", min=1, max=1000, help="Passages to retrieve and read.")]
+TopKOption = Annotated[int, typer.Option("-k", "--top-k", min=1, max=1000, help="Passages to retrieve and read.")]
 
 
 def _load(store: str | None, retriever: str | None, reader: str | None, rerank: str | None) -> tuple[Any, Any, Any]:
@@ -73,6 +73,10 @@ def ask_cmd(
     Retrieves the top-k passages, optionally reranks them, then reads the answer span with --reader, or (offline, no reader) returns the best-matching sentence, labelled as such.
 
     --json: {"question", "answer", "kind": "span"|"sentence", "score", "passage", "source", "passages"}.
+
+    Example:
+
+        clipsearch ask "What is the capital city of Australia?" --store texts --json
     """
     from clipsearch.tasks.qa import ask
 

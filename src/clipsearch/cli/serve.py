@@ -53,6 +53,10 @@ def serve(
     Binds 127.0.0.1 unless told otherwise. Any other address needs a token, which then guards every API call.
 
     Adding images by upload always needs the token.
+
+    Example:
+
+        clipsearch serve --store my-store --port 8000
     """
     from clipsearch.server.limits import parse_size
 

@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from clipsearch.cli.common import (
     JsonOption,
-    ModelOption,
+    StoreModelOption,
     StoreOption,
     WeightsOption,
     console,
@@ -42,7 +42,7 @@ def index(
         list[Path], typer.Argument(help="Image files, .txt/.md/.jsonl/.csv files and folders (recursive).")
     ],
     store: StoreOption = None,
-    model: ModelOption = None,
+    model: StoreModelOption = None,
     weights: WeightsOption = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", "-b", min=1, max=4096, help="Inputs per forward pass and per commit.")
@@ -82,6 +82,10 @@ def index(
     Prints a summary (added, updated, unchanged, failed, removed); with --json, that summary as
     one JSON object on stdout. One bad file never stops the run; a PATH that does not exist
     stops it before anything is written (an unmounted drive is not pruned away with --prune).
+
+    Example:
+
+        clipsearch index ~/Pictures notes/ captions.jsonl --store my-store
     """
     from clipsearch.cli.progress import rendered_progress
 
@@ -140,7 +144,7 @@ def search(
         ),
     ] = None,
     store: StoreOption = None,
-    k: Annotated[int, typer.Option("-k", "--top", min=1, max=10_000, help="Results to show.")] = 10,
+    k: Annotated[int, typer.Option("-k", "--top-k", "--top", min=1, max=10_000, help="Results to show.")] = 10,
     image: Annotated[
         list[Path] | None, typer.Option("--image", "-i", help="Query by this image file; repeatable.")
     ] = None,
@@ -183,6 +187,11 @@ def search(
 
     Results are a table (rank, score, id, path or text); with --json, a JSON array of
     {"id", "path", "text", "modality", "score", "caption", "label"}, best first.
+
+    Example:
+
+        clipsearch search a red circle --store my-store -k 10
+        clipsearch search '"2:heart"' + yellow - red --store my-store --json
     """
     from clipsearch.search import parse_query
 
@@ -260,7 +269,12 @@ def _table(hits):
 
 @handle_errors
 def stats(store: StoreOption = None, as_json: JsonOption = False) -> None:
-    """Counts per modality, model, dimension, size on disk and index state."""
+    """Counts per modality, model, dimension, size on disk and index state.
+
+    Example:
+
+        clipsearch stats --store my-store --json
+    """
     st = _open(store, create=False)
     info = st.stats()
     if as_json:
@@ -311,7 +325,12 @@ def remove(
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Remove items by id, or by path (a file, or everything under a folder)."""
+    """Remove items by id, or by path (a file, or everything under a folder).
+
+    Example:
+
+        clipsearch remove ~/Pictures/old --store my-store
+    """
     st = _open(store, create=False)
     removed = st.remove(targets)
     if as_json:
@@ -334,6 +353,10 @@ def reindex(
     store refuses it until its items are re-embedded. Images are read again from their files
     (one whose file is gone or changed is removed and listed); texts from the store. Safe to
     stop: run it again and it continues.
+
+    Example:
+
+        clipsearch reindex --store my-store
     """
     from clipsearch.cli.progress import rendered_progress
 
@@ -362,6 +385,10 @@ def check(
 
     Exit status 0 when it is sound (or --repair made it so), 1 when problems remain. A repair
     says what was lost; indexing the same folders again restores it while their files exist.
+
+    Example:
+
+        clipsearch check --store my-store --repair
     """
     from clipsearch.store import resolve_store_uri
     from clipsearch.store.check import check_store

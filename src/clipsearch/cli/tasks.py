@@ -16,6 +16,7 @@ import typer
 from clipsearch.cli.common import (
     JsonOption,
     ModelOption,
+    StoreModelOption,
     StoreOption,
     WeightsOption,
     console,
@@ -125,7 +126,7 @@ def classify(
     labels: LabelsOption = None,
     labels_file: LabelsFileOption = None,
     templates: TemplatesOption = "simple",
-    top: Annotated[int, typer.Option("--top", "-k", min=1, help="Labels to show per image.")] = 5,
+    top: Annotated[int, typer.Option("-k", "--top-k", "--top", min=1, help="Labels to show per image.")] = 5,
     model: ModelOption = None,
     weights: WeightsOption = None,
     as_json: JsonOption = False,
@@ -136,6 +137,10 @@ def classify(
     Probabilities are a softmax over all labels with the model's logit scale. With --json, one
     line per image: {"image", "predictions": [{"label", "prob"}, ...]} best first, or
     {"image", "error"} for files that could not be read.
+
+    Example:
+
+        clipsearch classify photo.jpg --labels "cat,dog,bird" --templates ensemble
     """
     from clipsearch.embed import expand_image_paths
     from clipsearch.tasks.classify import ZeroShotClassifier
@@ -281,13 +286,18 @@ def localize(
 ) -> None:
     """Where in the image is PROMPT? A relevance map from the model's patch grid or sliding windows.
 
-    A model with its own grid of cells (such as demo) scores each cell in one pass; any other
-    model, or one given window options (--scales, --window, --stride, --overhang,
-    --small-objects) or --method windows, slides multi-scale windows, and each map cell is the
+    The method is the best for the model: small sliding windows for the demo model (its
+    pictures hold small objects), the model's own grid of cells for other models with one (one
+    pass), multi-scale sliding windows for the rest; window options (--scales, --window,
+    --stride, --overhang, --small-objects) or --method choose for you. Each map cell is the
     average (per-scale standardised) cosine of the windows covering it. The box is the region
     around the peak within --box-threshold of it; its score is the cosine of the prompt with
     the box's crop. With --json: {"map": \\[\\[...]], "bbox": \\[x0, y0, x1, y1],
     "score", "peak": \\[x, y], "size": \\[w, h], ...} in pixels of the image after EXIF rotation.
+
+    Example:
+
+        clipsearch localize scene.png "red star" --out overlay.png
     """
     from clipsearch.tasks.classify import load_one
     from clipsearch.tasks.localize import localize as run_localize
@@ -409,8 +419,8 @@ def caption(
         typer.Option("--candidates", "-c", help="A text file of candidate captions, one per line.", show_default=False),
     ] = None,
     store: StoreOption = None,
-    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Captions per image.")] = 5,
-    model: ModelOption = None,
+    k: Annotated[int, typer.Option("-k", "--top-k", "--k", min=1, help="Captions per image.")] = 5,
+    model: StoreModelOption = None,
     weights: WeightsOption = None,
     as_json: JsonOption = False,
     batch_size: BatchOption = 32,
@@ -419,6 +429,10 @@ def caption(
 
     Candidates come from --candidates FILE or from the text items of a store (--store). With
     --json, one line per image: {"image", "captions": [{"text", "score"}, ...]} or {"image", "error"}.
+
+    Example:
+
+        clipsearch caption photo.jpg --store my-store -k 3
     """
     from clipsearch.embed import expand_image_paths
     from clipsearch.tasks.caption import caption as run_caption
@@ -481,6 +495,10 @@ def moderate(
     (softmax with the model's logit scale); it fires at score >= its threshold. With --json, one
     line per image: {"image", "fired": [{"rule", "score"}], "scores": {rule: score}} or
     {"image", "error"}. The count per rule goes to stderr.
+
+    Example:
+
+        clipsearch moderate uploads/ --rules rules.yaml
     """
     from clipsearch.embed import expand_image_paths
     from clipsearch.tasks.moderate import Moderator, load_rules, summarize

@@ -30,4 +30,8 @@ def load_demo(*, name: str = "demo", device: str = "cpu") -> Encoder:
             f"the demo model is not built yet: {DEMO_WEIGHTS_DIR} has no {CONFIG_FILE}; "
             f"build it with {BUILD_COMMAND} (about an hour on 2 CPU cores)"
         )
-    return load_dual(DEMO_WEIGHTS_DIR, name=name, device=device)
+    encoder = load_dual(DEMO_WEIGHTS_DIR, name=name, device=device)
+    # Its world's shapes are a few percent of the picture wide: localisation uses small windows
+    # for it (clipsearch.tasks.localize.settings_for_model).
+    encoder.info.extra["small_objects"] = True
+    return encoder

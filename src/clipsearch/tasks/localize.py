@@ -289,6 +289,24 @@ def _component(mask: npt.NDArray[np.bool_], seed: tuple[int, int]) -> npt.NDArra
     return out
 
 
+def settings_for_model(
+    encoder: "Encoder",
+    scales: Sequence[float] | None,
+    stride: float | None,
+    box_threshold: float | None,
+    overhang: float | None,
+) -> tuple[Sequence[float] | None, float | None, float | None]:
+    """``(scales, stride, box_threshold)`` as given, or, when none of the window settings is
+    given and the model says its pictures hold small objects (``info.extra["small_objects"]``,
+    as the demo model does for its world), :data:`SMALL_OBJECTS`: the best method for such a
+    model (two-object demo scenes, seed 1, n=200: box IoU >= 0.5 on 0.815 of them, where its
+    patch grid reaches 0.375 and the default windows 0.16)."""
+    if any(v is not None for v in (scales, stride, overhang)) or not encoder.info.extra.get("small_objects"):
+        return scales, stride, box_threshold
+    box = SMALL_OBJECTS["box_threshold"] if box_threshold is None else box_threshold
+    return SMALL_OBJECTS["scales"], SMALL_OBJECTS["stride"], box
+
+
 def choose_method(
     encoder: "Encoder",
     method: str = "auto",
@@ -368,6 +386,8 @@ def localize(
         A :class:`Localization` with a ``(gh, gw)`` map and the box in input-image pixels.
     """
     require_image_and_text(encoder, "localisation")
+    if method == "auto":
+        scales, stride, box_threshold = settings_for_model(encoder, scales, stride, box_threshold, overhang)
     method = choose_method(encoder, method, scales=scales, stride=stride, overhang=overhang)
     scales = check_scales(DEFAULT_SCALES if scales is None else scales)
     stride = DEFAULT_STRIDE if stride is None else stride
@@ -588,6 +608,8 @@ def evaluate_localization(
     """
     if n < 1:
         raise ValueError(f"n must be >= 1 scene, not {n!r}")
+    if method == "auto":
+        scales, stride, box_threshold = settings_for_model(encoder, scales, stride, box_threshold, overhang)
     method = choose_method(encoder, method, scales=scales, stride=stride, overhang=overhang)
     if scenes is None:
         cases = generated_cases(n, seed)
