@@ -262,3 +262,13 @@ def test_cli_caption_from_a_store(tiny_hf_clip, tmp_path):
     assert row["image"] == str(img)
     assert len(row["captions"]) == 2
     assert {c["text"] for c in row["captions"]} <= {"a red square", "a blue square", "a dog"}
+    # the table: one row per caption, each score beside its own caption however long it wraps
+    table = CliRunner().invoke(app, ["caption", str(img), "--store", str(store_dir), "-k", "2"], terminal_width=60)
+    assert table.exit_code == 0, table.output
+    rows = [line for line in table.stdout.splitlines() if re.search(r"\d\.\d{3}", line)]
+    assert len(rows) == 2 and all(any(t in line for t in ("red", "blue", "dog")) for line in rows)
+    # a store without texts has nothing to caption with: said, not an empty row
+    images_only = tmp_path / "images-only"
+    open_store(images_only, model=str(tiny_hf_clip)).add([img], workers=0)
+    empty = CliRunner().invoke(app, ["caption", str(img), "--store", str(images_only)])
+    assert empty.exit_code == 2 and "holds no texts to caption with" in empty.stderr

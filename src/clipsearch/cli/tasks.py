@@ -450,6 +450,8 @@ def caption(
         from clipsearch.collection import open_store
 
         pool = open_store(store, model=model, create=False)
+        if pool.count("text") == 0:
+            fail(f"store {pool.root} holds no texts to caption with; index some (captions, notes) or give --candidates FILE")
         encoder = load_encoder(model or pool.model_name, weights)
     with progress_bar(len(images), "captioning") as bar:
         task = bar.add_task("captioning", total=len(images))
@@ -460,15 +462,16 @@ def caption(
     else:
         from rich.table import Table
 
-        t = Table(title=f"captions by retrieval ({encoder.name})", show_lines=True)
+        t = Table(title=f"captions by retrieval ({encoder.name})")
         t.add_column("image", overflow="fold")
         t.add_column("score", justify="right")
         t.add_column("caption")
         for r in results:
             if r.error is not None:
-                t.add_row(_short(r.image), "", f"[red]{_esc(r.error)}[/]")
+                t.add_row(_short(r.image), "", f"[red]{_esc(r.error)}[/]", end_section=True)
                 continue
-            t.add_row(_short(r.image), "\n".join(f"{s:.3f}" for _, s in r.captions), "\n".join(_esc(c) for c, _ in r.captions))
+            for i, (text, score) in enumerate(r.captions):  # a row each: a wrapped caption keeps its score beside it
+                t.add_row(_short(r.image) if i == 0 else "", f"{score:.3f}", _esc(text), end_section=i == len(r.captions) - 1)
         console.print(t)
     failed = sum(r.error is not None for r in results)
     if failed:
