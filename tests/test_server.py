@@ -676,3 +676,14 @@ def test_what_a_new_user_tripped_on(client: TestClient, store, fresh_store) -> N
              ("files", ("bad.png", b"not an image", "image/png"))]  # fmt: skip
     body = writer.post("/api/items", files=files, headers={"Authorization": f"Bearer {TOKEN}"}).json()
     assert len(body["failed"]) == 1 and body["summary"]["failed"] == 1 and body["summary"]["added"] == 1
+
+
+def test_a_server_other_machines_reach_shows_paths_relative_to_the_indexed_folders(fresh_store) -> None:
+    local = client_for(create_app(fresh_store)).get("/api/search", params={"q": "a shape", "k": 3}).json()
+    assert all(Path(h["path"]).is_absolute() for h in local)  # on this machine: where the files are
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    reachable = client_for(create_app(fresh_store, token=TOKEN, private=True))
+    hits = reachable.get("/api/search", params={"q": "a shape", "k": 3}, headers=headers).json()
+    indexed = Path(fresh_store.meta["roots"][0])  # the copy of the collection that was indexed
+    assert hits and all(h["path"].startswith(indexed.name + "/") for h in hits), hits
+    assert str(indexed) not in reachable.get(f"/api/items/{hits[0]['id']}", headers=headers).text

@@ -407,7 +407,8 @@ def test_serving_from_python_keeps_the_same_rule(store, monkeypatch) -> None:
     from clipsearch.server import serve
 
     started: list[str] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: started.append(kwargs["host"]))
+    # never listen for real here (least of all on 0.0.0.0): record what would have been served
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: started.append(self.config.host))
     with pytest.raises(ValueError, match=re.escape("refusing to listen on 0.0.0.0 without a token: anyone who can reach")):
         serve(create_app(store), host="0.0.0.0")
     with pytest.raises(ValueError, match=re.escape("refusing to listen on 0.0.0.0 with the store readable without the token")):

@@ -186,6 +186,21 @@ class Collection:
                 self.store.record_probe(probe(self._model.get()))
         return summary
 
+    def shown_path(self, path: str | None) -> str | None:
+        """``path`` relative to the indexed folder it lies in, led by that folder's name
+        (``photos/2023/a.jpg``), for people who should not see where the store's files are.
+        A path under no indexed folder is shown by its name alone."""
+        if not path:
+            return path
+        from clipsearch.ingest.scan import is_under
+        from clipsearch.paths import display_path
+
+        roots = [r for r in self.store.meta.get("roots") or [] if is_under(path, r)]
+        if not roots:
+            return display_path(os.path.basename(path))
+        root = max(roots, key=len)
+        return display_path(os.path.join(os.path.basename(root.rstrip(os.sep)) or root, os.path.relpath(path, root)))
+
     def reindex(self, *, on_progress: ProgressCallback | None = None, **options: Any) -> ReembedSummary:
         """Embed every stored item again with the store's model as it is now (its weights
         changed under the same name); see :func:`clipsearch.ingest.reembed.reembed_store` for

@@ -162,6 +162,17 @@ class _Run:
             self._prune(found.roots)
             self.w.flush()
         self._record_failures(found)
+        self._record_roots(found, paths)
+
+    def _record_roots(self, found: Scan, paths: Sequence[str | os.PathLike[str]]) -> None:
+        """Remember the folders indexed (a file given alone: its folder) in ``meta.json``, so a
+        path can be shown relative to the folder it came from (the server does, for clients on
+        other machines)."""
+        given = [os.path.abspath(os.path.expanduser(os.fspath(p))) for p in paths]
+        roots = set(found.roots) | {os.path.dirname(p) for p in given if p not in found.roots and os.path.isfile(p)}
+        known = set(self.store.meta.get("roots") or [])
+        if not roots <= known:
+            self.store.update_meta(roots=sorted(known | roots))
 
     def _record_failures(self, found: Scan) -> None:
         """Write down the image files that failed, for the next run (:meth:`Store.failed_files`):

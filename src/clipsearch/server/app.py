@@ -228,7 +228,7 @@ def create_app(
             cell_weight=cell_weight,
         )  # fmt: skip
         response.headers["Server-Timing"] = f"search;dur={(time.perf_counter() - t0) * 1000:.1f}"
-        return [h.to_dict() for h in hits]
+        return [state.result(h) for h in hits]
 
     search_body = {
         "requestBody": {
@@ -255,13 +255,13 @@ def create_app(
         spec, image_bytes = await _read_search_request(request)
         hits = await run_in_threadpool(_run_search, state, spec, image_bytes)
         response.headers["Server-Timing"] = f"search;dur={(time.perf_counter() - t0) * 1000:.1f}"
-        return [h.to_dict() for h in hits]
+        return [state.result(h) for h in hits]
 
     # -- items -----------------------------------------------------------------------------------
     @app.get("/api/items/{item_id}", tags=["items"], dependencies=reads, response_model=ItemOut, responses=error_responses(401, 404, 422))
     def get_item(item_id: ItemIdPath) -> dict[str, Any]:
         """Everything the store holds about one item, except its vector."""
-        return finite(state.item(item_id).to_dict())
+        return finite(state.result(state.item(item_id)))
 
     image_types = {t: {} for t in ("image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp")}
 
@@ -310,7 +310,7 @@ def create_app(
         if item.vector is None:
             raise HTTPException(409, f"item {item_id} has no vector")
         hits = state.search([(item.vector, 1.0)], k=k + 1, modality=modality, min_score=min_score)
-        return [h.to_dict() for h in hits if h.id != item.id][:k]
+        return [state.result(h) for h in hits if h.id != item.id][:k]
 
     @app.post(
         "/api/items",

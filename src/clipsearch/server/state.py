@@ -91,6 +91,18 @@ class ServerState:
         return load_image(data, max_pixels=self.max_pixels, draft=pre.crop if pre is not None else None)
 
     # -- store -----------------------------------------------------------------------------------
+    def result(self, item: Item) -> dict[str, Any]:
+        """An item or hit as the API answers it. A server that other machines reach (``private``)
+        shows paths relative to the indexed folders, never where the files lie on this machine."""
+        out = item.to_dict()
+        if self.private:
+            out["path"] = self.store.shown_path(item.path)
+            if "extra_paths" in out:
+                out["extra_paths"] = [self.store.shown_path(p) for p in item.extra_paths]
+            if "source" in out:
+                out["source"] = self.store.shown_path(item.source)
+        return out
+
     def item(self, item_id: str, *, with_vector: bool = False) -> Item:
         found = self.store.get(item_id, with_vector=with_vector)
         if found is None:
