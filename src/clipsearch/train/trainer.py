@@ -383,7 +383,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
     if train:
         steps = [h["step"] for h in train]
         axes[0].plot(steps, [h["loss"] for h in train], marker=".", label="total" if attention else None)
-        axes[1].plot(steps, [h["logit_scale"] for h in train])
+        axes[1].plot(steps, [h["logit_scale"] for h in train], marker=".")  # a short run logs one point: a marker shows it
     if attention:  # --attend-objects adds its weighted term to the contrastive loss
         axes[0].plot([h["step"] for h in attention], [h["object_attention"] for h in attention], "--",
                      label="object attention (unweighted)")  # fmt: skip
