@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 DEMO_WORLD = "demo-world"  # same value as clipsearch.train.data.DEMO_WORLD (no heavy import here)
 
 
+STUDY_PANEL = "Training study (demo world; see docs/demo-model.md)"
+SHAPE_PANEL = "A new dual encoder's shape"
+
 @handle_errors
 def demo_world_cmd(
     out: Annotated[Path, typer.Argument(help="Folder to write the images and metadata.jsonl into.")],
@@ -63,20 +66,20 @@ def train_cmd(
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="Torch threads for the training step.")] = None,
     device: Annotated[str | None, typer.Option("--device", help="Where to train: cpu, cuda, cuda:N, mps or auto (the first GPU, else the CPU). Default: $CLIPSEARCH_DEVICE, else cpu.", show_default=False)] = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Processes preparing batches ahead of the training step.")] = 0,
-    caption_pool: Annotated[int, typer.Option("--caption-pool", min=0, help="demo-world: distinct captions drawn once (0: a fresh caption per scene).")] = 20000,
-    twins: Annotated[float, typer.Option("--twins", min=0.0, max=0.5, help="demo-world: share of each batch's images that are twins of captioned scenes (same layout), as hard negatives.")] = 0.0,
-    object_queries: Annotated[int, typer.Option("--object-queries", min=0, help="demo-world: single-object queries in train phrasings ('a photo of a red star') added to each batch for pairs its scenes hold, matching every image that holds such an object.")] = 0,
-    pool_positions: Annotated[bool, typer.Option("--pool-positions", help="Dual encoders: the attention pool adds a learned embedding of each grid cell's place, so the image vector can tell where its objects are (added at zero to a --base that lacks it).")] = False,
-    twin_kind: Annotated[str, typer.Option("--twin-kind", help="demo-world: what a twin changes: 'binding' (colours on other shapes) or 'contrast' (a position, size or binding its scene's caption names, so the caption is false of it).")] = "binding",
-    soft_targets: Annotated[bool, typer.Option("--soft-targets", help="demo-world: weigh each positive by how likely the generator is to caption that scene so, instead of 1 for every scene a caption is true of.")] = False,
-    negatives: Annotated[bool, typer.Option("--negatives", help="demo-world: add each caption's binding-swapped twin ('a blue star and a red circle' for 'a red star and a blue circle') as a hard-negative caption.")] = False,
-    text_layers: Annotated[int, typer.Option("--text-layers", min=0, help="Trainable transformer layers in the text head, before pooling (lets the text side bind colours to shapes; added as the identity to a --base without them).")] = 0,
-    text_positions: Annotated[bool, typer.Option("--text-positions", help="Dual encoders: the text head adds a learned embedding of each token's index, so its layers see word order (added at zero to a --base that lacks it).")] = False,
-    lock_image: Annotated[bool, typer.Option("--lock-image", help="Train the text side only, as in LiT: the image side (weights and batch-norm statistics) stays exactly as the --base left it.")] = False,
-    attend_objects: Annotated[float, typer.Option("--attend-objects", min=0.0, help="demo-world: weight of a loss that draws the attention pool's cell weights to the objects' boxes, so the image vector is about the objects and where they are; with --pool-positions, the cell-place embeddings start random rather than at zero.")] = 0.0,
-    image_size: Annotated[int | None, typer.Option("--image-size", min=8, help="Model input side in pixels (default: 64 cnn/vit, 128 resnet18).")] = None,
-    embed_dim: Annotated[int, typer.Option("--embed-dim", min=2, help="Joint space dimension.")] = 256,
-    pool: Annotated[str, typer.Option("--pool", help="Image grid pooling: attention or mean.")] = "attention",
+    caption_pool: Annotated[int, typer.Option("--caption-pool", rich_help_panel=STUDY_PANEL, min=0, help="demo-world: distinct captions drawn once (0: a fresh caption per scene).")] = 20000,
+    twins: Annotated[float, typer.Option("--twins", rich_help_panel=STUDY_PANEL, min=0.0, max=0.5, help="demo-world: share of each batch's images that are twins of captioned scenes (same layout), as hard negatives.")] = 0.0,
+    object_queries: Annotated[int, typer.Option("--object-queries", rich_help_panel=STUDY_PANEL, min=0, help="demo-world: single-object queries in train phrasings ('a photo of a red star') added to each batch for pairs its scenes hold, matching every image that holds such an object.")] = 0,
+    pool_positions: Annotated[bool, typer.Option("--pool-positions", rich_help_panel=STUDY_PANEL, help="Dual encoders: the attention pool adds a learned embedding of each grid cell's place, so the image vector can tell where its objects are (added at zero to a --base that lacks it).")] = False,
+    twin_kind: Annotated[str, typer.Option("--twin-kind", rich_help_panel=STUDY_PANEL, help="demo-world: what a twin changes: 'binding' (colours on other shapes) or 'contrast' (a position, size or binding its scene's caption names, so the caption is false of it).")] = "binding",
+    soft_targets: Annotated[bool, typer.Option("--soft-targets", rich_help_panel=STUDY_PANEL, help="demo-world: weigh each positive by how likely the generator is to caption that scene so, instead of 1 for every scene a caption is true of.")] = False,
+    negatives: Annotated[bool, typer.Option("--negatives", rich_help_panel=STUDY_PANEL, help="demo-world: add each caption's binding-swapped twin ('a blue star and a red circle' for 'a red star and a blue circle') as a hard-negative caption.")] = False,
+    text_layers: Annotated[int, typer.Option("--text-layers", rich_help_panel=STUDY_PANEL, min=0, help="Trainable transformer layers in the text head, before pooling (lets the text side bind colours to shapes; added as the identity to a --base without them).")] = 0,
+    text_positions: Annotated[bool, typer.Option("--text-positions", rich_help_panel=STUDY_PANEL, help="Dual encoders: the text head adds a learned embedding of each token's index, so its layers see word order (added at zero to a --base that lacks it).")] = False,
+    lock_image: Annotated[bool, typer.Option("--lock-image", rich_help_panel=STUDY_PANEL, help="Train the text side only, as in LiT: the image side (weights and batch-norm statistics) stays exactly as the --base left it.")] = False,
+    attend_objects: Annotated[float, typer.Option("--attend-objects", rich_help_panel=STUDY_PANEL, min=0.0, help="demo-world: weight of a loss that draws the attention pool's cell weights to the objects' boxes, so the image vector is about the objects and where they are; with --pool-positions, the cell-place embeddings start random rather than at zero.")] = 0.0,
+    image_size: Annotated[int | None, typer.Option("--image-size", rich_help_panel=SHAPE_PANEL, min=8, help="Model input side in pixels (default: 64 cnn/vit, 128 resnet18).")] = None,
+    embed_dim: Annotated[int, typer.Option("--embed-dim", rich_help_panel=SHAPE_PANEL, min=2, help="Joint space dimension.")] = 256,
+    pool: Annotated[str, typer.Option("--pool", rich_help_panel=SHAPE_PANEL, help="Image grid pooling: attention or mean.")] = "attention",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:  # fmt: skip
     """Train a CLIP-style dual encoder with a symmetric contrastive loss.
