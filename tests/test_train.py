@@ -771,6 +771,11 @@ def test_text_cache_gives_what_the_tower_gives(tiny_dual) -> None:
         direct = model.encode_text(model.text_inputs(texts))
     assert len(cache) == 2
     torch.testing.assert_close(cached, direct, rtol=0, atol=2e-3)  # float16 states
+    late = TextStateCache(model)
+    late.fill(texts, deadline=0.0)  # a run's time limit already spent: nothing is cached up front
+    assert len(late) == 0
+    with torch.no_grad():  # what a batch needs is computed when it comes
+        torch.testing.assert_close(model.encode_text(late.inputs(texts)), direct, rtol=0, atol=2e-3)
     model.set_text_trainable(True)
     with pytest.raises(ValueError, match="a trainable text tower cannot be cached"):
         TextStateCache(model)

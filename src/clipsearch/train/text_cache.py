@@ -42,14 +42,25 @@ class TextStateCache:
     def __len__(self) -> int:
         return len(self.states)
 
-    def fill(self, texts: Sequence[str], *, batch_size: int = 128, on_progress: ProgressCallback | None = None) -> None:
+    def fill(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 128,
+        on_progress: ProgressCallback | None = None,
+        deadline: float | None = None,
+    ) -> None:
         """Compute the states of the ``texts`` not cached yet.
 
         Args:
             texts: captions; repeats and cached ones cost nothing.
             batch_size: texts per forward pass of the tower.
             on_progress: events of task :data:`TASK`: the texts to compute, then each batch done.
+            deadline: a ``time.perf_counter()`` after which filling stops (a training run's time
+                limit); texts left out are computed when a batch first needs them.
         """
+        import time
+
         import torch
 
         report = Reporter(on_progress, TASK)
@@ -59,6 +70,8 @@ class TextStateCache:
         report.total(len(todo))
         with torch.inference_mode():
             for i in range(0, len(todo), batch_size):
+                if deadline is not None and time.perf_counter() > deadline:
+                    break
                 chunk = todo[i : i + batch_size]
                 ids = self.model.tokenize(chunk)
                 states = self.model.tower_states(ids).to(torch.float16).cpu()  # the cache stays in host memory

@@ -443,6 +443,7 @@ def train(  # noqa: C901 - the loop reads best in one place
     opts = _resolve_defaults(opts)
     device = opts.device  # resolved by _resolve_defaults
     report = Reporter(on_progress, "training")
+    t_run = time.perf_counter()  # --minutes counts from here: caching caption states is part of the run
     if opts.workers:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer must not run threads across fork
     out = Path(opts.out).expanduser()
@@ -500,7 +501,10 @@ def train(  # noqa: C901 - the loop reads best in one place
         texts += object_query_texts() if opts.object_queries else []
         if texts:
             t0 = time.perf_counter()
-            cache.fill(texts, on_progress=on_progress if opts.progress else None)
+            report.message(f"caching text tower states for {len(texts)} captions (once, before the first step)",
+                           captions=len(texts))  # fmt: skip
+            deadline = None if opts.minutes is None else t_run + opts.minutes * 60
+            cache.fill(texts, on_progress=on_progress if opts.progress else None, deadline=deadline)
             seconds = time.perf_counter() - t0
             report.message(f"cached text tower states for {len(texts)} captions in {seconds:.0f} s",
                            captions=len(texts), seconds=round(seconds, 1))  # fmt: skip
@@ -621,7 +625,7 @@ def train(  # noqa: C901 - the loop reads best in one place
                 evaluate()
                 checkpoint()
                 t_seen += time.perf_counter() - t_pause  # the img/s rate counts training time only
-            if opts.minutes is not None and time.perf_counter() - t_start > opts.minutes * 60 and step < steps:
+            if opts.minutes is not None and time.perf_counter() - t_run > opts.minutes * 60 and step < steps:
                 finished = False
                 report.message(f"time limit of {opts.minutes} minutes reached at step {step} of {steps}; --resume continues",
                                step=step, steps=steps)  # fmt: skip
