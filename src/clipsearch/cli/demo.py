@@ -22,7 +22,7 @@ def demo(
     n: Annotated[int, typer.Option("--n", min=10, max=20000, help="Scenes in the demo gallery.")] = 300,
     seed: Annotated[int, typer.Option("--seed", help="World seed: the same seed, the same gallery.")] = 0,
     model: Annotated[str, typer.Option("--model", "-m", help="Model to index with.")] = "demo",
-    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the search page afterwards.")] = True,
+    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the search page afterwards.", metavar="")] = True,
     port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535)] = 8000,
 ) -> None:
     """Generate a gallery of shape scenes, index it with the demo model, and search it every way.

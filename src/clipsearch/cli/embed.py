@@ -31,7 +31,7 @@ def embed(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write vectors to FILE.npz or FILE.parquet.")] = None,
     as_json: JsonOption = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096)] = 32,
-    no_draft: Annotated[bool, typer.Option("--no-draft", help="Decode JPEGs at full size.")] = False,
+    no_draft: Annotated[bool, typer.Option("--no-draft", help="Decode JPEGs at full size.", metavar="")] = False,
 ) -> None:
     """Embed images and texts into unit vectors.
 

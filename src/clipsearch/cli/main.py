@@ -42,7 +42,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _everywhere(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.", metavar="")
     ] = False,
 ) -> None:
     """Search and organise images and text by meaning with CLIP-style dual encoders."""

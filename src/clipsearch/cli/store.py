@@ -53,14 +53,14 @@ def index(
             "--workers", "-w", min=0, help="Decoding processes (0: decode in this process). Default: min(2, CPUs)."
         ),
     ] = None,
-    prune: Annotated[bool, typer.Option("--prune", help="Remove items under PATH whose files no longer exist (never under an empty folder: an unmounted drive).")] = False,
-    both: Annotated[bool, typer.Option("--both", help="Index jsonl/csv image-caption pairs as texts too.")] = False,
+    prune: Annotated[bool, typer.Option("--prune", help="Remove items under PATH whose files no longer exist (never under an empty folder: an unmounted drive).", metavar="")] = False,
+    both: Annotated[bool, typer.Option("--both", help="Index jsonl/csv image-caption pairs as texts too.", metavar="")] = False,
     cells: Annotated[
         bool,
         typer.Option(
             "--cells/--no-cells",
             help="Models with a grid: keep each image's grid cells, so search re-ranks by them without reading "
-            "images (32 KB per image for the demo model).",
+            "images (32 KB per image for the demo model).", metavar="",
         ),
     ] = True,
     retry_failed: Annotated[
@@ -68,13 +68,13 @@ def index(
         typer.Option(
             "--retry-failed",
             help="Read again the images that failed before though they did not change (by default they "
-            "are reported with their earlier reason, unread).",
+            "are reported with their earlier reason, unread).", metavar="",
         ),
     ] = False,
     report: Annotated[
         Path | None, typer.Option("--report", help="Write every failure to FILE.jsonl: {path, reason}.")
     ] = None,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.", metavar="")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Index images and texts into the store; unchanged files are skipped.
@@ -161,7 +161,7 @@ def search(
     min_score: Annotated[
         float | None, typer.Option("--min-score", help="Drop results whose cosine is below this.")
     ] = None,
-    exact: Annotated[bool, typer.Option("--exact", help="Scan every vector even when an ANN index exists.")] = False,
+    exact: Annotated[bool, typer.Option("--exact", help="Scan every vector even when an ANN index exists.", metavar="")] = False,
     rerank: Annotated[
         int | None,
         typer.Option(
@@ -344,7 +344,7 @@ def reindex(
     store: StoreOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, max=4096, help="Items per forward pass and per commit.")] = 32,
     workers: Annotated[int | None, typer.Option("--workers", "-w", min=0, help="Decoding processes (0: decode in this process).")] = None,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.", metavar="")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Embed every item again with the store's model as it is now.
@@ -377,7 +377,7 @@ def check(
     store: StoreOption = None,
     repair: Annotated[
         bool,
-        typer.Option("--repair", help="Take broken tables back to their newest whole version and rebuild what can be rebuilt."),
+        typer.Option("--repair", help="Take broken tables back to their newest whole version and rebuild what can be rebuilt.", metavar=""),
     ] = False,
     as_json: JsonOption = False,
 ) -> None:

@@ -278,7 +278,7 @@ def localize(
     overhang: OverhangOption = None,
     method: MethodOption = "auto",
     small_objects: Annotated[
-        bool, typer.Option("--small-objects", help="Smaller windows and a tighter box, for objects a few percent of the image wide.")
+        bool, typer.Option("--small-objects", help="Smaller windows and a tighter box, for objects a few percent of the image wide.", metavar="")
     ] = False,
     model: ModelOption = None,
     weights: WeightsOption = None,
@@ -367,7 +367,7 @@ def evaluate_localize_cmd(
     overhang: OverhangOption = None,
     small_objects: Annotated[
         bool,
-        typer.Option("--small-objects/--any-size", help="The small-object settings, which fit the demo world's shapes."),
+        typer.Option("--small-objects/--any-size", help="The small-object settings, which fit the demo world's shapes.", metavar=""),
     ] = True,
     report: Annotated[
         Path | None,
