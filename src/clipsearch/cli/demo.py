@@ -30,6 +30,10 @@ def demo(
     Fully offline. Writes DIR/contact_sheet.png (and contact_sheet_rerank.png for a model with
     a grid) and DIR/relevance_map.png, then serves the search page on http://127.0.0.1:PORT/
     (--no-serve to stop after the tour).
+
+    Example:
+
+        clipsearch demo --no-serve
     """
     from rich.markup import escape
     from rich.table import Table

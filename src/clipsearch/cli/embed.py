@@ -37,6 +37,10 @@ def embed(
 
     Texts come first, then images, each in the order given. One line per input with --json:
     {"input", "modality", "vector"} or {"input", "modality", "error"}.
+
+    Example:
+
+        clipsearch embed photos/ --text "a red star" --out vectors.parquet
     """
     from clipsearch.embed import embed_inputs, expand_image_paths, save_embeddings
 
@@ -103,6 +107,10 @@ def similarity(
 
     For each image, also the softmax over the texts scaled by the model's logit scale
     (CLIP's logits_per_image): zero-shot probabilities.
+
+    Example:
+
+        clipsearch similarity --text "a red star" --image a.jpg --image b.png --out heatmap.png
     """
     from clipsearch.similarity import similarity_table
 
@@ -163,7 +171,12 @@ def _short(s: str, n: int = 24) -> str:
 
 @handle_errors
 def info(model: ModelOption = None, weights: WeightsOption = None, as_json: JsonOption = False) -> None:
-    """What a model reports about itself: dimension, modalities, context length, preprocessing."""
+    """What a model reports about itself: dimension, modalities, context length, preprocessing.
+
+    Example:
+
+        clipsearch info --model openai/clip-vit-base-patch32 --json
+    """
     from clipsearch.models.registry import describe
 
     described = describe(load_encoder(model, weights))

@@ -34,7 +34,12 @@ def demo_world_cmd(
     min_side: Annotated[int, typer.Option("--min-side", min=16, help="Smallest image side in pixels.")] = 160,
     max_side: Annotated[int, typer.Option("--max-side", min=16, help="Largest image side in pixels.")] = 640,
 ) -> None:
-    """Generate a world of captioned shape scenes with exact ground truth (boxes, attributes)."""
+    """Generate a world of captioned shape scenes with exact ground truth (boxes, attributes).
+
+    Example:
+
+        clipsearch demo-world worlds/train --n 5000 --split train
+    """
     import sys
 
     from clipsearch.cli.progress import rendered_progress
@@ -86,6 +91,10 @@ def train_cmd(
 
     Writes the model (clipsearch_model.json + safetensors), OUT/checkpoint, OUT/history.jsonl
     and OUT/training_curves.png.
+
+    Example:
+
+        clipsearch train --pairs pairs.csv --out my-model --base openai/clip-vit-base-patch32
     """
     from clipsearch.train.trainer import TrainOptions, train
 
@@ -168,6 +177,10 @@ def evaluate_retrieval_cmd(
     Every caption queries all the images and every image all the captions; a hit is the pair's
     own partner, or a pair with an identical caption or the same image file. For a model with
     a grid, text->image is ranked as `clipsearch search` ranks a store (and by the vectors alone).
+
+    Example:
+
+        clipsearch evaluate retrieval --model my-model --pairs worlds/eval
     """
     from clipsearch.models.registry import load_model
     from clipsearch.train.evaluate import evaluate_retrieval
