@@ -66,7 +66,7 @@ def test_a_hub_that_cannot_be_reached_is_one_sentence_quickly(repo_folder: Path,
         f"check the connection, copy it with `hf download {REPO}` on a machine with internet, or use a local model "
         "folder, 'minilm' (text only) or 'demo'"
     )
-    assert took < 30  # a process start and one refused connection, no retry loop (10 s of it is the import)
+    assert took < 10  # a process start and one refused connection, no retry loop (about 0.6 s here)
 
 
 def test_offline_mode_is_one_sentence(tmp_path: Path) -> None:
