@@ -23,7 +23,7 @@ ReaderOption = Annotated[
     str | None,
     typer.Option(
         "--reader",
-        help="Extractive QA model (hub id in the local cache, or a folder), e.g. "
+        help="Extractive QA model (a Hugging Face id, downloaded on first use, or a folder), e.g. "
         "'deepset/roberta-base-squad2'. Without it the answer is the best-matching sentence.",
         show_default=False,
     ),
@@ -32,7 +32,7 @@ RerankOption = Annotated[
     str | None,
     typer.Option(
         "--rerank",
-        help="Cross-encoder (hub id in the local cache, or a folder) that reorders 3k retrieved candidates; keeps the best k.",
+        help="Cross-encoder (a Hugging Face id, downloaded on first use, or a folder) that reorders 3k retrieved candidates; keeps the best k.",
         show_default=False,
     ),
 ]

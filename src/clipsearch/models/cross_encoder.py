@@ -25,10 +25,10 @@ class Reranker:
 
 
 def load_reranker(name_or_folder: str | Path, *, device: str | None = None) -> Reranker:
-    """Load a cross-encoder from a local folder or the local Hugging Face cache (never downloads).
+    """Load a cross-encoder from a local folder or the Hugging Face Hub (downloaded on first use).
 
     Args:
-        name_or_folder: a folder, or a hub id in the local cache.
+        name_or_folder: a folder, or a hub id (downloaded on first use, then loaded offline).
         device: torch device (``None``: ``$CLIPSEARCH_DEVICE``, else cpu; see
             :func:`clipsearch.models.device.resolve_device`).
 

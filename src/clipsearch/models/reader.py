@@ -39,10 +39,10 @@ class Reader:
 
 
 def load_reader(name_or_folder: str | Path, *, device: str | None = None) -> Reader:
-    """Load a question-answering model from a local folder or the local Hugging Face cache.
+    """Load a question-answering model from a local folder or the Hugging Face Hub.
 
     Args:
-        name_or_folder: a folder, or a hub id in the local cache.
+        name_or_folder: a folder, or a hub id (downloaded on first use, then loaded offline).
         device: torch device (see :func:`clipsearch.models.device.resolve_device`; ``None``:
             ``$CLIPSEARCH_DEVICE``, else cpu).
 
