@@ -142,11 +142,6 @@ class Collection:
         """The store's model, loaded on first use."""
         return self._model.get()
 
-    @property
-    def model_loaded(self) -> bool:
-        """Whether the model has been loaded (an unchanged folder is indexed without it)."""
-        return self._model.loaded
-
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name == "store":
             raise AttributeError(name)
@@ -243,6 +238,7 @@ def open_store(
     weights: str | None = None,
     create: bool = True,
     ann_threshold: int | None = None,
+    sources: Sequence[str | os.PathLike[str]] = (),
 ) -> Collection:
     """Open (or create) the store at ``uri`` with its model; the one entry point.
 
@@ -255,6 +251,8 @@ def open_store(
         create: create the store when missing; False raises instead.
         ann_threshold: rows at which an ANN index is used; default ``$CLIPSEARCH_ANN_THRESHOLD``
             or :data:`~clipsearch.store.ann.DEFAULT_ANN_THRESHOLD`.
+        sources: what a new store will index first, for :func:`default_model` (text alone:
+            a sentence encoder).
 
     Raises:
         StoreError: another model, a newer schema version, a folder that is not a store, or
@@ -271,7 +269,7 @@ def open_store(
 
     check_can_create(root)  # before loading a model
     if encoder is None and name is None:
-        choice = default_model()
+        choice = default_model(sources)
         log.info("new store %s: model %s (%s)", root, choice.name, choice.why)
         name, encoder = choice.name, choice.encoder
     if encoder is None:
@@ -279,7 +277,6 @@ def open_store(
 
         encoder = load_model(name, weights=weights)
     from clipsearch.models.base import embeds_grid
-
     from clipsearch.models.fingerprint import probe
 
     record = ModelRecord(encoder.name, encoder.dim, tuple(encoder.modalities), weights, grid=embeds_grid(encoder))
@@ -288,20 +285,3 @@ def open_store(
         store.record_probe(probe(encoder))
     return Collection(store, encoder, identity_checked=True)
 
-
-def open_for_indexing(
-    uri: str | os.PathLike[str] | None,
-    sources: Sequence[str | os.PathLike[str]],
-    *,
-    model: str | None = None,
-    weights: str | None = None,
-) -> Collection:
-    """The store to index ``sources`` into: the existing one, or a new one with ``model`` or
-    :func:`default_model` for these sources (text alone: a sentence encoder)."""
-    if Store.exists(uri):
-        return open_store(uri, model=model, create=False)
-    if model is not None:
-        return open_store(uri, model=model, weights=weights, create=True)
-    choice = default_model(sources)
-    log.info("new store %s: model %s (%s)", resolve_store_uri(uri), choice.name, choice.why)
-    return open_store(uri, model=choice.encoder or choice.name, weights=weights, create=True)

@@ -28,12 +28,12 @@ from clipsearch.paths import display_path
 def _open(store: str | None, model: str | None = None, weights: str | None = None, *, create: bool, sources=()):
     """Open the store; with ``create``, a missing one is made with ``model`` or the library's
     default for ``sources`` (:func:`clipsearch.collection.default_model`)."""
-    from clipsearch.collection import open_for_indexing, open_store
+    from clipsearch.collection import open_store
 
     if not create:
         return open_store(store, model=model, create=False)
     with err_console.status("opening the store ...", spinner="dots"):
-        return open_for_indexing(store, sources, model=model, weights=weights)
+        return open_store(store, model=model, weights=weights, sources=sources)
 
 
 @handle_errors

@@ -237,8 +237,11 @@ def prepared_images(
     the pool is restarted and the other files are retried. So does a file that takes longer than
     ``file_timeout`` seconds (default :func:`file_timeout_from_env`) to read and decode, a file
     on a stalled network drive say: its worker is killed and the file reported.
+
+    Close what it returns when done (``with contextlib.closing(...)``): that stops the workers,
+    also when the caller stops early. Nothing to decode starts no worker.
     """
-    if workers <= 0:
+    if workers <= 0 or not paths:
         return (prepare_image(p, preprocess, known_ids=known_ids) for p in paths)
     timeout = file_timeout_from_env() if file_timeout is None else float(file_timeout)
     return _DecodePool(list(paths), preprocess, workers=workers, known_ids=known_ids, chunk=chunk, timeout=timeout)

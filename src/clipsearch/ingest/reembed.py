@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -78,24 +79,17 @@ def reembed_store(
             rows = [sch.real_row(r) for r in table.to_pylist()]
             report.total(len(rows))
             image_rows = [r for r in rows if r["modality"] == "image"]
-            decoded = iter(
-                prepared_images(
-                    [_readable_path(r) for r in image_rows], encoder.info.preprocess if image_rows else None,
-                    workers=workers, known_ids=frozenset(),
-                )  # fmt: skip
-                if image_rows
-                else ()
-            )
-            try:
+            pool = prepared_images(
+                [_readable_path(r) for r in image_rows], encoder.info.preprocess if image_rows else None,
+                workers=workers, known_ids=frozenset(),
+            )  # fmt: skip
+            with closing(pool):  # stops the decoding workers, even when a batch fails
+                decoded = iter(pool)
                 for start in range(0, len(rows), batch_size):
                     batch = rows[start : start + batch_size]
                     _reembed_batch(store, encoder, batch, decoded, summary, cells=cells)
                     store.update_meta(**{REEMBEDDING_KEY: {"done_seq": int(batch[-1]["seq"])}})
                     report.advance(len(batch))
-            finally:
-                close = getattr(decoded, "close", None)
-                if close is not None:
-                    close()  # stop the decoding workers, even when a batch failed
             store.record_probe(probe(encoder))
             store.update_meta(**{REEMBEDDING_KEY: None})
             store.update_index(force=True)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import closing
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -366,18 +367,14 @@ class _Run:
                 self.report.advance()
             todo = []
         preprocess = self.encoder.info.preprocess if todo else None
-        stream = (
-            prepared_images(
-                [i.path for i in todo], preprocess, workers=self.workers, known_ids=w.image_ids,
-                file_timeout=self.file_timeout,
-            )  # fmt: skip
-            if todo
-            else iter(())
-        )
-        # Text documents are embedded while the workers decode the first images.
-        self._index_docs(docs)
+        stream = prepared_images(
+            [i.path for i in todo], preprocess, workers=self.workers, known_ids=w.image_ids,
+            file_timeout=self.file_timeout,
+        )  # fmt: skip
         batch: list[tuple[dict[str, Any], np.ndarray]] = []
-        try:
+        with closing(stream):  # stops the decoding workers, even when a batch fails
+            # Text documents are embedded while the workers decode the first images.
+            self._index_docs(docs)
             for inp, prep in zip(todo, stream):
                 if (
                     prep.known
@@ -394,10 +391,6 @@ class _Run:
                     w.flush()
             if batch:
                 self._embed_batch(batch)
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()  # stop the decoding workers, even when a batch failed
 
     def _place_image(self, inp: ImageInput, prep: Prepared, batch: list) -> None:
         w = self.w
@@ -493,7 +486,7 @@ class _Run:
         )  # fmt: skip
         ids: list[str] = []
         pixels: list[np.ndarray] = []
-        try:
+        with closing(stream):
             for iid, prep in zip(missing, stream):
                 self.report.advance()
                 if prep.error is None and prep.sha256 is not None and sch.image_id(prep.sha256) == iid:
@@ -504,10 +497,6 @@ class _Run:
                     ids, pixels = [], []
             if ids:
                 self._commit_grids(ids, pixels)
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
 
     def _commit_grids(self, ids: list[str], pixels: list[np.ndarray]) -> None:
         _, grids = embed_images(self.encoder, np.stack(pixels), cells=True)

@@ -44,7 +44,3 @@ class LazyEncoder:
     def __repr__(self) -> str:
         return f"LazyEncoder({self._encoder!r})" if self._encoder is not None else "LazyEncoder(<not loaded>)"
 
-
-def resolve(encoder: Any) -> Encoder:
-    """The encoder itself, whether ``encoder`` is one or a :class:`LazyEncoder`."""
-    return encoder.get() if isinstance(encoder, LazyEncoder) else encoder

@@ -902,7 +902,6 @@ class Store:
         flight, so every file no kept version uses can go (``delete_unverified``). A reader
         still on a deleted version re-reads the newest at its next query.
         """
-        import warnings
         from datetime import timedelta
 
         import lance
@@ -919,12 +918,11 @@ class Store:
             if len(ds.get_fragments()) > 16 or ds.stats.dataset_stats()["num_deleted_rows"] > 0:
                 ds.optimize.compact_files()
             ds = lance.dataset(ds.uri)
-            newest = ds.versions()[-1]["version"] if len(ds.versions()) > 1 else None
-            if newest is not None and not _same_files(ds, lance.dataset(ds.uri, version=ds.versions()[-2]["version"])):
-                ds.restore()  # the newest version again: the fallback of the next line's cleanup
-            with warnings.catch_warnings():  # its warning about readers of older versions is the docstring's
-                warnings.simplefilter("ignore", UserWarning)
-                lance.dataset(ds.uri).cleanup_old_versions(older_than=timedelta(0), retain_versions=2, delete_unverified=True)
+            versions = ds.versions()
+            if len(versions) > 1 and not _same_files(ds, lance.dataset(ds.uri, version=versions[-2]["version"])):
+                ds.restore()  # the newest version again: the fallback the cleanup below keeps
+                ds = lance.dataset(ds.uri)
+            ds.cleanup_old_versions(older_than=timedelta(0), retain_versions=2, delete_unverified=True)
 
     def rows_bytes(self) -> int:
         """Bytes the current rows take on disk (items, files and cells, every column; no old

@@ -130,10 +130,11 @@ def open_retriever(
         StoreError: no store, or too many passages to re-embed.
     """
     from clipsearch.collection import open_store
+    from clipsearch.store import same_model
 
     opened = open_store(store, create=False)
     name = retriever if isinstance(retriever, str) or retriever is None else retriever.name
-    if name is None or _same_model(name, opened.model_name):
+    if name is None or same_model(name, opened.model_name):
         encoder = retriever if isinstance(retriever, Encoder) else opened.encoder
         return StoreRetriever(opened, encoder)
     n = opened.count("text")
@@ -153,13 +154,6 @@ def open_retriever(
     columns = ["id", "text", "source", "path", "record", "char_start", "char_end", "extra", "caption", "label"]
     rows = opened.to_arrow(columns, where="modality = 'text'").to_pylist()
     return MemoryRetriever(encoder, [store_hit(r) for r in rows])
-
-
-def _same_model(a: str, b: str) -> bool:
-    if a == b:
-        return True
-    pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
 
 
 def store_hit(hit: Any) -> Retrieved:
