@@ -164,7 +164,8 @@ class Collection:
         """Index files and folders (images, ``.txt``, ``.md``, ``.jsonl``, ``.csv``) and/or raw ``texts``.
 
         Unchanged files are skipped unread; see :func:`clipsearch.ingest.index_paths` for the
-        ``options`` (``batch_size``, ``workers``, ``prune``, ``both``, ``cells``, ``retry_failed``).
+        ``options`` (``batch_size``, ``workers``, ``prune``, ``both``, ``cells``, ``retry_failed``,
+        ``engine="ray"`` and ``address`` to decode and embed on a Ray cluster).
 
         Returns:
             What happened: added, updated, unchanged, failed and removed counts, and the failures.

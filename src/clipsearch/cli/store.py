@@ -74,6 +74,18 @@ def index(
     report: Annotated[
         Path | None, typer.Option("--report", help="Write every failure to FILE.jsonl: {path, reason}.")
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="local: this process and its decoding workers; ray: decode in Ray tasks and embed in Ray actors "
+            "(one per GPU), for a cluster or a large folder (pip install 'clipsearch[ray]'). Both build the same store.",
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option("--address", help="With --engine ray: the Ray cluster to join (ray://HOST:10001, auto). Default: a local Ray."),
+    ] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.", metavar="")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -86,6 +98,8 @@ def index(
     Example:
 
         clipsearch index ~/Pictures notes/ captions.jsonl --store my-store
+
+        clipsearch index /data/photos --store s3://bucket/photos --engine ray --address auto
     """
     from clipsearch.cli.progress import rendered_progress
 
@@ -104,6 +118,8 @@ def index(
             cells=cells,
             retry_failed=retry_failed,
             on_progress=on_progress,
+            engine=engine,
+            address=address,
         )
     if report is not None:
         summary.write_report(report)

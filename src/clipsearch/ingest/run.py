@@ -31,8 +31,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import closing
-from collections.abc import Sequence
+from contextlib import ExitStack, closing
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,6 +42,7 @@ from clipsearch.ingest.decode import Prepared, check_run_options, file_timeout_f
 from clipsearch.ingest.documents import API_SOURCE, TextItem, read_text_items
 from clipsearch.ingest.embed import embed_images, embed_texts
 from clipsearch.ingest.plan import file_unchanged, plan_images, plan_prune
+from clipsearch.ingest.ray_engine import ModelLoader, RaySession, actor_plan, check_engine, embedded_images
 from clipsearch.ingest.scan import Document, ImageInput, Scan, scan, stat_input
 from clipsearch.ingest.summary import IndexSummary
 from clipsearch.ingest.write import StoreWriter, apply_path_removal, image_meta
@@ -66,6 +67,9 @@ def index_paths(
     cells: bool = True,
     retry_failed: bool = False,
     on_progress: ProgressCallback | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    load_encoder: Callable[[], Encoder] | None = None,
 ) -> IndexSummary:
     """Index files and folders (and raw ``texts``) into ``store``; see the module docstring.
 
@@ -78,6 +82,7 @@ def index_paths(
         texts: strings to index as text items (source ``"<api>"``).
         batch_size: inputs per forward pass and per commit.
         workers: decoding processes; default :func:`default_workers`; 0 decodes in this process.
+            With ``engine="ray"``: embed actors (default: one per GPU, else half the CPUs).
         prune: remove items whose files no longer exist.
         both: jsonl/csv image-caption pairs also become text items (the caption, showing the image).
         cells: for a model with a grid, keep each new image's grid cells in the store (what
@@ -87,6 +92,13 @@ def index_paths(
             :meth:`Store.failed_files`).
         on_progress: receives the run's :class:`~clipsearch.events.Event` objects (task
             ``"indexing"``: a total per input found, an advance per input done).
+        engine: ``"local"`` (this process and its decoding workers) or ``"ray"``: images are
+            decoded in Ray tasks and embedded in Ray actors (:mod:`clipsearch.ingest.ray_engine`);
+            scan, plan, texts and commits stay here. Both build the same store.
+        address: with ``"ray"``, the cluster to join (``ray://HOST:10001``, ``auto``); default:
+            a Ray already started in this process, else a local one for the run.
+        load_encoder: with ``"ray"``, what each embed actor calls to get the encoder (it must
+            pickle); default: the store's model by name (:class:`~clipsearch.ingest.ray_engine.ModelLoader`).
 
     Returns:
         The run's :class:`IndexSummary`.
@@ -94,17 +106,23 @@ def index_paths(
     Raises:
         StoreError: another process is writing to the store.
     """
+    check_engine(engine, address)
+    actors = workers
     workers = check_run_options(batch_size, workers)
     file_timeout = file_timeout_from_env()  # a bad setting is refused before anything is read
     t0 = time.perf_counter()
     summary = IndexSummary()
     report = Reporter(on_progress, "indexing")
     try:
-        with store.writing():
+        with store.writing(), ExitStack() as stack:
             run = _Run(
                 store, encoder, summary, batch_size=batch_size, workers=workers, both=both, cells=cells,
                 report=report, retry_failed=retry_failed, file_timeout=file_timeout,
             )  # fmt: skip
+            if engine == "ray":
+                run.ray = stack.enter_context(RaySession(address))
+                run.ray_plan = actor_plan(run.ray.resources(), actors)
+                run.load_encoder = load_encoder or ModelLoader(store.model_name, store.meta.get("weights"))
             run.execute(paths, texts, prune=prune)
             summary.index = store.update_index()
             store.compact()
@@ -146,6 +164,9 @@ class _Run:
         self.max_pixels = _pixel_cap()  # a failure under another cap is read again (it may pass now)
         self.retry_failed = retry_failed
         self.failed_now: dict[str, dict[str, Any]] = {}  # image files that failed in this run, or as before
+        self.ray: RaySession | None = None  # set for engine "ray": decode and embed run there
+        self.ray_plan: dict[str, Any] = {}
+        self.load_encoder: Callable[[], Encoder] | None = None
 
     def execute(self, paths: Sequence[str | os.PathLike[str]], texts: Sequence[str], *, prune: bool) -> None:
         found = scan(paths)
@@ -367,6 +388,9 @@ class _Run:
                 self.report.advance()
             todo = []
         preprocess = self.encoder.info.preprocess if todo else None
+        if self.ray is not None:
+            self._index_images_on_ray(todo, preprocess, docs)
+            return
         stream = prepared_images(
             [i.path for i in todo], preprocess, workers=self.workers, known_ids=w.image_ids,
             file_timeout=self.file_timeout,
@@ -383,7 +407,9 @@ class _Run:
                     and sch.image_id(prep.sha256) not in w.queued
                 ):
                     prep = prepare_image(inp.path, preprocess, known_ids=frozenset())  # removed during this run
-                self._place_image(inp, prep, batch)
+                row = self._place_image(inp, prep)
+                if row is not None:
+                    batch.append((row, prep.pixels))
                 if len(batch) >= self.batch_size:
                     self._embed_batch(batch)
                     batch = []
@@ -392,7 +418,55 @@ class _Run:
             if batch:
                 self._embed_batch(batch)
 
-    def _place_image(self, inp: ImageInput, prep: Prepared, batch: list) -> None:
+    def _index_images_on_ray(self, todo: list[ImageInput], preprocess: Any, docs: list) -> None:
+        """:meth:`_index_images` with decode and embed on Ray: the same placement and commits,
+        in the same order, with the vectors the actors computed."""
+        w = self.w
+        assert self.load_encoder is not None
+        self.report.message(
+            f"Ray: {len(todo)} images to read, {self.ray_plan['size']} embed actors", **self.ray.resources()
+        )
+        stream = embedded_images(
+            [i.path for i in todo], preprocess, known_ids=w.image_ids, cells=self.cells,
+            load_encoder=self.load_encoder, batch_size=self.batch_size, plan=self.ray_plan,
+        )  # fmt: skip
+        self._index_docs(docs)  # texts are embedded here while the cluster starts on the images
+        rows: list[dict[str, Any]] = []
+        vecs: list[np.ndarray] = []
+        grids: list[np.ndarray | None] = []
+        for got in stream:
+            inp, prep, vec, grid = todo[got.index], got.prepared, got.vector, got.grid
+            iid = sch.image_id(prep.sha256) if prep.sha256 else None
+            if prep.known and iid not in w.ids and iid not in w.queued:  # removed during this run
+                prep = prepare_image(inp.path, preprocess, known_ids=frozenset())
+                vec, grid = None, None
+                if prep.pixels is not None:
+                    v, g = embed_images(self.encoder, prep.pixels[None], cells=self.cells)
+                    vec, grid = v[0], None if g is None else g[0]
+            row = self._place_image(inp, prep)
+            if row is not None:
+                rows.append(row)
+                vecs.append(vec)
+                grids.append(grid)
+            if len(rows) >= self.batch_size:
+                self._add_batch(rows, vecs, grids)
+                rows, vecs, grids = [], [], []
+            elif w.pending() >= 4 * self.batch_size:
+                w.flush()
+        if rows:
+            self._add_batch(rows, vecs, grids)
+
+    def _add_batch(self, rows: list[dict[str, Any]], vecs: list[np.ndarray], grids: list[np.ndarray | None]) -> None:
+        """Commit rows embedded elsewhere, as :meth:`_embed_batch` commits rows embedded here."""
+        cells = np.stack(grids) if grids and all(g is not None for g in grids) else None
+        self.summary.embedded += len(rows)
+        self.w.add_embedded(rows, np.stack(vecs), cells)
+        self.w.flush()
+        self.report.advance(len(rows))
+
+    def _place_image(self, inp: ImageInput, prep: Prepared) -> dict[str, Any] | None:
+        """Record one decoded image: a failure, a path of stored or queued bytes, or a new row
+        to embed (returned)."""
         w = self.w
         was = w.path_to_id.get(inp.path)
         rec = {"path": inp.path, "kind": "image", "size": inp.size, "mtime": inp.mtime, "sha256": prep.sha256}
@@ -404,7 +478,7 @@ class _Run:
                 self.summary.removed += 1
             w.file_deletes.add(inp.path)
             self.report.advance()
-            return
+            return None
         assert prep.sha256 is not None
         iid = sch.image_id(prep.sha256)
         if was == iid:  # touched, same bytes
@@ -414,7 +488,7 @@ class _Run:
             else:
                 self.summary.unchanged += 1
             self.report.advance()
-            return
+            return None
         if was is not None:
             w.detach_path(inp.path)
             self.summary.updated += 1
@@ -427,7 +501,7 @@ class _Run:
             elif inp.meta:
                 w.queued[iid].update(image_meta(inp.meta))
             self.report.advance()
-            return
+            return None
         row = {
             "id": iid,
             "modality": "image",
@@ -444,7 +518,7 @@ class _Run:
             **(image_meta(inp.meta) if inp.meta else {}),
         }
         w.queue_row(row, rec)
-        batch.append((row, prep.pixels))
+        return row
 
     def _embed_batch(self, batch: list[tuple[dict[str, Any], np.ndarray]]) -> None:
         rows = [r for r, _ in batch]

@@ -1,0 +1,265 @@
+"""The Ray engine: the decode and embed stages of indexing, run on a Ray cluster.
+
+Scan, plan and write stay on the driver (:mod:`clipsearch.ingest.run` with ``engine="ray"``);
+what this module hands to Ray Data is the work that scales with the images:
+
+- **decode**: :func:`~clipsearch.ingest.decode.prepare_image` over each batch of paths, in Ray
+  tasks (read, hash, decode, preprocess; bytes the store already holds are hashed only);
+- **embed**: :func:`~clipsearch.ingest.embed.embed_images` in a pool of actors that each hold
+  the encoder, one per GPU (``num_gpus=1``) where Ray sees GPUs, else on a fraction of a CPU;
+- back on the driver, in the order of the paths (``preserve_order``), each image's hash,
+  size, vector and grid cells go through the same placement and
+  :class:`~clipsearch.ingest.write.StoreWriter` commits as the local path, so both engines
+  build the same store.
+
+Why the write stays on the driver: each batch is one atomic commit of a few KB per image
+(a 512-d float32 vector is 2 KB), which one process commits far faster than the decode and
+embed stages produce them; the placement (duplicates by bytes, moved files, captions) needs
+the whole store's path map, which lives on the driver. Workers never touch the store, so
+they need no credentials for it and the single-writer lock holds as it is.
+
+Everything here is plain data that pickles (paths, arrays), and ``ray`` is imported inside
+functions: ``pip install clipsearch[ray]`` is only needed by who runs this engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from clipsearch.ingest.decode import Prepared, prepare_image
+from clipsearch.ingest.embed import embed_images
+
+if TYPE_CHECKING:
+    from clipsearch.models.base import Encoder, Preprocess
+
+ENGINES = ("local", "ray")
+
+
+def check_engine(engine: str, address: str | None) -> str:
+    """Refuse an unknown ``engine`` (or an ``address`` without Ray) before anything is read."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
+    if address is not None and engine != "ray":
+        raise ValueError(f"address {address!r} is for engine 'ray' (a Ray cluster to join), not {engine!r}")
+    if engine == "ray":
+        try:
+            import ray  # noqa: F401
+            import ray.data  # noqa: F401
+        except ImportError:
+            raise ValueError("engine 'ray' needs Ray Data: pip install 'clipsearch[ray]'") from None
+    return engine
+
+
+@dataclass
+class EmbeddedImage:
+    """One image back from the cluster: what decoding found, and its vector unless it failed
+    or its bytes were already stored."""
+
+    index: int  # position in the paths given
+    prepared: Prepared  # without pixels
+    vector: np.ndarray | None  # (dim,) float32 unit vector
+    grid: np.ndarray | None  # (rows, cols, dim) float32 cells, models with a grid and ``cells``
+
+
+@dataclass(frozen=True)
+class ModelLoader:
+    """Loads the store's model inside an embed actor (on its GPU when Ray gave it one)."""
+
+    name: str
+    weights: str | None = None
+
+    def __call__(self) -> Encoder:
+        import ray
+
+        from clipsearch.models.registry import load_model
+
+        device = "cuda" if ray.get_gpu_ids() else None
+        return load_model(self.name, weights=self.weights, device=device)
+
+
+class RaySession:
+    """A Ray connection for one run: joins ``address``, or starts a local Ray (and stops it
+    after) when none is running in this process."""
+
+    def __init__(self, address: str | None):
+        self.address = address
+        self.started = False
+
+    def __enter__(self) -> RaySession:
+        import logging
+        import warnings
+
+        import ray
+
+        if not ray.is_initialized():
+            kw: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
+            if self.address is None:
+                kw["include_dashboard"] = False
+            with warnings.catch_warnings():  # Ray starts its processes with fork+exec: harmless for lance
+                warnings.filterwarnings("ignore", message=".*fork.*")
+                ray.init(address=self.address, **kw)
+            self.started = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.started:
+            import ray
+
+            ray.shutdown()
+
+    def resources(self) -> dict[str, float]:
+        import ray
+
+        return {k: float(v) for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+
+
+def actor_plan(resources: dict[str, float], workers: int | None) -> dict[str, Any]:
+    """How many embed actors, and what each asks of Ray.
+
+    One actor per GPU (``num_gpus=1``) when the cluster has GPUs; else ``workers`` actors
+    (default: half the CPUs, at least one) on half a CPU each, so that the decode tasks always
+    find a CPU: whole-CPU actors on a small machine leave the read stage starving and the job
+    never finishes.
+    """
+    gpus = int(resources.get("GPU", 0))
+    cpus = max(1.0, resources.get("CPU", 1.0))
+    if gpus:
+        n = workers or gpus
+        return {"size": n, "num_gpus": 1, "num_cpus": 1}
+    n = workers or max(1, int(cpus // 2))
+    return {"size": n, "num_gpus": 0, "num_cpus": 0.5 if cpus <= 2 * n else 1}
+
+
+def embedded_images(
+    paths: Sequence[str],
+    preprocess: Preprocess,
+    *,
+    known_ids: frozenset[str],
+    cells: bool,
+    load_encoder: Callable[[], Encoder],
+    batch_size: int,
+    plan: dict[str, Any],
+) -> Iterator[EmbeddedImage]:
+    """Decode and embed ``paths`` on the connected Ray cluster, yielding in the paths' order.
+
+    Args:
+        paths: image files to read (each node must see them at the same path).
+        preprocess: the model's preprocessing (``encoder.info.preprocess``).
+        known_ids: image ids the store holds: their bytes are hashed, not decoded or embedded.
+        cells: also keep grid cells, for models with a grid.
+        load_encoder: returns the encoder, called once in each embed actor (it pickles).
+        batch_size: images per decode task and per forward pass.
+        plan: from :func:`actor_plan`.
+    """
+    import ray.data
+
+    if not paths:
+        return
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # the same commits, in the same order, as the local path
+    ctx.enable_progress_bars = False  # the library never prints: progress goes out as events
+    ctx.print_on_execution_start = False
+    items = [{"i": i, "path": p} for i, p in enumerate(paths)]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 10_000)))
+    ds = ds.map_batches(
+        _decode_batch,
+        fn_kwargs={"preprocess": preprocess, "known_ids": known_ids},
+        batch_size=batch_size,
+        batch_format="numpy",
+        num_cpus=1,
+        # A worker killed mid-task: the task runs again. Three times, not Ray Data's endless
+        # default: a file that kills every decoder it meets must end the run with an error.
+        ray_remote_args_fn=_decode_task_args,
+    )
+    ds = ds.map_batches(
+        _EmbedActor,
+        fn_constructor_kwargs={"load_encoder": load_encoder, "cells": cells},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=plan["size"]),
+        num_cpus=plan["num_cpus"],
+        num_gpus=plan["num_gpus"],
+        # Ray Data's defaults for actor pools: an actor that dies is started again
+        # (max_restarts=-1) and its batch handed to it again (max_task_retries=-1).
+    )
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        yield from _unbatch(batch, paths)
+
+
+def _decode_task_args() -> dict[str, Any]:
+    return {"max_retries": 3}
+
+
+def _decode_batch(batch: dict[str, np.ndarray], preprocess: Preprocess, known_ids: frozenset[str]) -> dict[str, Any]:
+    """The decode stage over one batch of ``{"i", "path"}`` rows (a Ray task)."""
+    preps = [prepare_image(str(p), preprocess, known_ids=known_ids) for p in batch["path"]]
+    crop = preprocess.crop
+    pixels = np.zeros((len(preps), 3, crop, crop), np.float32)
+    for k, prep in enumerate(preps):
+        if prep.pixels is not None:
+            pixels[k] = prep.pixels
+    out = _prepared_columns(batch["i"], preps)
+    out["pixels"] = pixels
+    return out
+
+
+def _prepared_columns(index: np.ndarray, preps: list[Prepared]) -> dict[str, Any]:
+    return {
+        "i": np.asarray(index, np.int64),
+        "sha256": np.asarray([p.sha256 or "" for p in preps], dtype=object),
+        "error": np.asarray([p.error or "" for p in preps], dtype=object),
+        "failed": np.asarray([p.error is not None for p in preps], dtype=bool),
+        "known": np.asarray([p.known for p in preps], dtype=bool),
+        "has_pixels": np.asarray([p.pixels is not None for p in preps], dtype=bool),
+        "width": np.asarray([p.width or 0 for p in preps], np.int64),
+        "height": np.asarray([p.height or 0 for p in preps], np.int64),
+    }
+
+
+class _EmbedActor:
+    """The embed stage in a Ray actor: holds the encoder, embeds each decoded batch."""
+
+    def __init__(self, load_encoder: Callable[[], Encoder], cells: bool):
+        self.encoder = load_encoder()
+        self.cells = cells
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        pixels = batch.pop("pixels")
+        ok = np.flatnonzero(batch["has_pixels"])
+        dim = int(self.encoder.dim)
+        vectors = np.zeros((len(pixels), dim), np.float32)
+        grids = None
+        if len(ok):
+            vecs, g = embed_images(self.encoder, np.ascontiguousarray(pixels[ok]), cells=self.cells)
+            vectors[ok] = vecs
+            if g is not None:
+                grids = np.zeros((len(pixels), *g.shape[1:]), np.float32)
+                grids[ok] = g
+        batch["vector"] = vectors
+        if grids is not None:
+            batch["grid"] = grids
+        return batch
+
+
+def _unbatch(batch: dict[str, np.ndarray], paths: Sequence[str]) -> Iterator[EmbeddedImage]:
+    grids = batch.get("grid")
+    for k, i in enumerate(batch["i"].tolist()):
+        has = bool(batch["has_pixels"][k])
+        prep = Prepared(
+            paths[i],
+            sha256=str(batch["sha256"][k]) or None,
+            width=int(batch["width"][k]) or None,
+            height=int(batch["height"][k]) or None,
+            known=bool(batch["known"][k]),
+            error=str(batch["error"][k]) if batch["failed"][k] else None,
+        )
+        yield EmbeddedImage(
+            i,
+            prep,
+            np.asarray(batch["vector"][k], np.float32) if has else None,
+            np.asarray(grids[k], np.float32) if has and grids is not None else None,
+        )
