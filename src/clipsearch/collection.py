@@ -240,11 +240,13 @@ def open_store(
     create: bool = True,
     ann_threshold: int | None = None,
     sources: Sequence[str | os.PathLike[str]] = (),
+    storage_options: dict[str, str] | None = None,
 ) -> Collection:
     """Open (or create) the store at ``uri`` with its model; the one entry point.
 
     Args:
-        uri: a folder, a ``file://`` URI, or None for :func:`~clipsearch.store.default_store_path`.
+        uri: a folder, a ``file://`` URI, ``s3://bucket/prefix``, or None for
+            :func:`~clipsearch.store.default_store_path`.
         model: the model name (or a loaded :class:`~clipsearch.models.base.Encoder`). An
             existing store refuses any model but its own; a new store records it. None: the
             store's model, or :func:`default_model` for a new store.
@@ -254,6 +256,8 @@ def open_store(
             or :data:`~clipsearch.store.ann.DEFAULT_ANN_THRESHOLD`.
         sources: what a new store will index first, for :func:`default_model` (text alone:
             a sentence encoder).
+        storage_options: for ``s3://``: credentials and endpoint (Lance's keys, e.g.
+            ``aws_endpoint``, ``aws_access_key_id``), over the usual AWS environment variables.
 
     Raises:
         StoreError: another model, a newer schema version, a folder that is not a store, or
@@ -261,7 +265,7 @@ def open_store(
     """
     name = model if (model is None or isinstance(model, str)) else model.name
     encoder = None if (model is None or isinstance(model, str)) else model
-    root = resolve_store_uri(uri)
+    root = resolve_store_uri(uri, storage_options)
     if Store.exists(root):
         return Collection(Store.open(root, model=name, ann_threshold=ann_threshold), encoder)
     if not create:

@@ -24,6 +24,7 @@ functions: ``pip install clipsearch[ray]`` is only needed by who runs this engin
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -165,16 +166,9 @@ def embedded_images(
     ctx.print_on_execution_start = False
     items = [{"i": i, "path": p} for i, p in enumerate(paths)]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 10_000)))
-    ds = ds.map_batches(
-        _decode_batch,
-        fn_kwargs={"preprocess": preprocess, "known_ids": known_ids},
-        batch_size=batch_size,
-        batch_format="numpy",
-        num_cpus=1,
-        # A worker killed mid-task: the task runs again. Three times, not Ray Data's endless
-        # default: a file that kills every decoder it meets must end the run with an error.
-        ray_remote_args_fn=_decode_task_args,
-    )
+    with warnings.catch_warnings():  # Ray 2.60 names no other way to bound a task's retries (to go in 2.64)
+        warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*deprecated")
+        ds = _with_decode(ds, preprocess, known_ids, batch_size)
     ds = ds.map_batches(
         _EmbedActor,
         fn_constructor_kwargs={"load_encoder": load_encoder, "cells": cells},
@@ -188,6 +182,20 @@ def embedded_images(
     )
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         yield from _unbatch(batch, paths)
+
+
+def _with_decode(ds: Any, preprocess: Preprocess, known_ids: frozenset[str], batch_size: int) -> Any:
+    """The decode stage as Ray tasks over ``ds`` (rows ``{"i", "path"}``)."""
+    return ds.map_batches(
+        _decode_batch,
+        fn_kwargs={"preprocess": preprocess, "known_ids": known_ids},
+        batch_size=batch_size,
+        batch_format="numpy",
+        num_cpus=1,
+        # A worker killed mid-task: the task runs again. Three times, not Ray Data's endless
+        # default: a file that kills every decoder it meets must end the run with an error.
+        ray_remote_args_fn=_decode_task_args,
+    )
 
 
 def _decode_task_args() -> dict[str, Any]:

@@ -22,6 +22,7 @@ it, and deleted rows are dropped from it when it is loaded.
 from __future__ import annotations
 
 import math
+import io
 import os
 import time
 import uuid
@@ -153,17 +154,24 @@ class IvfIndex:
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, folder: Path, extra: dict[str, Any]) -> None:
-        """Write the index to ``folder`` atomically: new files first, then ``ann.json`` naming them."""
+        """Write the index to ``folder`` atomically: new files first, then ``ann.json`` naming them.
+        ``folder`` may be an object store's path (:class:`~clipsearch.store.s3.S3Path`)."""
         import faiss
 
         from clipsearch.store.schema import write_json_atomic
 
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"ivf-{uuid.uuid4().hex[:12]}"
-        faiss.write_index(self.index, str(folder / f"{stem}.faiss"))
-        np.save(folder / f"{stem}.seqs.npy", self.seqs)
-        _fsync_file(folder / f"{stem}.faiss")
-        _fsync_file(folder / f"{stem}.seqs.npy")
+        if isinstance(folder, Path):
+            faiss.write_index(self.index, str(folder / f"{stem}.faiss"))
+            np.save(folder / f"{stem}.seqs.npy", self.seqs)
+            _fsync_file(folder / f"{stem}.faiss")
+            _fsync_file(folder / f"{stem}.seqs.npy")
+        else:  # one PUT per file; ann.json, written last, makes them the index
+            (folder / f"{stem}.faiss").write_bytes(faiss.serialize_index(self.index).tobytes())
+            buf = io.BytesIO()
+            np.save(buf, self.seqs)
+            (folder / f"{stem}.seqs.npy").write_bytes(buf.getvalue())
         meta = {
             "kind": "ivf_flat",
             "file": stem,
@@ -191,8 +199,13 @@ class IvfIndex:
             return None
         stem = meta["file"]
         try:
-            index = faiss.read_index(str(folder / f"{stem}.faiss"))
-            seqs = np.load(folder / f"{stem}.seqs.npy")
+            if isinstance(folder, Path):
+                index = faiss.read_index(str(folder / f"{stem}.faiss"))
+                seqs = np.load(folder / f"{stem}.seqs.npy")
+            else:
+                raw = np.frombuffer((folder / f"{stem}.faiss").read_bytes(), dtype=np.uint8)
+                index = faiss.deserialize_index(raw)
+                seqs = np.load(io.BytesIO((folder / f"{stem}.seqs.npy").read_bytes()))
         except (OSError, RuntimeError, ValueError):
             return None
         index.nprobe = int(meta["nprobe"])
@@ -218,7 +231,7 @@ def read_index_meta(folder: Path) -> dict[str, Any] | None:
 
 def remove_index(folder: Path) -> None:
     """Delete the saved index (the store shrank below the threshold)."""
-    if not folder.is_dir():
+    if isinstance(folder, Path) and not folder.is_dir():
         return
     (folder / INDEX_META).unlink(missing_ok=True)
     for f in folder.iterdir():

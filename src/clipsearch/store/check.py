@@ -80,6 +80,11 @@ def check_store(root: str | os.PathLike[str], *, repair: bool = False) -> CheckR
     """
     from clipsearch.store.lance_store import write_lock
 
+    if "://" in str(root) and not str(root).startswith("file://"):
+        raise StoreError(
+            f"clipsearch check reads a store's files on a local disk; {root} is on an object store, whose "
+            "tables Lance commits atomically (a hard stop cannot leave them torn)"
+        )
     root = Path(root)
     meta = sch.read_meta(root)
     if meta is None:

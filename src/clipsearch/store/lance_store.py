@@ -25,6 +25,7 @@ import numpy.typing as npt
 from clipsearch.errors import StoreError
 from clipsearch.paths import display_path
 from clipsearch.store import schema as sch
+from clipsearch.store.s3 import S3Path, s3_write_lock
 from clipsearch.store.ann import (
     DEFAULT_ANN_THRESHOLD,
     Vectors,
@@ -57,14 +58,20 @@ def default_store_path() -> Path:
     return Path(platformdirs.user_data_dir("clipsearch")) / "store"
 
 
-def resolve_store_uri(uri: str | os.PathLike[str] | None) -> Path:
-    """A local folder for ``uri``: a path, ``file://`` URI, or None (the default store).
+def resolve_store_uri(
+    uri: str | os.PathLike[str] | S3Path | None, storage_options: dict[str, str] | None = None
+) -> Path | S3Path:
+    """Where the store at ``uri`` lives: a local folder (a path, a ``file://`` URI, or None for
+    the default store), or an :class:`~clipsearch.store.s3.S3Path` for ``s3://bucket/prefix``.
 
-    Object-store URIs (``s3://``, ``gs://``, ``az://``) are where remote stores will plug in;
-    today they are refused with a clear message.
+    Args:
+        storage_options: for ``s3://``, credentials and endpoint over those of the environment
+            (see :mod:`clipsearch.store.s3`).
     """
     if uri is None:
         return default_store_path()
+    if isinstance(uri, S3Path):
+        return uri
     text = os.fspath(uri)
     if "://" in text:
         scheme, _, rest = text.partition("://")
@@ -72,9 +79,9 @@ def resolve_store_uri(uri: str | os.PathLike[str] | None) -> Path:
             from urllib.parse import unquote
 
             return Path(unquote(rest)).expanduser()
-        raise StoreError(
-            f"store URI {text!r}: only local folders and file:// URIs are supported so far, not {scheme}://"
-        )
+        if scheme.lower() in ("s3", "s3a"):
+            return S3Path.parse(text, storage_options)
+        raise StoreError(f"store URI {text!r}: local folders, file:// and s3:// URIs are supported, not {scheme}://")
     return Path(text).expanduser()
 
 
@@ -208,7 +215,7 @@ class ModelRecord:
     grid: bool = False  # whether it embeds a grid of cells (then the store keeps them)
 
 
-def check_can_create(root: Path) -> None:
+def check_can_create(root: Path | S3Path) -> None:
     """Raise :class:`StoreError` unless a new store can be made at ``root`` (missing, or an empty folder)."""
     if root.exists() and not root.is_dir():
         raise StoreError(f"cannot create a store at {root}: it is a file, not a folder")
@@ -254,7 +261,7 @@ class Store:
     Writes happen inside :meth:`writing` (one writing process at a time), one atomic commit each.
     """
 
-    def __init__(self, root: Path, meta: dict[str, Any], *, ann_threshold: int | None = None):
+    def __init__(self, root: Path | S3Path, meta: dict[str, Any], *, ann_threshold: int | None = None):
         from datetime import timedelta
 
         import lancedb
@@ -266,7 +273,10 @@ class Store:
         )
         if self.ann_threshold < 1:
             raise ValueError(f"ann_threshold must be a positive number of rows, got {self.ann_threshold}")
-        self._db = lancedb.connect(str(root / sch.LANCE_DIR), read_consistency_interval=timedelta(0))
+        self.storage_options = root.storage_options if isinstance(root, S3Path) else None  # Lance's, for s3://
+        self._db = lancedb.connect(
+            str(root / sch.LANCE_DIR), read_consistency_interval=timedelta(0), storage_options=self.storage_options
+        )
         try:
             self._items = self._open_table(sch.ITEMS_TABLE, sch.items_schema(self.dim))
             self._files = self._open_table(sch.FILES_TABLE, sch.files_schema())
@@ -281,7 +291,7 @@ class Store:
         self._no_cells_at: int | None = None  # the items version at which no cells table existed
         self._cell_rows: tuple[int, dict[str, int]] | None = None  # (cells table version, id -> row)
         self._snapshot: _Snapshot | None = None
-        self._lock_fd: int | None = None
+        self._lock_fd: int | str | None = None  # the lock held: its fd, or its owner id on S3
         self._thread_lock = threading.RLock()
         self._next_seq: int | None = None
         self.last_plan = ""  # how the last nearest() was answered: "exact", "ivf", "ivf-subset-exact"
@@ -721,7 +731,7 @@ class Store:
 
     def _ann_stamp(self) -> tuple[int, int] | None:
         try:
-            st = os.stat(self._ann_dir() / "ann.json")
+            st = (self._ann_dir() / "ann.json").stat()
         except FileNotFoundError:
             return None
         return (st.st_mtime_ns, st.st_size)
@@ -730,7 +740,7 @@ class Store:
         import lance
 
         stamp = self._ann_stamp()
-        ds = lance.dataset(str(self._items_uri()), version=version)
+        ds = lance.dataset(str(self._items_uri()), version=version, storage_options=self.storage_options)
         table = ds.to_table(columns=["seq", "id", "modality"])
         seq = table.column("seq").to_numpy().astype(np.int64)
         snap = _Snapshot(
@@ -765,10 +775,10 @@ class Store:
         col = ds.take(positions.tolist(), columns=["vector"]).column("vector")
         return _vector_matrix(col, self.dim)
 
-    def _items_uri(self) -> Path:
+    def _items_uri(self) -> Path | S3Path:
         return self.root / sch.LANCE_DIR / f"{sch.ITEMS_TABLE}.lance"
 
-    def _ann_dir(self) -> Path:
+    def _ann_dir(self) -> Path | S3Path:
         return self.root / sch.ANN_DIR
 
     # -- writing -------------------------------------------------------------------------------
@@ -917,11 +927,14 @@ class Store:
             ds = table.to_lance()
             if len(ds.get_fragments()) > 16 or ds.stats.dataset_stats()["num_deleted_rows"] > 0:
                 ds.optimize.compact_files()
-            ds = lance.dataset(ds.uri)
+            opts = self.storage_options
+            ds = lance.dataset(ds.uri, storage_options=opts)
             versions = ds.versions()
-            if len(versions) > 1 and not _same_files(ds, lance.dataset(ds.uri, version=versions[-2]["version"])):
+            if len(versions) > 1 and not _same_files(
+                ds, lance.dataset(ds.uri, version=versions[-2]["version"], storage_options=opts)
+            ):
                 ds.restore()  # the newest version again: the fallback the cleanup below keeps
-                ds = lance.dataset(ds.uri)
+                ds = lance.dataset(ds.uri, storage_options=opts)
             ds.cleanup_old_versions(older_than=timedelta(0), retain_versions=2, delete_unverified=True)
 
     def rows_bytes(self) -> int:
@@ -1005,7 +1018,7 @@ class Store:
             "files": int(self._files.count_rows()),
             "failed_files": len(self.failed_files()),
             "cells": self.count_cells(),
-            "size_bytes": _folder_size(self.root),
+            "size_bytes": self.root.total_size() if isinstance(self.root, S3Path) else _folder_size(self.root),
             "rows_bytes": self.rows_bytes(),
             "table_version": self.version,
             "index": self.index_state(),
@@ -1031,8 +1044,9 @@ def disk_full_reason(exc: OSError) -> str | None:
 
 
 @contextmanager
-def write_lock(root: Path) -> Iterator[int]:
-    """Hold the store's write lock (one writing process at a time) for the block; yields its fd.
+def write_lock(root: Path | S3Path) -> Iterator[int | str]:
+    """Hold the store's write lock (one writing process at a time) for the block; yields its fd
+    (on S3: the lock's owner id, see :mod:`clipsearch.store.s3`).
 
     Raises:
         StoreError: another process (or another Store object in this one) is writing to it.
@@ -1042,6 +1056,14 @@ def write_lock(root: Path) -> Iterator[int]:
     key = str(root.resolve())
     if key in _WRITING:  # lockf does not exclude a second Store in the same process
         raise StoreError(f"store {root} is being written by another Store object in this process")
+    if isinstance(root, S3Path):
+        with s3_write_lock(root, sch.LOCK_FILE) as owner:
+            _WRITING.add(key)
+            try:
+                yield owner
+            finally:
+                _WRITING.discard(key)
+        return
     root.mkdir(parents=True, exist_ok=True)
     # POSIX record locks (lockf), not flock: they are not inherited by forked decoding
     # workers, so a killed writer never leaves its lock held by an orphan.

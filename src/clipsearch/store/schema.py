@@ -268,4 +268,8 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` so that readers see the old or the new file, never half."""
     from clipsearch.atomic import write_atomic
 
-    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    if isinstance(path, Path):
+        write_atomic(path, data)
+    else:  # an object store's path (clipsearch.store.s3.S3Path): one PUT is atomic by itself
+        path.write_bytes(data)

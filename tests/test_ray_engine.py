@@ -1,0 +1,176 @@
+"""Indexing on Ray (``engine="ray"``): the same store as the local path, and a crash that costs nothing.
+
+A local Ray with 2 CPUs, bound to 127.0.0.1, is started once for this module and stopped
+after. Deselect with ``-m "not ray"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray.data")
+
+from clipsearch.collection import open_store  # noqa: E402
+from clipsearch.models.registry import load_model  # noqa: E402
+from clipsearch.world.folder import generate_world  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+HOSTILE = Path(__file__).parent / "data" / "images" / "hostile"
+SOME_HOSTILE = ["broken.png", "truncated_jpeg.jpg", "decompression_bomb.gif", "junk_jpeg_header.jpg", "hopper.jpg"]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+    import ray.cloudpickle
+
+    # The crashing encoder below is defined here; workers cannot import this test module.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 demo-world images, a copy of one (same bytes, another path), a few hostile files and a note."""
+    root = tmp_path_factory.mktemp("corpus")
+    generate_world(root / "world", 24, seed=3, size_range=(64, 160))
+    (root / "world" / "metadata.jsonl").unlink()  # images only; the note below is the text
+    third = sorted((root / "world").iterdir())[3]
+    shutil.copy(third, root / f"copy-of-3{third.suffix}")
+    (root / "hostile").mkdir()
+    for name in SOME_HOSTILE:
+        shutil.copy(HOSTILE / name, root / "hostile" / name)
+    (root / "note.txt").write_text("A red circle above a blue square.\n\nTwo green triangles.\n")
+    return root
+
+
+def store_content(store) -> dict:
+    """Everything a store holds but its timestamps: rows by id (vectors apart), files, cells, sidecars."""
+    table = store.to_arrow().sort_by("id")
+    vectors = np.asarray(table.column("vector").to_pylist(), np.float32)
+    rows = table.drop_columns(["vector", "added"]).to_pylist()
+    files = sorted(store.file_records().values(), key=lambda r: r["path"])
+    ids = [r["id"] for r in rows]
+    cells = store.cells(ids)
+    meta = {k: v for k, v in store.meta.items() if k != "created"}
+    return {"rows": rows, "vectors": vectors, "files": files, "cells": cells, "meta": meta,
+            "failed": store.failed_files(), "probe": store.probe()}  # fmt: skip
+
+
+def assert_same_store(a: dict, b: dict) -> None:
+    assert a["rows"] == b["rows"]  # the same ids, paths, metadata and seq labels
+    cos = np.sum(a["vectors"] * b["vectors"], axis=1)
+    assert cos.min() > 1 - 1e-5, cos.min()
+    assert a["files"] == b["files"]
+    assert a["failed"] == b["failed"] and a["meta"] == b["meta"] and a["probe"] == b["probe"]
+    assert a["cells"].keys() == b["cells"].keys()
+    for k in a["cells"]:
+        np.testing.assert_allclose(a["cells"][k], b["cells"][k], atol=2e-3)  # stored as float16
+
+
+def test_ray_and_local_build_the_same_store_and_read_each_others(local_ray, corpus: Path, tmp_path: Path) -> None:
+    model = load_model("demo")
+    local = open_store(tmp_path / "local", model=model)
+    on_ray = open_store(tmp_path / "ray", model=model)
+    events = []
+    s_local = local.add([corpus], workers=0, batch_size=8)
+    s_ray = on_ray.add([corpus], engine="ray", batch_size=8, on_progress=events.append)
+    assert s_ray.to_dict() == s_local.to_dict()
+    assert s_ray.failed >= 3 and all("/hostile/" in f.path for f in s_ray.failures)
+    assert sorted((f.path, f.reason) for f in s_ray.failures) == sorted((f.path, f.reason) for f in s_local.failures)
+    assert_same_store(store_content(local.store), store_content(on_ray.store))
+    # progress: totals and advances add up, and the run says where it ran
+    advanced = sum(e.n for e in events if e.kind == "advance")
+    assert advanced == sum(e.n for e in events if e.kind == "total") > 0
+    assert any(e.kind == "message" and e.message.startswith("Ray:") for e in events)
+    # each engine re-indexes the other's store: nothing changed, nothing embedded
+    again = open_store(tmp_path / "ray").add([corpus], workers=0)
+    assert again.embedded == 0 and again.added == 0 and again.unchanged == s_local.added
+    again = open_store(tmp_path / "local").add([corpus], engine="ray")
+    assert again.embedded == 0 and again.added == 0 and again.unchanged == s_local.added
+    # and searches them alike
+    a = [h.id for h in open_store(tmp_path / "local").search("a red circle", k=5)]
+    b = [h.id for h in open_store(tmp_path / "ray").search("a red circle", k=5)]
+    assert a == b
+
+
+def test_a_changed_file_is_reembedded_on_ray(local_ray, corpus: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    shutil.copytree(corpus / "world", folder)
+    store = open_store(tmp_path / "store", model=load_model("demo"))
+    assert store.add([folder], engine="ray").added == 24
+    first, second, fifth = (sorted(folder.iterdir())[i] for i in (1, 2, 5))
+    shutil.copy(first, second)  # now a second path of image 1 (whatever its name says)
+    fifth.unlink()
+    again = store.add([folder], engine="ray", prune=True)
+    assert (again.added, again.updated, again.removed, again.embedded) == (0, 1, 2, 0)
+    ref = open_store(tmp_path / "ref", model=load_model("demo"))
+    ref.add([folder], workers=0)
+    got, want = store_content(store.store), store_content(ref.store)
+    assert [r["id"] for r in got["rows"]] == [r["id"] for r in want["rows"]]
+    assert [sorted([r["path"], *r["extra_paths"]]) for r in got["rows"]] == [
+        sorted([r["path"], *r["extra_paths"]]) for r in want["rows"]
+    ]
+
+
+class CrashOnce:
+    """Loads the demo model in an embed actor, wrapped so that the process dies (``os._exit``)
+    in its third forward pass, once per flag file."""
+
+    def __init__(self, flag: str):
+        self.flag = flag
+
+    def __call__(self):
+        return _Crashing(load_model("demo"), self.flag)
+
+
+class _Crashing:
+    def __init__(self, encoder, flag: str):
+        self._encoder, self._flag, self._calls = encoder, flag, 0
+
+    def __getattr__(self, name: str):
+        return getattr(self._encoder, name)
+
+    def encode_pixels_with_grid(self, pixels):
+        self._calls += 1
+        if self._calls == 3 and not os.path.exists(self._flag):
+            Path(self._flag).write_text(json.dumps({"pid": os.getpid()}))
+            os._exit(1)  # the worker dies mid-run, as a killed or out-of-memory worker does
+        return self._encoder.encode_pixels_with_grid(pixels)
+
+
+def test_a_worker_killed_mid_run_still_gives_the_exact_store(local_ray, corpus: Path, tmp_path: Path) -> None:
+    folder = corpus / "world"
+    flag = tmp_path / "crashed.json"
+    store = open_store(tmp_path / "ray", model=load_model("demo"))
+    try:
+        first = store.add([folder], engine="ray", batch_size=4, load_encoder=CrashOnce(str(flag)))
+    except Exception:  # noqa: BLE001 - Ray gave up on the batch: a rerun must converge
+        first = store.add([folder], engine="ray", batch_size=4)
+    assert flag.exists()  # the worker did die
+    assert first.failed == 0
+    ref = open_store(tmp_path / "local", model=load_model("demo"))
+    ref.add([folder], workers=0, batch_size=4)
+    assert_same_store(store_content(ref.store), store_content(store.store))
+    assert store.add([folder], engine="ray").unchanged == 24
+
+
+def test_bad_engine_options_are_refused_before_anything_is_read(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "s", model=load_model("demo"))
+    with pytest.raises(ValueError, match="engine must be one of 'local', 'ray', got 'spark'"):
+        store.add([tmp_path], engine="spark")
+    with pytest.raises(ValueError, match="is for engine 'ray'"):
+        store.add([tmp_path], address="auto")
+    assert len(store) == 0
