@@ -63,7 +63,9 @@ def keys(bucket: str, prefix: str) -> set[str]:
     return {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])}
 
 
-def test_index_search_and_reopen_a_store_on_s3(bucket: str, photos: Path, tmp_path: Path) -> None:
+def test_index_search_reopen_and_serve_a_store_on_s3(
+    bucket: str, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     uri = f"s3://{bucket}/stores/photos"
     col = open_store(uri, model=load_model("demo"))
     summary = col.add([photos], workers=0)
@@ -85,6 +87,15 @@ def test_index_search_and_reopen_a_store_on_s3(bucket: str, photos: Path, tmp_pa
     rerun = again.add([photos], workers=0)
     assert (rerun.added, rerun.unchanged, rerun.embedded, rerun.failed_unread) == (0, 16, 0, 1)
     assert again.store.stats()["size_bytes"] > 0
+    # served by its URI: the server keeps thumbnails and uploads in a local cache folder
+    from fastapi.testclient import TestClient
+
+    from clipsearch.server.app import create_app
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    client = TestClient(create_app(uri), base_url="http://127.0.0.1")
+    served = client.get("/api/search", params={"q": "a red circle", "k": 5})
+    assert served.status_code == 200 and [h["id"] for h in served.json()] == [h.id for h in hits]
 
 
 def test_the_ann_index_lives_beside_the_tables_on_s3(bucket: str) -> None:

@@ -128,7 +128,7 @@ def create_app(
         token=token,
         private=private,
         max_pixels=pixels,  # type: ignore[arg-type]
-        thumbnail_dir=Path(thumbnail_dir) if thumbnail_dir is not None else store.root / "thumbnails",
+        thumbnail_dir=Path(thumbnail_dir) if thumbnail_dir is not None else store.local_dir / "thumbnails",
     )
 
     from clipsearch.version import __version__

@@ -176,7 +176,7 @@ def add_uploads(state: ServerState, uploads: list[tuple[str, bytes]]) -> dict[st
 
     if "image" not in state.modalities():
         raise HTTPException(422, f"model {state.store.model_name!r} embeds text only; this store cannot hold images")
-    folder = state.store.root / UPLOAD_DIR
+    folder = state.store.local_dir / UPLOAD_DIR
     kept: list[tuple[str, str, Path]] = []  # (name, id, path)
     failed: list[dict[str, str]] = []
     for name, data in uploads:

@@ -343,6 +343,16 @@ class Store:
 
     # -- basics ------------------------------------------------------------------------------
     @property
+    def local_dir(self) -> Path:
+        """A local folder for what a server keeps beside the store (thumbnails, uploads): the
+        store's own folder, or for a store on S3 a folder of the user's cache named after it."""
+        if isinstance(self.root, Path):
+            return self.root
+        import platformdirs
+
+        return Path(platformdirs.user_cache_dir("clipsearch")) / "s3" / self.root.bucket / self.root.key
+
+    @property
     def model_name(self) -> str:
         return str(self.meta["model"])
 
