@@ -98,8 +98,10 @@ def test_ray_and_local_build_the_same_store_and_read_each_others(local_ray, corp
     # each engine re-indexes the other's store: nothing changed, nothing embedded
     again = open_store(tmp_path / "ray").add([corpus], workers=0)
     assert again.embedded == 0 and again.added == 0 and again.unchanged == s_local.added
-    again = open_store(tmp_path / "local").add([corpus], engine="ray")
+    quiet = []
+    again = open_store(tmp_path / "local").add([corpus], engine="ray", on_progress=quiet.append)
     assert again.embedded == 0 and again.added == 0 and again.unchanged == s_local.added
+    assert not any(e.kind == "message" for e in quiet)  # nothing to read: Ray not even asked
     # and searches them alike
     a = [h.id for h in open_store(tmp_path / "local").search("a red circle", k=5)]
     b = [h.id for h in open_store(tmp_path / "ray").search("a red circle", k=5)]

@@ -83,34 +83,41 @@ class ModelLoader:
 
 
 class RaySession:
-    """A Ray connection for one run: joins ``address``, or starts a local Ray (and stops it
-    after) when none is running in this process."""
+    """A Ray connection for one run, made when first needed (an unchanged folder starts no
+    Ray): joins ``address``, or uses the Ray already started in this process, or starts a
+    local one, which :meth:`close` stops again."""
 
-    def __init__(self, address: str | None):
+    def __init__(self, address: str | None, workers: int | None = None):
         self.address = address
+        self.workers = workers
         self.started = False
+        self.plan: dict[str, Any] = {}  # from actor_plan, once connected
 
-    def __enter__(self) -> RaySession:
+    def connect(self) -> dict[str, Any]:
+        """Connect (once); returns the :func:`actor_plan` for the cluster's resources."""
         import logging
         import warnings
 
         import ray
 
-        if not ray.is_initialized():
-            kw: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
-            if self.address is None:
-                kw["include_dashboard"] = False
-            with warnings.catch_warnings():  # Ray starts its processes with fork+exec: harmless for lance
-                warnings.filterwarnings("ignore", message=".*fork.*")
-                ray.init(address=self.address, **kw)
-            self.started = True
-        return self
+        if not self.plan:
+            if not ray.is_initialized():
+                kw: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
+                if self.address is None:
+                    kw["include_dashboard"] = False
+                with warnings.catch_warnings():  # Ray starts its processes with fork+exec: harmless for lance
+                    warnings.filterwarnings("ignore", message=".*fork.*")
+                    ray.init(address=self.address, **kw)
+                self.started = True
+            self.plan = actor_plan(self.resources(), self.workers)
+        return self.plan
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         if self.started:
             import ray
 
             ray.shutdown()
+            self.started = False
 
     def resources(self) -> dict[str, float]:
         import ray

@@ -42,7 +42,7 @@ from clipsearch.ingest.decode import Prepared, check_run_options, file_timeout_f
 from clipsearch.ingest.documents import API_SOURCE, TextItem, read_text_items
 from clipsearch.ingest.embed import embed_images, embed_texts
 from clipsearch.ingest.plan import file_unchanged, plan_images, plan_prune
-from clipsearch.ingest.ray_engine import ModelLoader, RaySession, actor_plan, check_engine, embedded_images
+from clipsearch.ingest.ray_engine import ModelLoader, RaySession, check_engine, embedded_images
 from clipsearch.ingest.scan import Document, ImageInput, Scan, scan, stat_input
 from clipsearch.ingest.summary import IndexSummary
 from clipsearch.ingest.write import StoreWriter, apply_path_removal, image_meta
@@ -120,8 +120,8 @@ def index_paths(
                 report=report, retry_failed=retry_failed, file_timeout=file_timeout,
             )  # fmt: skip
             if engine == "ray":
-                run.ray = stack.enter_context(RaySession(address))
-                run.ray_plan = actor_plan(run.ray.resources(), actors)
+                run.ray = RaySession(address, actors)
+                stack.callback(run.ray.close)
                 run.load_encoder = load_encoder or ModelLoader(store.model_name, store.meta.get("weights"))
             run.execute(paths, texts, prune=prune)
             summary.index = store.update_index()
@@ -165,7 +165,6 @@ class _Run:
         self.retry_failed = retry_failed
         self.failed_now: dict[str, dict[str, Any]] = {}  # image files that failed in this run, or as before
         self.ray: RaySession | None = None  # set for engine "ray": decode and embed run there
-        self.ray_plan: dict[str, Any] = {}
         self.load_encoder: Callable[[], Encoder] | None = None
 
     def execute(self, paths: Sequence[str | os.PathLike[str]], texts: Sequence[str], *, prune: bool) -> None:
@@ -422,13 +421,13 @@ class _Run:
         """:meth:`_index_images` with decode and embed on Ray: the same placement and commits,
         in the same order, with the vectors the actors computed."""
         w = self.w
-        assert self.load_encoder is not None
-        self.report.message(
-            f"Ray: {len(todo)} images to read, {self.ray_plan['size']} embed actors", **self.ray.resources()
-        )
+        assert self.ray is not None and self.load_encoder is not None
+        if todo:
+            plan = self.ray.connect()
+            self.report.message(f"Ray: {len(todo)} images to read, {plan['size']} embed actors", **self.ray.resources())
         stream = embedded_images(
             [i.path for i in todo], preprocess, known_ids=w.image_ids, cells=self.cells,
-            load_encoder=self.load_encoder, batch_size=self.batch_size, plan=self.ray_plan,
+            load_encoder=self.load_encoder, batch_size=self.batch_size, plan=self.ray.plan,
         )  # fmt: skip
         self._index_docs(docs)  # texts are embedded here while the cluster starts on the images
         rows: list[dict[str, Any]] = []
