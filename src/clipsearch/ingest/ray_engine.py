@@ -135,11 +135,12 @@ def actor_plan(resources: dict[str, float], workers: int | None) -> dict[str, An
     """
     gpus = int(resources.get("GPU", 0))
     cpus = max(1.0, resources.get("CPU", 1.0))
+    decode = 0.5 if cpus <= 4 else 1  # a small machine: decode tasks share the cores, as the local path's workers do
     if gpus:
         n = workers or gpus
-        return {"size": n, "num_gpus": 1, "num_cpus": 1}
+        return {"size": n, "num_gpus": 1, "num_cpus": 1, "decode_cpus": decode}
     n = workers or max(1, int(cpus // 2))
-    return {"size": n, "num_gpus": 0, "num_cpus": 0.5 if cpus <= 2 * n else 1}
+    return {"size": n, "num_gpus": 0, "num_cpus": 0.5 if cpus <= 2 * n else 1, "decode_cpus": decode}
 
 
 def embedded_images(
@@ -175,7 +176,7 @@ def embedded_images(
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 10_000)))
     with warnings.catch_warnings():  # Ray 2.60 names no other way to bound a task's retries (to go in 2.64)
         warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*deprecated")
-        ds = _with_decode(ds, preprocess, known_ids, batch_size)
+        ds = _with_decode(ds, preprocess, known_ids, batch_size, plan["decode_cpus"])
     ds = ds.map_batches(
         _EmbedActor,
         fn_constructor_kwargs={"load_encoder": load_encoder, "cells": cells},
@@ -191,14 +192,14 @@ def embedded_images(
         yield from _unbatch(batch, paths)
 
 
-def _with_decode(ds: Any, preprocess: Preprocess, known_ids: frozenset[str], batch_size: int) -> Any:
+def _with_decode(ds: Any, preprocess: Preprocess, known_ids: frozenset[str], batch_size: int, cpus: float) -> Any:
     """The decode stage as Ray tasks over ``ds`` (rows ``{"i", "path"}``)."""
     return ds.map_batches(
         _decode_batch,
         fn_kwargs={"preprocess": preprocess, "known_ids": known_ids},
         batch_size=batch_size,
         batch_format="numpy",
-        num_cpus=1,
+        num_cpus=cpus,
         # A worker killed mid-task: the task runs again. Three times, not Ray Data's endless
         # default: a file that kills every decoder it meets must end the run with an error.
         ray_remote_args_fn=_decode_task_args,
