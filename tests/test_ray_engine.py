@@ -176,3 +176,12 @@ def test_bad_engine_options_are_refused_before_anything_is_read(tmp_path: Path) 
     with pytest.raises(ValueError, match="is for engine 'ray'"):
         store.add([tmp_path], address="auto")
     assert len(store) == 0
+
+
+def test_actor_plan_puts_one_actor_on_each_gpu_and_leaves_small_machines_room_to_decode() -> None:
+    from clipsearch.ingest.ray_engine import actor_plan
+
+    assert actor_plan({"CPU": 64.0, "GPU": 8.0}, None) == {"size": 8, "num_gpus": 1, "num_cpus": 1, "decode_cpus": 1}
+    assert actor_plan({"CPU": 2.0}, None) == {"size": 1, "num_gpus": 0, "num_cpus": 0.5, "decode_cpus": 0.5}
+    assert actor_plan({"CPU": 2.0}, 2)["num_cpus"] == 0.5  # two actors on two cores still leave one to decode
+    assert actor_plan({"CPU": 32.0}, 4) == {"size": 4, "num_gpus": 0, "num_cpus": 1, "decode_cpus": 1}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -122,7 +123,8 @@ def test_a_second_writer_is_refused_and_a_dead_writers_lock_expires(bucket: str,
     uri = f"s3://{bucket}/locked"
     col = open_store(uri, model=load_model("demo"))
     root = S3Path.parse(uri)
-    with s3_write_lock(root, sch.LOCK_FILE) as owner:  # another writer, elsewhere
+    with s3_write_lock(root, sch.LOCK_FILE) as other:  # another writer, elsewhere
+        owner = other.owner
         held = json.loads(boto3.client("s3").get_object(Bucket=bucket, Key="locked/.write.lock")["Body"].read())
         assert held["owner"] == owner and held["expires"] > time.time()
         with pytest.raises(StoreError, match=f"store {uri} is being written by {owner}; try again when it finishes"):
@@ -142,3 +144,25 @@ def test_storage_options_in_python_override_the_environment(bucket: str, monkeyp
     col = open_store(f"s3://{bucket}/opts", model=load_model("demo"), storage_options=opts)
     assert col.add(texts=["a red circle"]).added == 1
     assert len(open_store(f"s3://{bucket}/opts", storage_options=opts).store) == 1
+
+
+def test_a_writer_whose_lock_was_taken_over_commits_nothing_more(
+    bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clipsearch.store import ModelRecord, Store
+    from clipsearch.store import s3 as s3_module
+
+    monkeypatch.setattr(s3_module, "LOCK_HEARTBEAT", 0.1)
+    store = Store.create(f"s3://{bucket}/stolen", ModelRecord("fake", 4, ("text",)))
+    row = {"id": "0" * 16, "seq": 0, "modality": "text", "text": "a", "extra_paths": []}
+    with store.writing():
+        store.commit_items([row], np.eye(4, dtype=np.float32)[:1])
+        # it stalled past its expiry, and another writer took the lock over
+        body = json.dumps({"owner": "other:2:abcd", "expires": time.time() + 60}).encode()
+        boto3.client("s3").put_object(Bucket=bucket, Key="stolen/.write.lock", Body=body)
+        time.sleep(0.5)  # a few heartbeats: the first one finds the lock replaced
+        with pytest.raises(StoreError, match=re.escape(f"lost the write lock of store s3://{bucket}/stolen")):
+            store.commit_items([dict(row, id="1" * 16, seq=1)], np.eye(4, dtype=np.float32)[1:2])
+    assert len(Store.open(f"s3://{bucket}/stolen")) == 1
+    held = json.loads(boto3.client("s3").get_object(Bucket=bucket, Key="stolen/.write.lock")["Body"].read())
+    assert held["owner"] == "other:2:abcd"  # the loser left the new owner's lock alone

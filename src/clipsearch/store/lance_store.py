@@ -25,7 +25,7 @@ import numpy.typing as npt
 from clipsearch.errors import StoreError
 from clipsearch.paths import display_path
 from clipsearch.store import schema as sch
-from clipsearch.store.s3 import S3Path, s3_write_lock
+from clipsearch.store.s3 import S3Lock, S3Path, s3_write_lock
 from clipsearch.store.ann import (
     DEFAULT_ANN_THRESHOLD,
     Vectors,
@@ -291,7 +291,7 @@ class Store:
         self._no_cells_at: int | None = None  # the items version at which no cells table existed
         self._cell_rows: tuple[int, dict[str, int]] | None = None  # (cells table version, id -> row)
         self._snapshot: _Snapshot | None = None
-        self._lock_fd: int | str | None = None  # the lock held: its fd, or its owner id on S3
+        self._lock_fd: int | S3Lock | None = None  # the lock held: its fd, or the lock object on S3
         self._thread_lock = threading.RLock()
         self._next_seq: int | None = None
         self.last_plan = ""  # how the last nearest() was answered: "exact", "ivf", "ivf-subset-exact"
@@ -832,6 +832,11 @@ class Store:
     def _require_lock(self) -> None:
         if self._lock_fd is None:
             raise RuntimeError("store writes must happen inside `with store.writing():`")
+        if isinstance(self._lock_fd, S3Lock) and self._lock_fd.lost:
+            raise StoreError(
+                f"lost the write lock of store {self.root}: it expired and another writer took it over; "
+                "nothing more is written (run the same command again when that writer is done)"
+            )
 
     def allocate_seqs(self, n: int) -> npt.NDArray[np.int64]:
         """``n`` fresh ``seq`` labels (under the write lock)."""
@@ -1054,9 +1059,9 @@ def disk_full_reason(exc: OSError) -> str | None:
 
 
 @contextmanager
-def write_lock(root: Path | S3Path) -> Iterator[int | str]:
+def write_lock(root: Path | S3Path) -> Iterator[int | S3Lock]:
     """Hold the store's write lock (one writing process at a time) for the block; yields its fd
-    (on S3: the lock's owner id, see :mod:`clipsearch.store.s3`).
+    (on S3: the :class:`~clipsearch.store.s3.S3Lock`, see :mod:`clipsearch.store.s3`).
 
     Raises:
         StoreError: another process (or another Store object in this one) is writing to it.
@@ -1067,10 +1072,10 @@ def write_lock(root: Path | S3Path) -> Iterator[int | str]:
     if key in _WRITING:  # lockf does not exclude a second Store in the same process
         raise StoreError(f"store {root} is being written by another Store object in this process")
     if isinstance(root, S3Path):
-        with s3_write_lock(root, sch.LOCK_FILE) as owner:
+        with s3_write_lock(root, sch.LOCK_FILE) as held:
             _WRITING.add(key)
             try:
-                yield owner
+                yield held
             finally:
                 _WRITING.discard(key)
         return

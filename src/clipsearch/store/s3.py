@@ -24,9 +24,10 @@ owner pushes forward every :data:`LOCK_HEARTBEAT` seconds. A writer that finds t
 and not expired is refused; an expired lock (its owner died without releasing it) is taken over
 (deleted, on servers that support it only if it is still the same object, then put again
 conditionally). What it cannot guarantee: a writer frozen for longer than :data:`LOCK_TTL`
-(suspended, or cut off from S3) may find that another took over and both then write; Lance's
-own commits stay atomic even then (each commit is a conditional put of a manifest), so the
-tables are never torn, but the two runs' rows interleave.
+(suspended, or cut off from S3) may find that another took over and both then write; each
+Lance commit stays atomic even then (a version's manifest is one object, written whole), so no
+table is torn, but the two runs' rows interleave. The heartbeat thread notes a lost lock
+(:attr:`S3Lock.lost`), and the store refuses to commit once it has.
 """
 
 from __future__ import annotations
@@ -226,9 +227,19 @@ def _os_error(exc: Exception, where: S3Path) -> OSError:
 # -- the write lock -------------------------------------------------------------------------------
 
 
+@dataclass
+class S3Lock:
+    """A write lock held on S3: who holds it, and whether it has been lost since (the heartbeat
+    found it replaced: it expired and another writer took it over)."""
+
+    owner: str
+    etag: str
+    lost: bool = False
+
+
 @contextmanager
-def s3_write_lock(root: S3Path, lock_name: str) -> Iterator[str]:
-    """Hold the store's write lock on S3 for the block (see the module docstring); yields the owner id.
+def s3_write_lock(root: S3Path, lock_name: str) -> Iterator[S3Lock]:
+    """Hold the store's write lock on S3 for the block (see the module docstring).
 
     Raises:
         StoreError: another writer holds a lock that has not expired.
@@ -236,28 +247,33 @@ def s3_write_lock(root: S3Path, lock_name: str) -> Iterator[str]:
     lock = root / lock_name
     client = lock.client()
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    etag = _acquire(client, lock, owner)
+    held = S3Lock(owner, _acquire(client, lock, owner))
     stop = threading.Event()
-    state = {"etag": etag, "lost": False}
 
     def heartbeat() -> None:
-        while not stop.wait(LOCK_HEARTBEAT):
+        while not stop.wait(LOCK_HEARTBEAT) and not held.lost:
             try:
-                state["etag"] = _put_lock(client, lock, owner, if_match=state["etag"])
-            except Exception:  # noqa: BLE001 - taken over, or S3 out of reach: the next commit may clash
-                state["lost"] = True
+                held.etag = _put_lock(client, lock, owner, if_match=held.etag)
+            except Exception as exc:  # noqa: BLE001
+                if _status(exc) in _CONFLICT:
+                    held.lost = True  # replaced: another writer took it over
+                # else S3 out of reach for a moment: the next beat tries again, the expiry allows it
 
     beat = threading.Thread(target=heartbeat, name="clipsearch-s3-lock", daemon=True)
     beat.start()
     try:
-        yield owner
+        yield held
     finally:
         stop.set()
         beat.join()
-        try:
-            client.delete_object(Bucket=lock.bucket, Key=lock.key, **_if_match(state["etag"]))
-        except Exception:  # noqa: BLE001 - another writer took an expired lock over: it is theirs now
-            pass
+        if not held.lost:
+            try:
+                client.delete_object(Bucket=lock.bucket, Key=lock.key, IfMatch=held.etag)
+            except Exception:  # noqa: BLE001 - replaced meanwhile: it is another writer's now
+                pass
+
+
+_CONFLICT = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 
 
 def _lock_body(owner: str) -> bytes:
@@ -279,7 +295,7 @@ def _acquire(client, lock: S3Path, owner: str) -> str:
         try:
             return _put_lock(client, lock, owner)
         except Exception as exc:  # noqa: BLE001
-            if _status(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+            if _status(exc) not in _CONFLICT:
                 raise StoreError(f"cannot take the write lock of store {lock.parent}: {exc}") from None
         try:
             held = client.get_object(Bucket=lock.bucket, Key=lock.key)
