@@ -429,7 +429,7 @@ class _Run:
             [i.path for i in todo], preprocess, known_ids=w.image_ids, cells=self.cells,
             load_encoder=self.load_encoder, batch_size=self.batch_size, plan=self.ray.plan,
         )  # fmt: skip
-        self._index_docs(docs)  # texts are embedded here while the cluster starts on the images
+        self._index_docs(docs)  # texts first, here, as the local path commits them
         rows: list[dict[str, Any]] = []
         vecs: list[np.ndarray] = []
         grids: list[np.ndarray | None] = []
