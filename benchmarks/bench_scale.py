@@ -1,6 +1,6 @@
 """Scale: indexing on Ray against the local path, and an ANN index over millions of vectors.
 
-Two parts, each printing a table (the numbers behind ``docs/scale.md``):
+Three parts, each printing a table (the numbers behind ``docs/scale.md``):
 
 1. **Engines**: a generated demo-world folder (500 images by default) indexed into fresh stores
    with the demo model by the local path (``engine="local"``, default decoding workers) and by
@@ -8,7 +8,9 @@ Two parts, each printing a table (the numbers behind ``docs/scale.md``):
    per second, and the ratio to the local path. Ray's start (``ray.init``) is timed apart and
    added to the first Ray run, as a one-off ``clipsearch index --engine ray`` pays it. Each Ray
    store is compared with the local one (same ids; vectors within cosine 1e-5).
-2. **Vectors**: synthetic clustered unit vectors (512-d, like CLIP ViT-B/32) at 1M, 5M and 10M,
+2. **Commits**: rows per second one driver commits to a store (upserts with their vectors and
+   file records) at batch 32 and 512: the ceiling of the Ray engine, which commits on the driver.
+3. **Vectors**: synthetic clustered unit vectors (512-d, like CLIP ViT-B/32) at 1M, 5M and 10M,
    generated in chunks, never held whole as float32: a faiss IVF-PQ index with 4-bit fast-scan
    codes (``IVF1024,PQ64x4fs``: 32 bytes a vector, the index the plan in ``docs/scale.md`` uses
    past a few million rows) is trained on a 50k sample and filled chunk by chunk; the time to
@@ -109,7 +111,43 @@ def check_same(a, b) -> None:
     assert np.sum(va * vb, axis=1).min() > 1 - 1e-5, "the engines stored other vectors"
 
 
-# -- 2. vectors ----------------------------------------------------------------------------------
+# -- 2. the driver's commits ------------------------------------------------------------------
+
+
+def bench_commits(tmp: Path, rows_total: int = 20_000, dim: int = 512) -> None:
+    """Rows per second one driver commits (items upserted by id with their vectors, then the
+    files table), at two batch sizes: the ceiling of an engine that commits on the driver."""
+    from clipsearch.store import ModelRecord, Store
+
+    rng = np.random.default_rng(0)
+    print(f"\n## Driver commits: {rows_total:,} rows of {dim}-d vectors into a fresh local store\n")
+    print("| batch | rows/s | ms per commit |")
+    print("|---:|---:|---:|")
+    for batch in (32, 512):
+        store = Store.create(tmp / f"commits-{batch}", ModelRecord("fake", dim, ("image",)))
+        t = time.perf_counter()
+        with store.writing():
+            for start in range(0, rows_total, batch):
+                m = min(batch, rows_total - start)
+                rows = [
+                    {"id": f"{start + i:016x}", "modality": "image", "path": f"/photos/{start + i:09d}.jpg",
+                     "extra_paths": [], "source": f"/photos/{start + i:09d}.jpg", "sha256": "0" * 64, "size": 1,
+                     "mtime": 1.0, "width": 640, "height": 480, "added": 1.0}
+                    for i in range(m)
+                ]  # fmt: skip
+                vecs = rng.standard_normal((m, dim), dtype=np.float32)
+                vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+                for r, seq in zip(rows, store.allocate_seqs(m)):
+                    r["seq"] = int(seq)
+                store.commit_items(rows, vecs)
+                store.commit_files(
+                    [{"path": r["path"], "kind": "image", "size": 1, "mtime": 1.0, "sha256": "0" * 64} for r in rows]
+                )
+        dt = time.perf_counter() - t
+        print(f"| {batch} | {rows_total / dt:,.0f} | {1000 * dt / -(-rows_total // batch):.0f} |")
+
+
+# -- 3. vectors ----------------------------------------------------------------------------------
 
 DIM = 512
 CHUNK = 250_000
@@ -224,12 +262,19 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=500, help="demo-world images for the engines (0: skip)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--sizes", default="1000000,5000000,10000000", help="vector counts, comma-separated ('' skips)")
+    ap.add_argument("--commits", action=argparse.BooleanOptionalAction, default=True, help="time the driver's commits")
     ap.add_argument("--nlist", type=int, default=1024, help="IVF lists (the same for every size: the growth curve)")
     args = ap.parse_args()
     if args.images:
         tmp = Path(tempfile.mkdtemp(prefix="clipsearch-bench-scale-"))
         try:
             bench_engines(args.images, args.batch_size, tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if args.commits:
+        tmp = Path(tempfile.mkdtemp(prefix="clipsearch-bench-scale-"))
+        try:
+            bench_commits(tmp)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
