@@ -166,3 +166,10 @@ def test_a_writer_whose_lock_was_taken_over_commits_nothing_more(
     assert len(Store.open(f"s3://{bucket}/stolen")) == 1
     held = json.loads(boto3.client("s3").get_object(Bucket=bucket, Key="stolen/.write.lock")["Body"].read())
     assert held["owner"] == "other:2:abcd"  # the loser left the new owner's lock alone
+
+
+def test_a_bucket_that_does_not_exist_is_one_clear_error(bucket: str) -> None:
+    with pytest.raises(StoreError, match=r"^cannot reach s3://no-such-bucket-here/store.*NoSuchBucket"):
+        open_store("s3://no-such-bucket-here/store", model=load_model("demo"))
+    with pytest.raises(StoreError, match=re.escape("store URI 's3:///x' names no bucket; use s3://BUCKET/PREFIX")):
+        open_store("s3:///x")

@@ -156,7 +156,10 @@ class S3Path:
     def is_dir(self) -> bool:
         """Whether any object lies under this prefix (S3 has no folders of its own)."""
         prefix = f"{self.key}/" if self.key else ""
-        got = self.client().list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1)
+        try:
+            got = self.client().list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1)
+        except Exception as exc:  # noqa: BLE001 - no such bucket, no access, no endpoint: one line
+            raise StoreError(f"cannot reach {self}: {exc}") from None
         return bool(got.get("KeyCount"))
 
     def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
@@ -215,13 +218,13 @@ def _status(exc: Exception) -> str:
     )
 
 
-def _os_error(exc: Exception, where: S3Path) -> OSError:
+def _os_error(exc: Exception, where: S3Path) -> Exception:
+    """What ``Path`` would raise: FileNotFoundError for a missing object; a StoreError for what
+    no caller can work around (no bucket, no endpoint, no access)."""
     code = _status(exc)
     if code in ("NoSuchKey", "404", "NotFound"):
         return FileNotFoundError(str(where))
-    if code in ("AccessDenied", "403"):
-        return PermissionError(f"{where}: access denied")
-    return OSError(f"{where}: {exc}")
+    return StoreError(f"cannot reach {where}: {exc}")
 
 
 # -- the write lock -------------------------------------------------------------------------------
