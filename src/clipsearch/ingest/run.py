@@ -433,6 +433,10 @@ class _Run:
         rows: list[dict[str, Any]] = []
         vecs: list[np.ndarray] = []
         grids: list[np.ndarray | None] = []
+        # Larger commits than the local path's: each costs tens of ms whatever its size
+        # (bench_scale.py: ~400 rows/s at 32 a commit, ~15,000 at 512), and one driver commits
+        # what every actor of the cluster embeds.
+        commit_rows = max(self.batch_size, RAY_COMMIT_ROWS)
         for got in stream:
             inp, prep, vec, grid = todo[got.index], got.prepared, got.vector, got.grid
             iid = sch.image_id(prep.sha256) if prep.sha256 else None
@@ -447,10 +451,11 @@ class _Run:
                 rows.append(row)
                 vecs.append(vec)
                 grids.append(grid)
-            if len(rows) >= self.batch_size:
+                self.report.advance()  # embedded: done but for the commit
+            if len(rows) >= commit_rows:
                 self._add_batch(rows, vecs, grids)
                 rows, vecs, grids = [], [], []
-            elif w.pending() >= 4 * self.batch_size:
+            elif w.pending() >= 4 * commit_rows:
                 w.flush()
         if rows:
             self._add_batch(rows, vecs, grids)
@@ -461,7 +466,6 @@ class _Run:
         self.summary.embedded += len(rows)
         self.w.add_embedded(rows, np.stack(vecs), cells)
         self.w.flush()
-        self.report.advance(len(rows))
 
     def _place_image(self, inp: ImageInput, prep: Prepared) -> dict[str, Any] | None:
         """Record one decoded image: a failure, a path of stored or queued bytes, or a new row
@@ -587,6 +591,10 @@ class _Run:
         for held, n in kept.items():
             self.summary.prune_kept[held] = self.summary.prune_kept.get(held, 0) + n
         self.summary.removed += apply_path_removal(w, gone, prefix=False)
+
+
+RAY_COMMIT_ROWS = 1024
+"""New rows per commit on the Ray engine (at least ``batch_size``)."""
 
 
 def _pixel_cap() -> int | None | str:
