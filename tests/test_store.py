@@ -198,11 +198,9 @@ def test_missing_store_and_non_store_folders(tmp_path: Path, enc: FakeEncoder) -
         open_store(busy, model=enc)
     with pytest.raises(
         StoreError,
-        match=re.escape(
-            "store URI 's3://bucket/x': only local folders and file:// URIs are supported so far, not s3://"
-        ),
+        match=re.escape("store URI 'gs://bucket/x': local folders, file:// and s3:// URIs are supported, not gs://"),
     ):
-        open_store("s3://bucket/x", model=enc)
+        open_store("gs://bucket/x", model=enc)
 
 
 def test_file_uri_and_env_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, enc: FakeEncoder) -> None:
