@@ -183,3 +183,14 @@ def test_actor_plan_puts_one_actor_on_each_gpu_and_leaves_small_machines_room_to
     assert actor_plan({"CPU": 2.0}, None) == {"size": 1, "num_gpus": 0, "num_cpus": 0.5, "decode_cpus": 0.5}
     assert actor_plan({"CPU": 2.0}, 2)["num_cpus"] == 0.5  # two actors on two cores still leave one to decode
     assert actor_plan({"CPU": 32.0}, 4) == {"size": 4, "num_gpus": 0, "num_cpus": 1, "decode_cpus": 1}
+
+
+def test_the_cli_refuses_an_unknown_engine_before_making_a_store(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from clipsearch.cli.main import app
+
+    r = CliRunner().invoke(app, ["index", str(tmp_path), "--store", str(tmp_path / "s"), "--model", "demo", "--engine", "spark"])
+    assert r.exit_code == 2
+    assert "engine must be one of 'local', 'ray', got 'spark'" in r.output
+    assert not (tmp_path / "s").exists()

@@ -103,9 +103,12 @@ def index(
     """
     from clipsearch.cli.progress import rendered_progress
 
+    from clipsearch.ingest.ray_engine import check_engine
+
     for p in paths:
         if not os.path.lexists(p):
             fail(f"no such file or folder: {p}")
+    check_engine(engine, address)  # before a new store is made
 
     st = _open(store, model, weights, create=True, sources=paths)
     with rendered_progress(not no_progress and sys.stderr.isatty()) as on_progress:
