@@ -633,6 +633,9 @@ def _quantize(src: Path, dst: Path) -> str | None:
     the file name, or None when the quantiser cannot handle the graph."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    root = logging.getLogger()
+    hush = _RootOnly()
+    root.addFilter(hush)  # the quantiser logs advice on the root logger for every graph; it is not for our users
     try:
         # MatMul/Gemm only: that is where a transformer's time goes, and ORT's integer
         # convolution kernels are slower on CPU than its fp32 ones.
@@ -640,4 +643,18 @@ def _quantize(src: Path, dst: Path) -> str | None:
     except Exception as e:  # noqa: BLE001 - the quantiser raises whatever its graph passes raise
         log.info("no int8 copy of %s: %s", src.name, str(e).splitlines()[0] if str(e) else type(e).__name__)
         return None
+    finally:
+        root.removeFilter(hush)
+    import onnx
+
+    if not any(n.op_type == "DynamicQuantizeLinear" for n in onnx.load(str(dst), load_external_data=False).graph.node):
+        dst.unlink()  # nothing was quantised (a convolutional tower): the fp32 graph is all there is
+        return None
     return dst.name
+
+
+class _RootOnly(logging.Filter):
+    """Drops records logged on the root logger itself (named loggers' records pass)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != "root"

@@ -305,14 +305,13 @@ class OnnxTextEncoder(Encoder):
         return self.text_embeds(texts, int8=self.text_int8)
 
     def count_truncated(self, texts: Sequence[str]) -> int:
-        tok = self.tokenizer
-        trunc = tok.truncation
-        tok.no_truncation()
-        try:
-            lengths = [len(e.ids) for e in tok.encode_batch(list(texts))]
-        finally:
-            if trunc:
-                tok.enable_truncation(**{k: v for k, v in trunc.items() if k in ("max_length", "stride", "strategy", "direction")})
+        if getattr(self, "_untruncated", None) is None:  # a copy that neither cuts nor pads
+            from tokenizers import Tokenizer
+
+            self._untruncated = Tokenizer.from_str(self.tokenizer.to_str())
+            self._untruncated.no_truncation()
+            self._untruncated.no_padding()
+        lengths = [len(e.ids) for e in self._untruncated.encode_batch(list(texts))]
         return sum(n > self.info.context_length for n in lengths)
 
     def guard_text(self, texts: Sequence[str], source: str) -> dict[str, Any] | None:
