@@ -314,6 +314,7 @@ def onnx_line(record: dict) -> str:
     for tower in ("image", "text"):
         g = (record.get("guard") or {}).get(tower)
         if not g:
+            parts.append(f"{tower} {(record.get('precision') or {}).get(tower, 'fp32')} (no int8 graph to check)")
             continue
         verdict = "int8" if g.get("int8_ok") else "fp32 (int8 drifted)"
         parts.append(f"{tower} {verdict}: int8 cosine {g.get('min_cosine'):.4f} to fp32 on {g.get('sample')} {g.get('source')} inputs")

@@ -59,27 +59,28 @@ def guard_store(store: Store, encoder: Any, pixels: np.ndarray) -> dict[str, Any
     guard keeps the image tower on fp32 and says why in one log line.
 
     Returns:
-        The store's ONNX record, or None for a torch encoder (or one with no int8 graph).
+        The store's ONNX record (its image guard None when the bundle has no int8 image graph:
+        nothing to check, fp32 throughout), or None for a torch encoder.
     """
     guard = getattr(encoder, "guard_images", None)
     if guard is None:
         return None
     key = encoder.info.extra.get("onnx_bundle")
     record = store.meta.get(GUARD_KEY)
-    if isinstance(record, dict) and record.get("bundle") == key and (record.get("guard") or {}).get("image"):
-        encoder.follow_guard(record["guard"]["image"])  # this store's images were checked for this bundle already
+    if isinstance(record, dict) and record.get("bundle") == key:
+        encoder.follow_guard((record.get("guard") or {}).get("image"))  # checked for this bundle already
         return record
     sample, source = pixels, "first batch"
-    if encoder.name == DEMO_MODEL:
+    if not encoder.bundle["image"].get("onnx_int8"):  # nothing to guard: no int8 graph (a convolutional tower)
+        sample = None
+    elif encoder.name == DEMO_MODEL:
         from clipsearch.world import render_scene
 
         rng = np.random.default_rng(0)
         scenes = [render_scene(rng, "eval", caption=False)[0] for _ in range(DEMO_CALIBRATION)]
         sample, source = encoder.preprocess_images(scenes), "demo world"
-    result = guard(sample, source)
-    if result is None:
-        return None
-    if not result["int8_ok"]:
+    result = guard(sample, source) if sample is not None else None
+    if result is not None and not result["int8_ok"]:
         log.warning(
             "model %s: int8 image vectors drift from fp32 on %d %s images (cosine %.4f < 0.995): indexing with fp32",
             encoder.name, result["sample"], source, result["min_cosine"],

@@ -264,12 +264,15 @@ class OnnxTextEncoder(Encoder):
     Args:
         folder: a bundle folder (:func:`bundle_dir`).
         int8: use the int8 graph; None: where the bundle's text guard passed.
+        name: the name the model was loaded by (a bundle is shared by every copy of the same
+            weights); default: the name it was exported under.
     """
 
-    def __init__(self, folder: Path, *, int8: bool | None = None):
+    def __init__(self, folder: Path, *, int8: bool | None = None, name: str | None = None):
         self.folder = Path(folder)
         self.bundle: dict[str, Any] = read_bundle(self.folder)
-        self.info = _info(self.bundle, modalities=("text",))
+        self._name = name or self.bundle["model"]
+        self.info = _info(self.bundle, modalities=("text",), name=self._name)
         spec = self.bundle.get("text")
         if not spec:
             raise ValueError(f"ONNX bundle {self.folder} has no text tower")
@@ -339,14 +342,15 @@ class OnnxEncoder(OnnxTextEncoder):
     Args:
         folder: a bundle folder.
         int8: use the int8 graphs; None: each tower where its guard passed.
+        name: the name the model was loaded by; default: the name it was exported under.
     """
 
-    def __init__(self, folder: Path, *, int8: bool | None = None):
-        super().__init__(folder, int8=int8)
+    def __init__(self, folder: Path, *, int8: bool | None = None, name: str | None = None):
+        super().__init__(folder, int8=int8, name=name)
         spec = self.bundle.get("image")
         if not spec:
             raise ValueError(f"ONNX bundle {self.folder} has no image tower")
-        self.info = _info(self.bundle, modalities=("image", "text"))
+        self.info = _info(self.bundle, modalities=("image", "text"), name=self._name)
         self._image = _Tower(self.folder, spec)
         self.image_int8 = self._guarded("image") if int8 is None else bool(int8 and self._image.has_int8)
 
@@ -413,24 +417,26 @@ class OnnxGridEncoder(OnnxEncoder):
         return np.concatenate(rows) if rows else np.zeros((0, gh, gw, self.dim), np.float32)
 
 
-def open_bundle(folder: Path, *, int8: bool | None = None) -> OnnxTextEncoder:
+def open_bundle(folder: Path, *, int8: bool | None = None, name: str | None = None) -> OnnxTextEncoder:
     """The right encoder class for a bundle: text only, both towers, or both with a grid."""
     bundle = read_bundle(folder)
     if not bundle.get("image"):
-        return OnnxTextEncoder(folder, int8=int8)
+        return OnnxTextEncoder(folder, int8=int8, name=name)
     if bundle["image"].get("cells_output"):
-        return OnnxGridEncoder(folder, int8=int8)
-    return OnnxEncoder(folder, int8=int8)
+        return OnnxGridEncoder(folder, int8=int8, name=name)
+    return OnnxEncoder(folder, int8=int8, name=name)
 
 
-def _info(bundle: dict[str, Any], modalities: tuple[str, ...]) -> ModelInfo:
+def _info(bundle: dict[str, Any], modalities: tuple[str, ...], name: str) -> ModelInfo:
     d = dict(bundle.get("info") or {})
     pre = d.get("preprocess")
     preprocess = Preprocess(**{**pre, "mean": tuple(pre["mean"]), "std": tuple(pre["std"])}) if pre and "image" in modalities else None
     extra = dict(d.get("extra") or {})
     extra.update(runtime="onnx", onnx_bundle=bundle.get("key"))
+    if "path" in extra and name != bundle["model"]:
+        extra.pop("path")  # the first exporter's folder, not this copy's
     return ModelInfo(
-        name=bundle["model"],
+        name=name,
         backend=d.get("backend", "onnx"),
         dim=int(bundle["dim"]),
         modalities=modalities,

@@ -135,7 +135,7 @@ def _load_onnx_cached(name: str, weights: str | None, backend: str) -> Encoder:
     the torch model. ``auto`` falls back to torch, saying why, for a model with no export."""
     from clipsearch.models.onnx_runtime import bundle_dir, open_bundle
 
-    folder = bundle_dir(canonical_name(name), weights)
+    folder = bundle_dir(canonical_name(name), weights)  # no torch, no hashing of unchanged weights
     if folder is None:
         from clipsearch.models.onnx_export import export_bundle, exportable
 
@@ -153,7 +153,7 @@ def _load_onnx_cached(name: str, weights: str | None, backend: str) -> Encoder:
                 raise ModelNotAvailable(f"model {name!r} cannot be exported to ONNX: {first}") from e
             log.info("model %s runs on torch: its ONNX export failed (%s)", name, first)
             return encoder
-    return open_bundle(folder)
+    return open_bundle(folder, name=canonical_name(name))
 
 
 def describe(encoder: Encoder) -> dict[str, Any]:
