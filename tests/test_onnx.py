@@ -163,12 +163,24 @@ def test_changed_weights_give_a_new_bundle(tmp_path):
     assert second != first and bundle_dir(name) == second and first.is_dir()
 
 
-def test_auto_backend_uses_onnx_where_it_can_and_torch_elsewhere(tiny_hf_clip, tiny_sbert):
+def test_auto_backend_uses_onnx_where_it_can_and_torch_elsewhere(tiny_hf_clip, tiny_sbert, tmp_path):
+    from clipsearch.models.onnx_runtime import OnnxTextEncoder
+
     registry.clear_cache()
     assert isinstance(registry.load_model(str(tiny_hf_clip), backend="auto"), OnnxEncoder)
-    assert not hasattr(registry.load_model(str(tiny_sbert), backend="auto"), "bundle")  # sbert: torch only
+    # a plain sentence-transformers pipeline exports its text tower
+    sbert = registry.load_model(str(tiny_sbert), backend="auto")
+    assert type(sbert) is OnnxTextEncoder and sbert.info.modalities == ("text",) and sbert.bundle["image"] is None
+    assert_same(registry.load_model(str(tiny_sbert)).encode_texts(TEXTS), OnnxTextEncoder(sbert.folder, int8=False).encode_texts(TEXTS))
+    # one with query/passage prompts does not (one graph cannot hold both): auto keeps torch, onnx refuses
+    prompted = tmp_path / "prompted"
+    shutil.copytree(tiny_sbert, prompted)
+    cfg_file = prompted / "config_sentence_transformers.json"
+    cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+    cfg_file.write_text(json.dumps(cfg | {"prompts": {"query": "query: ", "document": "passage: "}}))
+    assert not hasattr(registry.load_model(str(prompted), backend="auto"), "bundle")
     with pytest.raises(registry.ModelNotAvailable, match="has no ONNX export"):
-        registry.load_model(str(tiny_sbert), backend="onnx")
+        registry.load_model(str(prompted), backend="onnx")
     with pytest.raises(ValueError, match="unknown backend 'tpu'"):
         registry.load_model("demo", backend="tpu")
 

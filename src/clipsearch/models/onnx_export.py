@@ -12,7 +12,9 @@ The exporter is torch's TorchScript-based one (``dynamo=False``): it needs no ``
 and handles dynamic batch and sequence axes of these models reliably, where the torch.export
 one would trace the HF and open_clip text masks into fixed shapes.
 
-sentence-transformers and DPR models stay on torch (:func:`exportable` says no).
+sentence-transformers text models export too (text tower only) when their pipeline is a plain
+transformer, pooling, dense and normalisation with no prompts; DPR models stay on torch
+(:func:`exportable` says no).
 """
 
 from __future__ import annotations
@@ -51,7 +53,9 @@ log = logging.getLogger("clipsearch")
 FP32_MIN_COSINE = 0.9999
 """An exported fp32 graph must give every check input at least this cosine to torch."""
 OPSET = 17
-EXPORTABLE_BACKENDS = ("hf_clip", "open_clip", "dual")
+EXPORTABLE_BACKENDS = ("hf_clip", "open_clip", "dual", "sentence_transformers")
+SBERT_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
+"""sentence-transformers pipelines made of these modules export (all-MiniLM-L6-v2 is one)."""
 
 TEXT_CALIBRATION = (
     "a photo of a cat",
@@ -98,6 +102,10 @@ def exportable(encoder: Any) -> bool:
         return False
     if info.backend == "open_clip" and getattr(encoder, "pool_type", None) is None:
         return False  # a text tower that needs the full padded context (no causal mask): torch only
+    if info.backend == "sentence_transformers":
+        if info.extra.get("prompts"):  # queries and passages get other prefixes: not one graph
+            return False
+        return all(type(m).__name__ in SBERT_MODULES for m in encoder.model)  # type: ignore[attr-defined]
     return True
 
 
@@ -133,6 +141,8 @@ def model_files(encoder: Encoder) -> dict[str, Path]:
         if extra.get("path"):
             add_folder("dual", Path(extra["path"]))
         add_folder("text_tower", Path(model.text_path))
+    elif info.backend == "sentence_transformers":
+        add_folder("sbert", Path(extra["path"]))
     else:
         raise ValueError(f"model {info.name!r} (backend {info.backend!r}) has no ONNX export")
     if not files:
@@ -236,6 +246,24 @@ def _tower_modules(encoder: Encoder) -> tuple[Any, Any, bool]:
 
         return Image(), Text(), True
 
+    if backend == "sentence_transformers":
+
+        class Text(torch.nn.Module):  # type: ignore[no-redef]
+            """The pipeline up to its embedding, without the final normalisation (the graph's
+            ``embeds`` are not normalised; the encoder normalises)."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.steps = torch.nn.ModuleList([m for m in model if type(m).__name__ != "Normalize"])
+
+            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+                features = {"input_ids": input_ids, "attention_mask": attention_mask}
+                for step in self.steps:
+                    features = step(features)
+                return features["sentence_embedding"]
+
+        return None, Text(), False
+
     raise ValueError(f"model {encoder.name!r} (backend {backend!r}) has no ONNX export")
 
 
@@ -249,7 +277,7 @@ def build_tokenizer(encoder: Encoder) -> Any:
     ctx = encoder.info.context_length
     if backend == "hf_clip":
         hf = encoder.tokenizer  # type: ignore[attr-defined]
-    elif backend == "dual":
+    elif backend in ("dual", "sentence_transformers"):
         hf = encoder.model.tokenizer  # type: ignore[attr-defined]
     elif backend == "open_clip":
         return _open_clip_tokenizer(encoder.tokenizer, ctx)  # type: ignore[attr-defined]
@@ -326,6 +354,9 @@ def torch_token_ids(encoder: Encoder, texts: Sequence[str]) -> list[list[int]]:
     for t in texts:
         if backend == "hf_clip":
             batch = encoder.tokenize([t])  # type: ignore[attr-defined]
+        elif backend == "sentence_transformers":
+            model = encoder.model  # type: ignore[attr-defined]
+            batch = (model.preprocess if hasattr(model, "preprocess") else model.tokenize)([t])
         else:
             batch = encoder.model.tokenize([t])  # type: ignore[attr-defined]
         out.append([int(i) for i in batch["input_ids"][0].tolist()])
@@ -452,16 +483,17 @@ def _write_bundle(encoder: Encoder, folder: Path, key: str, report: Reporter) ->
     report.advance()
 
     # image tower
-    outputs = ["embeds", "cells"] if has_cells else ["embeds"]
-    dyn = {"pixel_values": {0: "batch"}, "embeds": {0: "batch"}} | ({"cells": {0: "batch"}} if has_cells else {})
-    example = torch.from_numpy(_check_pixels(encoder, 2))
-    _export(image_mod, (example,), folder / "image.onnx", ["pixel_values"], outputs, dyn)
+    if image_mod is not None:
+        outputs = ["embeds", "cells"] if has_cells else ["embeds"]
+        dyn = {"pixel_values": {0: "batch"}, "embeds": {0: "batch"}} | ({"cells": {0: "batch"}} if has_cells else {})
+        example = torch.from_numpy(_check_pixels(encoder, 2))
+        _export(image_mod, (example,), folder / "image.onnx", ["pixel_values"], outputs, dyn)
     report.advance()
 
     # fp32 parity with torch, then int8 copies
     _check_parity(encoder, folder, tokenizer, text_mod, image_mod, sample, has_cells)
     text_int8 = _quantize(folder / "text.onnx", folder / "text.int8.onnx")
-    image_int8 = _quantize(folder / "image.onnx", folder / "image.int8.onnx")
+    image_int8 = _quantize(folder / "image.onnx", folder / "image.int8.onnx") if image_mod is not None else None
     report.advance()
 
     info = encoder.info.to_dict()
@@ -475,7 +507,7 @@ def _write_bundle(encoder: Encoder, folder: Path, key: str, report: Reporter) ->
                  "context_length": int(encoder.info.context_length), "inputs": ["input_ids", "attention_mask"],
                  "output": "embeds"},  # fmt: skip
         "image": {"onnx": "image.onnx", "onnx_int8": image_int8, "input": "pixel_values", "output": "embeds",
-                  "cells_output": "cells" if has_cells else None},  # fmt: skip
+                  "cells_output": "cells" if has_cells else None} if image_mod is not None else None,  # fmt: skip
         "probe_text": [],
         "guard": {"image": None, "text": None},
         "info": info,
@@ -612,12 +644,13 @@ def _check_parity(encoder: Encoder, folder: Path, tokenizer: Any, text_mod: Any,
         want = text_mod(ids["input_ids"], ids["attention_mask"]).float().numpy()
     got = make_session(folder / "text.onnx").run(None, {k: v.numpy() for k, v in ids.items()})[0]
     checks = {"text": lowest(want, got)}
-    pixels = _check_pixels(encoder, 3)
+    pixels = _check_pixels(encoder, 3) if image_mod is not None else None
     with torch.no_grad():
-        out = image_mod(torch.from_numpy(pixels))
+        out = image_mod(torch.from_numpy(pixels)) if pixels is not None else None
     outs = out if isinstance(out, tuple) else (out,)
-    got_img = make_session(folder / "image.onnx").run(None, {"pixel_values": pixels})
-    checks["image"] = lowest(outs[0].float().numpy(), got_img[0])
+    if pixels is not None:
+        got_img = make_session(folder / "image.onnx").run(None, {"pixel_values": pixels})
+        checks["image"] = lowest(outs[0].float().numpy(), got_img[0])
     if has_cells:
         c_want = outs[1].float().numpy()
         checks["cells"] = lowest(c_want.reshape(-1, c_want.shape[-1]), got_img[1].reshape(-1, c_want.shape[-1]))

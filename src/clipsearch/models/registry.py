@@ -19,7 +19,7 @@ Loaded models are cached per ``(name, weights, device)`` for the life of the pro
 Backends: ``backend="torch"`` runs the model's own torch code; ``"onnx"`` runs its towers with
 ONNX Runtime from a bundle exported once per weights (:mod:`clipsearch.models.onnx_runtime`);
 ``"auto"`` is ONNX where onnxruntime is installed and the model can be exported (HF CLIP,
-open_clip, our dual encoders and the demo model), else torch. :func:`default_backend` is what
+open_clip, our dual encoders and the demo model, plain sentence-transformers text models), else torch. :func:`default_backend` is what
 the CLI and :func:`clipsearch.open_store` use when none is named.
 """
 
