@@ -87,8 +87,11 @@ class Collection:
     ``encoder``) loads it on first use, so opening a collection is cheap.
     """
 
-    def __init__(self, store: Store, encoder: Encoder | None = None, *, identity_checked: bool = False):
+    def __init__(
+        self, store: Store, encoder: Encoder | None = None, *, identity_checked: bool = False, backend: str = "torch"
+    ):
         self.store = store
+        self.backend = backend
         self._given = encoder
         self._identity_checked = identity_checked
         if encoder is not None:
@@ -102,8 +105,9 @@ class Collection:
         if encoder is None:
             from clipsearch.models.registry import load_model
 
-            encoder = load_model(self.store.model_name, weights=self.store.meta.get("weights"))
+            encoder = load_model(self.store.model_name, weights=self.store.meta.get("weights"), backend=self.backend)
             self._check_dim(encoder, "now makes")
+        follow_store_guard(self.store, encoder)
         if check and not self._identity_checked:
             self._check_identity(encoder)
         return encoder
@@ -231,6 +235,20 @@ class Collection:
         return search_store(self.store, self._model, query, k=k, **options)
 
 
+def follow_store_guard(store: Store, encoder: Encoder) -> None:
+    """An ONNX encoder runs its int8 image tower for ``store`` exactly when the int8 guard run
+    on this store's images (recorded in its meta, :data:`clipsearch.ingest.embed.GUARD_KEY`)
+    passed for the same bundle; with no record yet, the next indexing run decides."""
+    from clipsearch.ingest.embed import GUARD_KEY
+
+    follow = getattr(encoder, "follow_guard", None)
+    record = store.meta.get(GUARD_KEY)
+    if follow is None or not isinstance(record, dict):
+        return
+    if record.get("bundle") == encoder.info.extra.get("onnx_bundle"):
+        follow((record.get("guard") or {}).get("image"))
+
+
 def open_store(
     uri: str | os.PathLike[str] | None = None,
     *,
@@ -239,6 +257,7 @@ def open_store(
     create: bool = True,
     ann_threshold: int | None = None,
     sources: Sequence[str | os.PathLike[str]] = (),
+    backend: str | None = None,
 ) -> Collection:
     """Open (or create) the store at ``uri`` with its model; the one entry point.
 
@@ -253,16 +272,22 @@ def open_store(
             or :data:`~clipsearch.store.ann.DEFAULT_ANN_THRESHOLD`.
         sources: what a new store will index first, for :func:`default_model` (text alone:
             a sentence encoder).
+        backend: "torch", "onnx" or "auto" (see :func:`clipsearch.models.registry.load_model`);
+            None: :func:`~clipsearch.models.registry.default_backend` (``$CLIPSEARCH_BACKEND``,
+            else auto). Vectors from either backend are comparable: a store may mix them.
 
     Raises:
         StoreError: another model, a newer schema version, a folder that is not a store, or
             no store and ``create=False``.
     """
+    from clipsearch.models.registry import check_backend, default_backend
+
+    backend = check_backend(backend) if backend is not None else default_backend()
     name = model if (model is None or isinstance(model, str)) else model.name
     encoder = None if (model is None or isinstance(model, str)) else model
     root = resolve_store_uri(uri)
     if Store.exists(root):
-        return Collection(Store.open(root, model=name, ann_threshold=ann_threshold), encoder)
+        return Collection(Store.open(root, model=name, ann_threshold=ann_threshold), encoder, backend=backend)
     if not create:
         raise StoreError(f"no store at {root}; build one with: clipsearch index PATH --store {root}")
     from clipsearch.store.lance_store import check_can_create
@@ -272,10 +297,12 @@ def open_store(
         choice = default_model(sources)
         log.info("new store %s: model %s (%s)", root, choice.name, choice.why)
         name, encoder = choice.name, choice.encoder
+        if encoder is not None and backend != "torch":
+            encoder = None  # chosen on torch; loaded again below with the backend asked for
     if encoder is None:
         from clipsearch.models.registry import load_model
 
-        encoder = load_model(name, weights=weights)
+        encoder = load_model(name, weights=weights, backend=backend)
     from clipsearch.models.base import embeds_grid
     from clipsearch.models.fingerprint import probe
 
@@ -283,5 +310,5 @@ def open_store(
     store = Store.create(root, record, ann_threshold=ann_threshold)
     with store.writing():
         store.record_probe(probe(encoder))
-    return Collection(store, encoder, identity_checked=True)
+    return Collection(store, encoder, identity_checked=True, backend=backend)
 

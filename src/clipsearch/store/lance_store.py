@@ -1009,6 +1009,8 @@ class Store:
             "rows_bytes": self.rows_bytes(),
             "table_version": self.version,
             "index": self.index_state(),
+            # how the ONNX backend embeds for this store, and its int8 guard (ingest.embed.guard_store)
+            "onnx": self.meta.get("onnx"),
         }
 
 
