@@ -143,7 +143,7 @@ class Collection:
     def _load_text_encoder(self) -> Encoder:
         """What embeds text queries: the text tower of the model's ONNX bundle when one was
         exported for its current weights (no torch, no image tower), else the model itself."""
-        if self._given is None:
+        if self._given is None and onnx_wanted():
             onnx = self._onnx_text_encoder()
             if onnx is not None:
                 return onnx
@@ -185,10 +185,10 @@ class Collection:
             from clipsearch.models.onnx_export import export_bundle
         except ImportError:  # no exporter in this installation
             return
-        name = self.store.model_name
+        name, weights = self.store.model_name, self.store.meta.get("weights")
         log.info("exporting model %s to ONNX once, so that later text queries start fast ...", name)
         try:
-            export_bundle(self._model.get())
+            export_bundle(self._model.get(), **({"weights": weights} if weights else {}))
         except Exception as exc:  # noqa: BLE001 - see the docstring: the search it follows has succeeded
             log.warning("model %s could not be exported to ONNX (%s); text queries keep using it as it is", name, exc)
 
@@ -318,6 +318,15 @@ class Collection:
         if self._export_wanted:
             self._export_bundle()
         return hits
+
+
+BACKEND_ENV = "CLIPSEARCH_BACKEND"
+"""``torch`` keeps text queries on the model itself: no ONNX bundle is used or exported."""
+
+
+def onnx_wanted() -> bool:
+    """Whether text queries may use (and export) an ONNX bundle: unless ``$CLIPSEARCH_BACKEND`` is ``torch``."""
+    return os.environ.get(BACKEND_ENV, "").strip().lower() != "torch"
 
 
 class _TextQueries:
