@@ -259,10 +259,12 @@ def test_an_image_query_loads_the_full_model_and_ignores_the_bundle(demo_store, 
 
 
 def test_without_a_bundle_the_model_answers_and_is_exported_for_next_time(demo_store, onnx_cache, monkeypatch):
+    import importlib.machinery
     import types
 
     exported = []
     fake = types.ModuleType("clipsearch.models.onnx_export")
+    fake.__spec__ = importlib.machinery.ModuleSpec(fake.__name__, None)
     fake.export_bundle = lambda encoder, **kw: exported.append(encoder.name)
     monkeypatch.setitem(sys.modules, "clipsearch.models.onnx_export", fake)
     col = open_store(demo_store / "store", create=False)
@@ -272,3 +274,25 @@ def test_without_a_bundle_the_model_answers_and_is_exported_for_next_time(demo_s
     assert exported == ["demo"]
     col.search("a blue square", k=1)
     assert exported == ["demo"]  # once per collection
+
+
+def test_without_a_bundle_a_clip_text_query_loads_the_text_tower_alone(tiny_hf_clip, tmp_path, onnx_cache, monkeypatch):
+    from PIL import Image
+
+    from clipsearch.models.hf_clip import HFClipTextEncoder
+
+    monkeypatch.setenv("CLIPSEARCH_BACKEND", "torch")  # no bundle used or exported: the torch path
+    (tmp_path / "pics").mkdir()
+    for name, colour in (("red", (220, 30, 30)), ("blue", (30, 40, 220)), ("grey", (128, 128, 128))):
+        Image.new("RGB", (40, 40), colour).save(tmp_path / "pics" / f"{name}.png")
+    full = open_store(tmp_path / "store", model=str(tiny_hf_clip))
+    full.add([tmp_path / "pics"], workers=0)
+    expected = [(h.id, h.score) for h in full.search("a red picture", k=3)]
+
+    col = open_store(tmp_path / "store", create=False)
+    got = [(h.id, h.score) for h in col.search("a red picture", k=3)]
+    assert isinstance(col.text_encoder, HFClipTextEncoder) and not col._model.loaded
+    assert [i for i, _ in got] == [i for i, _ in expected]
+    assert [s for _, s in got] == pytest.approx([s for _, s in expected], abs=1e-5)
+    hits = col.search(tmp_path / "pics" / "blue.png", k=1)  # an image query: now the whole model
+    assert Path(hits[0].path).name == "blue.png" and col._model.loaded

@@ -142,13 +142,25 @@ class Collection:
 
     def _load_text_encoder(self) -> Encoder:
         """What embeds text queries: the text tower of the model's ONNX bundle when one was
-        exported for its current weights (no torch, no image tower), else the model itself."""
+        exported for its current weights (no torch, no image tower); else the model's text
+        tower alone where its backend allows (:func:`~clipsearch.models.registry.load_text_model`),
+        unless the whole model is loaded anyway (given, loaded already, or to be exported)."""
         if self._given is None and onnx_wanted():
             onnx = self._onnx_text_encoder()
             if onnx is not None:
                 return onnx
-            self._export_wanted = True
-        return self._model.get()
+            self._export_wanted = exporter_installed()
+        if self._given is not None or self._model.loaded or self._export_wanted:
+            return self._model.get()
+        from clipsearch.models.registry import load_text_model
+
+        encoder = load_text_model(self.store.model_name, weights=self.store.meta.get("weights"))
+        if encoder.modalities != ("text",):  # the backend has no lighter text path: this is the model
+            return self._model.get()
+        self._check_dim(encoder, "now makes")
+        if not self._identity_checked:
+            self._check_identity(encoder)  # on the text probe: the tower that answers
+        return encoder
 
     def _onnx_text_encoder(self) -> Encoder | None:
         """The ONNX text tower of the store's model, checked like the model itself (dimension,
@@ -179,11 +191,9 @@ class Collection:
         that the next one runs without torch. A failure is logged, never raised: it is only a
         speed-up for later."""
         self._export_wanted = False
-        if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
-            return
         try:
             from clipsearch.models.onnx_export import export_bundle
-        except ImportError:  # no exporter in this installation
+        except ImportError:  # onnx or another export requirement is missing
             return
         name, weights = self.store.model_name, self.store.meta.get("weights")
         log.info("exporting model %s to ONNX once, so that later text queries start fast ...", name)
@@ -322,6 +332,11 @@ class Collection:
 
 BACKEND_ENV = "CLIPSEARCH_BACKEND"
 """``torch`` keeps text queries on the model itself: no ONNX bundle is used or exported."""
+
+
+def exporter_installed() -> bool:
+    """Whether ONNX bundles can be exported here (onnxruntime, onnx and the exporter are installed)."""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx", "clipsearch.models.onnx_export"))
 
 
 def onnx_wanted() -> bool:
