@@ -1,7 +1,8 @@
 """A text search as a whole process: ``clipsearch search TEXT --store S`` with the model's ONNX
 bundle (text tower only, no torch) against the same command on the model itself, in one run.
 
-Also times ``clipsearch index`` start-up: a process that indexes one image into a new store.
+With ``--before SRC`` the same command also runs on another source tree (main's, say), as a
+reference for what this one changed. Also times ``clipsearch index`` start-up: a process that indexes one image into a new store.
 Each command runs ``--runs`` times (median); wall time and the process's peak RSS (``wait4``)
 are printed with the ratio of the two paths.
 
@@ -11,7 +12,7 @@ any folder or name ``load_model`` accepts also works. The bundle is made with
 :func:`clipsearch.models.onnx_export.export_bundle` (its time is printed, not counted).
 
     flock /tmp/clipsearch-heavy.lock python benchmarks/bench_query_process.py
-    flock /tmp/clipsearch-heavy.lock python benchmarks/bench_query_process.py --model vit-b32
+    flock /tmp/clipsearch-heavy.lock python benchmarks/bench_query_process.py --model vit-b32 --before ../main/src
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="demo", help=f"demo, {VIT_B32}, or any name load_model accepts")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--before", metavar="SRC", help="also time the search with this clipsearch source tree (e.g. a checkout of main's src)")
     args = ap.parse_args()
 
     from PIL import Image
@@ -95,6 +97,11 @@ def main() -> None:
     search = [*cli, "search", QUERY, "--store", str(store)]
     run(search, torch_env)  # warm the page cache
     full = median_of(args.runs, search, torch_env)
+    before = None
+    if args.before:
+        before_env = {**torch_env, "PYTHONPATH": str(Path(args.before).resolve())}
+        run(search, before_env)
+        before = median_of(args.runs, search, before_env)
 
     os.environ["CLIPSEARCH_ONNX_CACHE"] = env["CLIPSEARCH_ONNX_CACHE"]
     from clipsearch.models.onnx_export import export_bundle
@@ -118,9 +125,13 @@ def main() -> None:
 
     print(f"\nclipsearch search {QUERY!r} --store S, one-image store, model {args.model}: median of {args.runs} processes")
     print(f"{'path':<34}{'wall s':>9}{'peak RSS MB':>14}")
-    print(f"{'model itself (CLIPSEARCH_BACKEND=torch)':<34}{full[0]:>9.2f}{full[1]:>14.0f}")
+    if before is not None:
+        print(f"{'before (' + args.before + ')':<34}{before[0]:>9.2f}{before[1]:>14.0f}")
+    print(f"{'torch (CLIPSEARCH_BACKEND=torch)':<34}{full[0]:>9.2f}{full[1]:>14.0f}")
     print(f"{'ONNX bundle, text tower':<34}{onnx[0]:>9.2f}{onnx[1]:>14.0f}")
-    print(f"{'ratio (model / bundle)':<34}{full[0] / onnx[0]:>9.1f}{full[1] / onnx[1]:>14.1f}")
+    print(f"{'ratio torch / bundle':<34}{full[0] / onnx[0]:>9.1f}{full[1] / onnx[1]:>14.1f}")
+    if before is not None:
+        print(f"{'ratio before / bundle':<34}{before[0] / onnx[0]:>9.1f}{before[1] / onnx[1]:>14.1f}")
     print(f"\nclipsearch index ONE_IMAGE --store NEW --model {args.model}: {index[0]:.2f} s, {index[1]:.0f} MB peak (median)")
     print(f"(export_bundle took {exported:.1f} s once, not counted above)")
 
