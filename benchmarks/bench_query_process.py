@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -54,16 +55,20 @@ def save_vit_b32(folder: Path) -> Path:
 
 
 def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one process running ``cmd``."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err}")
-    return wall, usage.ru_maxrss / 1024  # Linux: KiB
+    """Wall seconds and peak RSS (MB) of one process running ``cmd``.
+
+    The peak comes from ``/usr/bin/time``: a child forked from this process would report this
+    process's size at the fork as its own peak (Linux keeps the high-water mark across exec),
+    and this process holds a model while it exports."""
+    with tempfile.NamedTemporaryFile("r") as rss:
+        start = time.perf_counter()
+        done = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", rss.name, *cmd], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr.decode()}")
+        return wall, int(rss.read().split()[-1]) / 1024  # KiB
 
 
 def median_of(runs: int, cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
@@ -134,6 +139,7 @@ def main() -> None:
         print(f"{'ratio before / bundle':<34}{before[0] / onnx[0]:>9.1f}{before[1] / onnx[1]:>14.1f}")
     print(f"\nclipsearch index ONE_IMAGE --store NEW --model {args.model}: {index[0]:.2f} s, {index[1]:.0f} MB peak (median)")
     print(f"(export_bundle took {exported:.1f} s once, not counted above)")
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

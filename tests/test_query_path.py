@@ -268,6 +268,9 @@ def test_without_a_bundle_the_model_answers_and_is_exported_for_next_time(demo_s
     fake.export_bundle = lambda encoder, **kw: exported.append(encoder.name)
     monkeypatch.setitem(sys.modules, "clipsearch.models.onnx_export", fake)
     col = open_store(demo_store / "store", create=False)
+    vector = col.text_encoder.encode_texts(["a red square"])[0]  # as the server embeds a text, then searches
+    col.search(vector, k=1)
+    assert exported == []  # a search by vector never stops to export
     hits = col.search("a red square", k=2)
     assert {Path(h.path).name for h in hits} == {"red.png", "blue.png"}
     assert col.text_encoder is col.encoder  # no bundle: the model itself embedded the text

@@ -325,8 +325,8 @@ class Collection:
         else:
             encoder = _TextQueries(self)
         hits = search_store(self.store, encoder, query, k=k, **options)
-        if self._export_wanted:
-            self._export_bundle()
+        if self._export_wanted and getattr(encoder, "embedded_text", False):
+            self._export_bundle()  # after a search that embedded text: not after the server's searches by vector
         return hits
 
 
@@ -352,6 +352,7 @@ class _TextQueries:
 
     def __init__(self, collection: Collection):
         self._collection = collection
+        self.embedded_text = False
         if collection.has_grid:
             self.encode_patch_grid = self._encode_patch_grid  # what search.has_grid looks for
 
@@ -364,6 +365,7 @@ class _TextQueries:
         return self._collection.store.dim
 
     def encode_texts(self, texts: Sequence[str], **options: Any) -> Any:
+        self.embedded_text = True
         return self._collection.text_encoder.encode_texts(texts, **options)
 
     def _encode_patch_grid(self, images: Sequence[Any], **options: Any) -> Any:
