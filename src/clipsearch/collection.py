@@ -217,7 +217,9 @@ class Collection:
     @property
     def text_encoder(self) -> Encoder:
         """What embeds text queries, loaded on first use: the ONNX text tower of the model's
-        bundle when one exists for its current weights (no torch), else :attr:`encoder`."""
+        bundle when one exists for its current weights (no torch); else the model's text tower
+        alone where its backend has one (Hugging Face CLIP); else :attr:`encoder`. Checked
+        against the store's probe like the model itself."""
         return self._text.get()
 
     @property
