@@ -117,10 +117,57 @@ def load_model(
     return _load_onnx_cached(name, key_weights, backend)
 
 
+def load_text_model(name: str, *, weights: str | None = None, device: str | None = None) -> Encoder:
+    """What embeds texts for model ``name``, as light as its backend allows: the text tower
+    alone for Hugging Face CLIP (no vision weights, no image processing imports), the model
+    itself for the others (sentence-transformers and DPR are text models anyway). The vectors
+    are the same as :func:`load_model`'s. Loaded at most once per process.
+
+    Raises:
+        ModelNotAvailable, DeviceUnavailable: as :func:`load_model`.
+    """
+    from clipsearch.models.device import resolve_device
+
+    device = resolve_device(device)
+    name = name.strip() if isinstance(name, str) else name
+    folder = _clip_folder(name) if isinstance(name, str) and name and not weights else None
+    if folder is None:
+        return load_model(name, weights=weights, device=device)
+    path = Path(name).expanduser()
+    return _load_text_cached(str(path.resolve()) if path.is_dir() else name, str(folder), device)  # named as load_model names it
+
+
+def _clip_folder(name: str) -> Path | None:
+    """The local folder of an HF CLIP model ``name`` (a folder, or a hub id already cached), else None."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        folder: Path | None = path
+    elif not looks_like_path(name) and _HUB_ID.fullmatch(name) and name not in ("demo", "minilm", "dpr"):
+        try:
+            folder = hub_folder(name, name=name)
+        except ModelNotAvailable:
+            return None  # load_model says why
+    else:
+        return None
+    return folder if folder is not None and _model_type(folder / "config.json") == "clip" else None
+
+
+@functools.lru_cache(maxsize=4)
+def _load_text_cached(name: str, folder: str, device: str) -> Encoder:
+    from clipsearch.models.hf_clip import load_hf_clip_text
+
+    try:
+        return load_hf_clip_text(folder, name=name, device=device)
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelNotAvailable(f"model {name!r} cannot be loaded from {folder!r}: {first}") from e
+
+
 def clear_cache() -> None:
     """Forget every loaded model (tests; freeing memory)."""
     _load_cached.cache_clear()
     _load_onnx_cached.cache_clear()
+    _load_text_cached.cache_clear()
 
 
 def canonical_name(name: str) -> str:
