@@ -33,6 +33,7 @@ test: $(STAMP) browser
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_index_search.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_vs_reference.py --write docs/performance.md
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

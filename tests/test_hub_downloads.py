@@ -23,6 +23,8 @@ def repo_folder(tiny_hf_clip) -> Path:
 
 def _env(hf_home: Path, endpoint: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "CLIPSEARCH_"))}
+    # torch, as every test but tests/test_onnx.py: an ONNX export would write into the user's cache
+    env.update(CLIPSEARCH_BACKEND=os.environ["CLIPSEARCH_BACKEND"], CLIPSEARCH_ONNX_CACHE=os.environ["CLIPSEARCH_ONNX_CACHE"])
     env.update(HF_HOME=str(hf_home), HF_ENDPOINT=endpoint, HF_HUB_ETAG_TIMEOUT="5", **extra)
     return env
 

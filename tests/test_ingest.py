@@ -582,7 +582,7 @@ def fake_registry(monkeypatch: pytest.MonkeyPatch):
     """``load_model(name)`` returns a FakeEncoder called ``name`` (no torch, no weights)."""
     made: dict[str, FakeEncoder] = {}
 
-    def load_model(name, *, weights=None, device="cpu"):
+    def load_model(name, *, weights=None, device="cpu", backend="torch"):
         return made.setdefault(name, FakeEncoder(name))
 
     monkeypatch.setattr("clipsearch.models.registry.load_model", load_model)

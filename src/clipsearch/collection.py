@@ -15,9 +15,10 @@ The choice of a model for a new store lives here too, so the CLI and Python user
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -87,13 +88,18 @@ class Collection:
     ``encoder``) loads it on first use, so opening a collection is cheap.
     """
 
-    def __init__(self, store: Store, encoder: Encoder | None = None, *, identity_checked: bool = False):
+    def __init__(
+        self, store: Store, encoder: Encoder | None = None, *, identity_checked: bool = False, backend: str = "torch"
+    ):
         self.store = store
+        self.backend = backend
         self._given = encoder
         self._identity_checked = identity_checked
         if encoder is not None:
             self._check_dim(encoder, "makes")
         self._model = LazyEncoder(self._load_encoder)
+        self._text = LazyEncoder(self._load_text_encoder)
+        self._export_wanted = False  # a text query ran the full model for want of an ONNX bundle
 
     def _load_encoder(self, *, check: bool = True) -> Encoder:
         """The model (the one given, else loaded by the store's name), checked to be the one
@@ -102,8 +108,9 @@ class Collection:
         if encoder is None:
             from clipsearch.models.registry import load_model
 
-            encoder = load_model(self.store.model_name, weights=self.store.meta.get("weights"))
+            encoder = load_model(self.store.model_name, weights=self.store.meta.get("weights"), backend=self.backend)
             self._check_dim(encoder, "now makes")
+        follow_store_guard(self.store, encoder)
         if check and not self._identity_checked:
             self._check_identity(encoder)
         return encoder
@@ -111,8 +118,15 @@ class Collection:
     def _check_identity(self, encoder: Encoder) -> None:
         """Refuse a model whose weights or preprocessing changed since the store was built
         (its probe moved, :mod:`clipsearch.models.fingerprint`), and a store left half re-embedded."""
+        from clipsearch.models.fingerprint import probe
+
+        self._check_probe(lambda: probe(encoder))
+
+    def _check_probe(self, current: Callable[[], dict[str, list[list[float]]]]) -> None:
+        """:meth:`_check_identity` for a probe (``current()``, taken only when the store has one
+        to compare with): the full model's, or an ONNX bundle's text probe."""
         from clipsearch.ingest.reembed import REEMBEDDING_KEY
-        from clipsearch.models.fingerprint import SAME_MODEL_COSINE, probe, probe_agreement
+        from clipsearch.models.fingerprint import SAME_MODEL_COSINE, probe_agreement
 
         root, name = self.store.root, self.store.model_name
         if self.store.meta.get(REEMBEDDING_KEY) is not None:
@@ -123,12 +137,74 @@ class Collection:
         recorded = self.store.probe()
         if recorded is None:
             return  # a store from before probes: recorded at its next indexing run
-        agreement = probe_agreement(recorded["vectors"], probe(encoder))
+        agreement = probe_agreement(recorded["vectors"], current())
         if agreement < SAME_MODEL_COSINE:
             raise StoreError(
                 f"model {name!r} is not the one store {root} was built with: its weights or preprocessing changed "
                 f"(cosine {agreement:.3f} on reference inputs); re-embed every item with: clipsearch reindex --store {root}"
             )
+
+    def _load_text_encoder(self) -> Encoder:
+        """What embeds text queries: the text tower of the model's ONNX bundle when one was
+        exported for its current weights (no torch, no image tower); else the model's text
+        tower alone where its backend allows (:func:`~clipsearch.models.registry.load_text_model`),
+        unless the whole model is loaded anyway (given, loaded already, or to be exported)."""
+        if self._given is None and onnx_wanted():
+            onnx = self._onnx_text_encoder()
+            if onnx is not None:
+                return onnx
+            self._export_wanted = exporter_installed()
+        if self._given is not None or self._model.loaded or self._export_wanted:
+            return self._model.get()
+        from clipsearch.models.registry import load_text_model
+
+        encoder = load_text_model(self.store.model_name, weights=self.store.meta.get("weights"))
+        if encoder.modalities != ("text",):  # the backend has no lighter text path: this is the model
+            return self._model.get()
+        self._check_dim(encoder, "now makes")
+        if not self._identity_checked:
+            self._check_identity(encoder)  # on the text probe: the tower that answers
+        return encoder
+
+    def _onnx_text_encoder(self) -> Encoder | None:
+        """The ONNX text tower of the store's model, checked like the model itself (dimension,
+        and the bundle's text probe against the store's); None when there is no usable bundle."""
+        if importlib.util.find_spec("onnxruntime") is None:
+            return None
+        from clipsearch.models.onnx_runtime import OnnxTextEncoder, bundle_dir
+
+        name, weights = self.store.model_name, self.store.meta.get("weights")
+        folder = bundle_dir(name, weights)
+        if folder is None:
+            return None
+        try:
+            encoder = OnnxTextEncoder(folder)
+        except Exception as exc:  # noqa: BLE001 - a broken cached bundle must not stop a search: the model answers
+            log.warning("ONNX bundle %s of model %r cannot be used (%s); using the model itself", folder, name, exc)
+            return None
+        probe_text = encoder.bundle.get("probe_text")
+        if not probe_text:
+            return None  # nothing to check it against the store with: the model itself is checked
+        self._check_dim(encoder, "now makes")
+        if not self._identity_checked:
+            self._check_probe(lambda: {"text": probe_text})
+        return encoder
+
+    def _export_bundle(self) -> None:
+        """Export the model's ONNX bundle after a text query that needed the model itself, so
+        that the next one runs without torch. A failure is logged, never raised: it is only a
+        speed-up for later."""
+        self._export_wanted = False
+        try:
+            from clipsearch.models.onnx_export import export_bundle
+        except ImportError:  # onnx or another export requirement is missing
+            return
+        name, weights = self.store.model_name, self.store.meta.get("weights")
+        log.info("exporting model %s to ONNX once, so that later text queries start fast ...", name)
+        try:
+            export_bundle(self._model.get(), **({"weights": weights} if weights else {}))
+        except Exception as exc:  # noqa: BLE001 - see the docstring: the search it follows has succeeded
+            log.warning("model %s could not be exported to ONNX (%s); text queries keep using it as it is", name, exc)
 
     def _check_dim(self, encoder: Encoder, verb: str) -> None:
         if encoder.dim != self.store.dim:
@@ -141,6 +217,24 @@ class Collection:
     def encoder(self) -> Encoder:
         """The store's model, loaded on first use."""
         return self._model.get()
+
+    @property
+    def text_encoder(self) -> Encoder:
+        """What embeds text queries, loaded on first use: the ONNX text tower of the model's
+        bundle when one exists for its current weights (no torch); else the model's text tower
+        alone where its backend has one (Hugging Face CLIP); else :attr:`encoder`. Checked
+        against the store's probe like the model itself."""
+        return self._text.get()
+
+    @property
+    def has_grid(self) -> bool:
+        """Whether the store's model embeds a grid of cells (what re-ranking needs), known from
+        the store's header without loading the model."""
+        if self._given is not None or self._model.loaded:
+            from clipsearch.search import has_grid
+
+            return has_grid(self._model.get())
+        return bool(self.store.meta["grid"]) if "grid" in self.store.meta else self.store.has_cells
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name == "store":
@@ -207,6 +301,7 @@ class Collection:
         summary = reembed_store(self.store, encoder, on_progress=on_progress, **options)
         self._given, self._identity_checked = encoder, True
         self._model = LazyEncoder(self._load_encoder)
+        self._text = LazyEncoder(self._load_text_encoder)
         return summary
 
     def remove(self, targets: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]) -> int:
@@ -229,7 +324,78 @@ class Collection:
         """The ``k`` items most similar to ``query``, best first; see
         :func:`clipsearch.search.search_store` for the query forms and ``options`` (``modality``,
         ``where``, ``path_glob``, ``min_score``, ``exact``, ``rerank``, ``cell_weight``)."""
-        return search_store(self.store, self._model, query, k=k, **options)
+        from clipsearch.search import as_query
+
+        query = as_query(query)
+        if any(t.kind in ("image", "pil") for t in query.terms):
+            encoder: Any = self._model
+        else:
+            encoder = _TextQueries(self)
+        hits = search_store(self.store, encoder, query, k=k, **options)
+        if self._export_wanted and getattr(encoder, "embedded_text", False):
+            self._export_bundle()  # after a search that embedded text: not after the server's searches by vector
+        return hits
+
+
+BACKEND_ENV = "CLIPSEARCH_BACKEND"
+"""``torch`` keeps text queries on the model itself: no ONNX bundle is used or exported."""
+
+
+def exporter_installed() -> bool:
+    """Whether ONNX bundles can be exported here (onnxruntime, onnx and the exporter are installed)."""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx", "clipsearch.models.onnx_export"))
+
+
+def onnx_wanted() -> bool:
+    """Whether text queries may use (and export) an ONNX bundle: unless ``$CLIPSEARCH_BACKEND`` is ``torch``."""
+    return os.environ.get(BACKEND_ENV, "").strip().lower() != "torch"
+
+
+class _TextQueries:
+    """The encoder a search without image terms gets: texts go to the collection's text
+    encoder (an ONNX text tower when there is a bundle), and the full model is loaded only for
+    what needs it (re-ranking an image whose cells the store did not keep). Whether the model
+    has a grid comes from the store's header, so a re-ranked text search loads no model."""
+
+    def __init__(self, collection: Collection):
+        self._collection = collection
+        self.embedded_text = False
+        if collection.has_grid:
+            self.encode_patch_grid = self._encode_patch_grid  # what search.has_grid looks for
+
+    @property
+    def name(self) -> str:
+        return self._collection.store.model_name
+
+    @property
+    def dim(self) -> int:
+        return self._collection.store.dim
+
+    def encode_texts(self, texts: Sequence[str], **options: Any) -> Any:
+        self.embedded_text = True
+        return self._collection.text_encoder.encode_texts(texts, **options)
+
+    def _encode_patch_grid(self, images: Sequence[Any], **options: Any) -> Any:
+        return self._collection.encoder.encode_patch_grid(images, **options)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_collection":
+            raise AttributeError(name)
+        return getattr(self._collection.encoder, name)
+
+
+def follow_store_guard(store: Store, encoder: Encoder) -> None:
+    """An ONNX encoder runs its int8 image tower for ``store`` exactly when the int8 guard run
+    on this store's images (recorded in its meta, :data:`clipsearch.ingest.embed.GUARD_KEY`)
+    passed for the same bundle; with no record yet, the next indexing run decides."""
+    from clipsearch.ingest.embed import GUARD_KEY
+
+    follow = getattr(encoder, "follow_guard", None)
+    record = store.meta.get(GUARD_KEY)
+    if follow is None or not isinstance(record, dict):
+        return
+    if record.get("bundle") == encoder.info.extra.get("onnx_bundle"):
+        follow((record.get("guard") or {}).get("image"))
 
 
 def open_store(
@@ -241,6 +407,7 @@ def open_store(
     ann_threshold: int | None = None,
     sources: Sequence[str | os.PathLike[str]] = (),
     storage_options: dict[str, str] | None = None,
+    backend: str | None = None,
 ) -> Collection:
     """Open (or create) the store at ``uri`` with its model; the one entry point.
 
@@ -258,16 +425,22 @@ def open_store(
             a sentence encoder).
         storage_options: for ``s3://``: credentials and endpoint (Lance's keys, e.g.
             ``aws_endpoint``, ``aws_access_key_id``), over the usual AWS environment variables.
+        backend: "torch", "onnx" or "auto" (see :func:`clipsearch.models.registry.load_model`);
+            None: :func:`~clipsearch.models.registry.default_backend` (``$CLIPSEARCH_BACKEND``,
+            else auto). Vectors from either backend are comparable: a store may mix them.
 
     Raises:
         StoreError: another model, a newer schema version, a folder that is not a store, or
             no store and ``create=False``.
     """
+    from clipsearch.models.registry import check_backend, default_backend
+
+    backend = check_backend(backend) if backend is not None else default_backend()
     name = model if (model is None or isinstance(model, str)) else model.name
     encoder = None if (model is None or isinstance(model, str)) else model
     root = resolve_store_uri(uri, storage_options)
     if Store.exists(root):
-        return Collection(Store.open(root, model=name, ann_threshold=ann_threshold), encoder)
+        return Collection(Store.open(root, model=name, ann_threshold=ann_threshold), encoder, backend=backend)
     if not create:
         raise StoreError(f"no store at {root}; build one with: clipsearch index PATH --store {root}")
     from clipsearch.store.lance_store import check_can_create
@@ -277,10 +450,12 @@ def open_store(
         choice = default_model(sources)
         log.info("new store %s: model %s (%s)", root, choice.name, choice.why)
         name, encoder = choice.name, choice.encoder
+        if encoder is not None and backend != "torch":
+            encoder = None  # chosen on torch; loaded again below with the backend asked for
     if encoder is None:
         from clipsearch.models.registry import load_model
 
-        encoder = load_model(name, weights=weights)
+        encoder = load_model(name, weights=weights, backend=backend)
     from clipsearch.models.base import embeds_grid
     from clipsearch.models.fingerprint import probe
 
@@ -288,5 +463,5 @@ def open_store(
     store = Store.create(root, record, ann_threshold=ann_threshold)
     with store.writing():
         store.record_probe(probe(encoder))
-    return Collection(store, encoder, identity_checked=True)
+    return Collection(store, encoder, identity_checked=True, backend=backend)
 

@@ -413,8 +413,7 @@ def rerank_by_grid(
     from clipsearch.similarity import grid_scores
 
     stored = stored or {}
-    pre = encoder.info.preprocess
-    draft = pre.crop if pre is not None else None  # decoding larger than the model's input is wasted
+    draft: int | None = None
     grids: dict[int, npt.NDArray[np.float32]] = {}
     to_read, images = [], []
     for i, h in enumerate(hits):
@@ -423,6 +422,9 @@ def rerank_by_grid(
         if h.id in stored:
             grids[i] = stored[h.id]
             continue
+        if not images:  # asked only now: a search whose images all have stored cells needs no model
+            pre = encoder.info.preprocess
+            draft = pre.crop if pre is not None else None  # decoding larger than the model's input is wasted
         try:
             images.append(load_image(h.path, draft=draft))
         except (ImageRefused, OSError):

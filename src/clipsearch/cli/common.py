@@ -48,13 +48,13 @@ def default_model() -> str:
     return os.environ.get(DEFAULT_MODEL_ENV) or DEFAULT_CLI_MODEL
 
 
-def load_encoder(model: str | None, weights: str | None = None):
+def load_encoder(model: str | None, weights: str | None = None, backend: str = "torch"):
     """Load ``model`` (or the default) with a spinner on stderr."""
     from clipsearch.models.registry import load_model
 
     name = model or default_model()
     with err_console.status(f"loading model {name} ...", spinner="dots"):
-        return load_model(name, weights=weights)
+        return load_model(name, weights=weights, backend=backend)
 
 
 ModelOption = Annotated[
@@ -88,6 +88,15 @@ StoreOption = Annotated[
         "--store",
         "-s",
         help="Store folder (default: $CLIPSEARCH_STORE, else a 'clipsearch' folder in your data directory).",
+        show_default=False,
+    ),
+]
+BackendOption = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        help="Run the model with torch, onnx (ONNX Runtime; int8 where its quality guard passes) or auto "
+        "(onnx where it can be had). Default: $CLIPSEARCH_BACKEND, else auto. Vectors of both are comparable.",
         show_default=False,
     ),
 ]

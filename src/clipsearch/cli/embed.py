@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from clipsearch.cli.common import (
+    BackendOption,
     JsonOption,
     ModelOption,
     WeightsOption,
@@ -170,16 +171,23 @@ def _short(s: str, n: int = 24) -> str:
 
 
 @handle_errors
-def info(model: ModelOption = None, weights: WeightsOption = None, as_json: JsonOption = False) -> None:
+def info(
+    model: ModelOption = None, weights: WeightsOption = None, backend: BackendOption = None, as_json: JsonOption = False
+) -> None:
     """What a model reports about itself: dimension, modalities, context length, preprocessing.
 
     Example:
 
         clipsearch info --model openai/clip-vit-base-patch32 --json
     """
-    from clipsearch.models.registry import describe
+    from clipsearch.models.registry import default_backend, describe
 
-    described = describe(load_encoder(model, weights))
+    encoder = load_encoder(model, weights, backend or default_backend())
+    described = describe(encoder)
+    bundle = getattr(encoder, "bundle", None)
+    described["runtime"] = "onnx" if bundle is not None else "torch"
+    if bundle is not None:
+        described["onnx"] = {"bundle": bundle.get("key"), "guard": bundle.get("guard"), "precision": encoder.precision()}
     if as_json:
         sys.stdout.write(json.dumps(described) + "\n")
         return
@@ -191,6 +199,11 @@ def info(model: ModelOption = None, weights: WeightsOption = None, as_json: Json
         table.add_row(key, _plain(value))
     for key, value in (described["preprocess"] or {}).items():
         table.add_row(f"preprocess.{key}", _plain(value))
+    table.add_row("runtime", described["runtime"])
+    if "onnx" in described:
+        from clipsearch.cli.store import onnx_line
+
+        table.add_row("onnx", onnx_line(described["onnx"]))
     console.print(table)
 
 

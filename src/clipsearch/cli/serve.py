@@ -75,6 +75,7 @@ def serve(
     st = open_store(resolve_store_uri(store), create=False)
     with err_console.status(f"loading model {st.model_name} ...", spinner="dots"):
         st.encoder  # noqa: B018 - load now, so the first search is not the slow one
+        st.text_encoder  # noqa: B018 - and what embeds text queries (an ONNX text tower when exported)
     sock = listening_socket(host, port)  # before the line below says it is serving; port 0: the one it got
     port = sock.getsockname()[1]
 

@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 
 from clipsearch.cli.common import (
+    BackendOption,
     JsonOption,
     StoreModelOption,
     StoreOption,
@@ -25,15 +26,17 @@ from clipsearch.cli.common import (
 from clipsearch.paths import display_path
 
 
-def _open(store: str | None, model: str | None = None, weights: str | None = None, *, create: bool, sources=()):
+def _open(
+    store: str | None, model: str | None = None, weights: str | None = None, *, create: bool, sources=(), backend=None
+):
     """Open the store; with ``create``, a missing one is made with ``model`` or the library's
     default for ``sources`` (:func:`clipsearch.collection.default_model`)."""
     from clipsearch.collection import open_store
 
     if not create:
-        return open_store(store, model=model, create=False)
+        return open_store(store, model=model, create=False, backend=backend)
     with err_console.status("opening the store ...", spinner="dots"):
-        return open_store(store, model=model, weights=weights, sources=sources)
+        return open_store(store, model=model, weights=weights, sources=sources, backend=backend)
 
 
 @handle_errors
@@ -87,6 +90,7 @@ def index(
         typer.Option("--address", help="With --engine ray: the Ray cluster to join (ray://HOST:10001, auto). Default: a local Ray."),
     ] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.", metavar="")] = False,
+    backend: BackendOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Index images and texts into the store; unchanged files are skipped.
@@ -110,7 +114,7 @@ def index(
             fail(f"no such file or folder: {p}")
     check_engine(engine, address)  # before a new store is made
 
-    st = _open(store, model, weights, create=True, sources=paths)
+    st = _open(store, model, weights, create=True, sources=paths, backend=backend)
     with rendered_progress(not no_progress and sys.stderr.isatty()) as on_progress:
         summary = st.add(
             paths,
@@ -200,6 +204,7 @@ def search(
     grid: Annotated[
         Path | None, typer.Option("--grid", help="Save a contact sheet of the image results to this .png/.jpg.")
     ] = None,
+    backend: BackendOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Search the store by text, image or stored item, in any direction.
@@ -215,7 +220,7 @@ def search(
     from clipsearch.search import parse_query
 
     q = parse_query(list(query or []), images=[str(p) for p in image or []], like=list(like or []))
-    st = _open(store, create=False)
+    st = _open(store, create=False, backend=backend)
     if len(st) == 0:
         fail(f"store {st.root} is empty; index something first: clipsearch index PATH --store {st.root}")
     hits = st.search(
@@ -313,12 +318,26 @@ def stats(store: StoreOption = None, as_json: JsonOption = False) -> None:
         *([("files failed", f"{info['failed_files']:,} (index --retry-failed reads them again)")] if info["failed_files"] else []),
         ("grid cells", _cells_line(info["cells"], info["images"])),
         ("model", f"{info['model']} ({info['dim']}-d)"),
+        *([("onnx", onnx_line(info["onnx"]))] if info.get("onnx") else []),
         ("size on disk", _human_bytes(info["size_bytes"])),
         ("search", index_text),
         ("schema", f"version {info['schema_version']}, created {info['created']}"),
     ]
     for key, value in lines:
         console.print(f"[bold]{key:>14}[/]  {value}", highlight=False)
+
+
+def onnx_line(record: dict) -> str:
+    """The ONNX backend's precision per tower and what its int8 guard found, in one line."""
+    parts = []
+    for tower in ("image", "text"):
+        g = (record.get("guard") or {}).get(tower)
+        if not g:
+            parts.append(f"{tower} {(record.get('precision') or {}).get(tower, 'fp32')} (no int8 graph to check)")
+            continue
+        verdict = "int8" if g.get("int8_ok") else "fp32 (int8 drifted)"
+        parts.append(f"{tower} {verdict}: int8 cosine {g.get('min_cosine'):.4f} to fp32 on {g.get('sample')} {g.get('source')} inputs")
+    return "; ".join(parts) + f" (bundle {str(record.get('bundle'))[:12]})"
 
 
 def _cells_line(cells: int, images: int) -> str:

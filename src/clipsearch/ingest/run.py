@@ -40,7 +40,7 @@ import numpy as np
 from clipsearch.events import ProgressCallback, Reporter
 from clipsearch.ingest.decode import Prepared, check_run_options, file_timeout_from_env, prepare_image, prepared_images
 from clipsearch.ingest.documents import API_SOURCE, TextItem, read_text_items
-from clipsearch.ingest.embed import embed_images, embed_texts
+from clipsearch.ingest.embed import embed_images, embed_texts, guard_store
 from clipsearch.ingest.plan import file_unchanged, plan_images, plan_prune
 from clipsearch.ingest.ray_engine import ModelLoader, RaySession, check_engine, embedded_images
 from clipsearch.ingest.scan import Document, ImageInput, Scan, scan, stat_input
@@ -166,6 +166,7 @@ class _Run:
         self.failed_now: dict[str, dict[str, Any]] = {}  # image files that failed in this run, or as before
         self.ray: RaySession | None = None  # set for engine "ray": decode and embed run there
         self.load_encoder: Callable[[], Encoder] | None = None
+        self.guarded = False  # the int8 guard has looked at this run's first batch (ONNX encoders)
 
     def execute(self, paths: Sequence[str | os.PathLike[str]], texts: Sequence[str], *, prune: bool) -> None:
         found = scan(paths)
@@ -526,6 +527,9 @@ class _Run:
     def _embed_batch(self, batch: list[tuple[dict[str, Any], np.ndarray]]) -> None:
         rows = [r for r, _ in batch]
         pixels = np.stack([p for _, p in batch])
+        if not self.guarded:  # ONNX: int8 only if its vectors stay with fp32's on these images
+            self.guarded = True
+            guard_store(self.store, self.encoder, pixels)
         vecs, grids = embed_images(self.encoder, pixels, cells=self.cells)  # cells kept, so search can re-rank
         self.summary.embedded += len(rows)
         self.w.add_embedded(rows, vecs, grids)

@@ -109,6 +109,58 @@ def load_hf_clip(folder: str | Path, *, name: str, device: str = "cpu") -> HFCli
     return HFClipEncoder(model, tokenizer, info, device)
 
 
+class HFClipTextEncoder(HFClipEncoder):
+    """The text tower of a CLIP checkpoint alone (``CLIPTextModelWithProjection``): what a text
+    query needs, without the vision tower's weights or transformers' image processing."""
+
+    def _encode_text_batch(self, texts: list[str], role: TextRole) -> npt.NDArray:
+        import torch
+
+        batch = self.tokenize(texts)
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=batch["input_ids"].to(self.device), attention_mask=batch["attention_mask"].to(self.device)
+            )
+            return out.text_embeds.float().cpu().numpy()
+
+
+def load_hf_clip_text(folder: str | Path, *, name: str, device: str = "cpu") -> HFClipTextEncoder:
+    """Load only the text tower of a CLIP model saved with ``save_pretrained``: the same text
+    vectors as :func:`load_hf_clip`'s model, ``info.modalities == ("text",)``.
+
+    Args:
+        folder: a folder with ``config.json`` (model_type "clip"), the weights and the tokenizer files.
+        name: the name the model was asked for by; recorded in :attr:`ModelInfo.name`.
+        device: torch device for inference.
+    """
+    import torch
+    from transformers import AutoTokenizer, CLIPConfig, CLIPTextModelWithProjection
+
+    folder = Path(folder)
+    with quiet_transformers():
+        config = CLIPConfig.from_pretrained(folder, local_files_only=True)
+        text_config = config.text_config
+        text_config.projection_dim = config.projection_dim  # kept at the top of a CLIPModel's config
+        model = CLIPTextModelWithProjection.from_pretrained(
+            folder, config=text_config, local_files_only=True, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model.eval().to(device)
+    if tokenizer.pad_token_id is None:  # as in load_hf_clip
+        tokenizer.pad_token = tokenizer.eos_token
+    info = ModelInfo(
+        name=name,
+        backend="hf_clip",
+        dim=int(config.projection_dim),
+        modalities=("text",),
+        context_length=int(text_config.max_position_embeddings),
+        preprocess=None,
+        logit_scale=float(np.exp(config.logit_scale_init_value)),  # the learned value lives beside the vision tower
+        extra={"path": str(folder), "eos_token_id": tokenizer.eos_token_id, "text_tower_only": True},
+    )
+    return HFClipTextEncoder(model, tokenizer, info, device)
+
+
 def preprocess_from_hf(image_processor: Any, *, name: str) -> Preprocess:
     """Our :class:`Preprocess` from a transformers CLIP image processor's settings.
 

@@ -15,12 +15,21 @@ Names, in the order they are tried:
   into it (:func:`clipsearch.models.hub.hub_folder`) and loaded offline from then on.
 
 Loaded models are cached per ``(name, weights, device)`` for the life of the process.
+
+Backends: ``backend="torch"`` runs the model's own torch code; ``"onnx"`` runs its towers with
+ONNX Runtime from a bundle exported once per weights (:mod:`clipsearch.models.onnx_runtime`);
+``"auto"`` is ONNX where onnxruntime is installed and the model can be exported (HF CLIP,
+open_clip, our dual encoders and the demo model, plain sentence-transformers text models), else torch. :func:`default_backend` is what
+the CLI and :func:`clipsearch.open_store` use when none is named.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
+import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -34,8 +43,44 @@ DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
+BACKENDS = ("torch", "onnx", "auto")
+BACKEND_ENV = "CLIPSEARCH_BACKEND"
+"""Names the backend (torch, onnx or auto) when none is given to the CLI or ``open_store``."""
 
-def load_model(name: str, *, weights: str | None = None, device: str | None = None) -> Encoder:
+log = logging.getLogger("clipsearch")
+
+
+def onnx_available() -> bool:
+    """Whether onnxruntime is installed (what ``auto`` needs to choose ONNX)."""
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def default_backend() -> str:
+    """``$CLIPSEARCH_BACKEND`` when set, else ``"auto"`` where onnxruntime is installed, else ``"torch"``.
+
+    Raises:
+        ValueError: ``$CLIPSEARCH_BACKEND`` names no backend.
+    """
+    named = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if named:
+        return check_backend(named)
+    return "auto" if onnx_available() else "torch"
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` if it is one of :data:`BACKENDS`.
+
+    Raises:
+        ValueError: it is not.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    return backend
+
+
+def load_model(
+    name: str, *, weights: str | None = None, device: str | None = None, backend: str = "torch"
+) -> Encoder:
     """Turn a model name into a ready encoder, loading it at most once per process.
 
     Args:
@@ -51,20 +96,111 @@ def load_model(name: str, *, weights: str | None = None, device: str | None = No
         ModelNotAvailable: unknown or malformed name, a hub model that cannot be had, a folder
             with no recognised model files, or weights that cannot be loaded.
         DeviceUnavailable: a device that is malformed or not on this machine.
+        ValueError: an unknown ``backend``.
+
+    ``backend``: ``"torch"``, ``"onnx"`` (ONNX Runtime on the CPU; the first use exports the
+    model once, announced on the ``clipsearch`` logger) or ``"auto"`` (ONNX where it can be had,
+    else torch). An ONNX encoder runs int8 towers only where the int8 guard passed.
     """
     from clipsearch.models.device import resolve_device
 
+    check_backend(backend)
     device = resolve_device(device)
     if not isinstance(name, str) or not name.strip():
         raise ModelNotAvailable(f"model name {name!r} is empty: give a model name, {OFFLINE_OPTIONS}")
     name = name.strip()
     key_weights = str(Path(weights).expanduser().resolve()) if weights else None
-    return _load_cached(name, key_weights, device)
+    if backend == "torch" or (backend == "auto" and (device != "cpu" or not onnx_available())):
+        return _load_cached(name, key_weights, device)
+    if device != "cpu":
+        raise ModelNotAvailable(f"the onnx backend runs on the CPU; device {device!r} needs --backend torch")
+    return _load_onnx_cached(name, key_weights, backend)
+
+
+def load_text_model(name: str, *, weights: str | None = None, device: str | None = None) -> Encoder:
+    """What embeds texts for model ``name``, as light as its backend allows: the text tower
+    alone for Hugging Face CLIP (no vision weights, no image processing imports), the model
+    itself for the others (sentence-transformers and DPR are text models anyway). The vectors
+    are the same as :func:`load_model`'s. Loaded at most once per process.
+
+    Raises:
+        ModelNotAvailable, DeviceUnavailable: as :func:`load_model`.
+    """
+    from clipsearch.models.device import resolve_device
+
+    device = resolve_device(device)
+    name = name.strip() if isinstance(name, str) else name
+    folder = _clip_folder(name) if isinstance(name, str) and name and not weights else None
+    if folder is None:
+        return load_model(name, weights=weights, device=device)
+    path = Path(name).expanduser()
+    return _load_text_cached(str(path.resolve()) if path.is_dir() else name, str(folder), device)  # named as load_model names it
+
+
+def _clip_folder(name: str) -> Path | None:
+    """The local folder of an HF CLIP model ``name`` (a folder, or a hub id already cached), else None."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        folder: Path | None = path
+    elif not looks_like_path(name) and _HUB_ID.fullmatch(name) and name not in ("demo", "minilm", "dpr"):
+        try:
+            folder = hub_folder(name, name=name)
+        except ModelNotAvailable:
+            return None  # load_model says why
+    else:
+        return None
+    return folder if folder is not None and _model_type(folder / "config.json") == "clip" else None
+
+
+@functools.lru_cache(maxsize=4)
+def _load_text_cached(name: str, folder: str, device: str) -> Encoder:
+    from clipsearch.models.hf_clip import load_hf_clip_text
+
+    try:
+        return load_hf_clip_text(folder, name=name, device=device)
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelNotAvailable(f"model {name!r} cannot be loaded from {folder!r}: {first}") from e
 
 
 def clear_cache() -> None:
     """Forget every loaded model (tests; freeing memory)."""
     _load_cached.cache_clear()
+    _load_onnx_cached.cache_clear()
+    _load_text_cached.cache_clear()
+
+
+def canonical_name(name: str) -> str:
+    """The name a model reports (and a store records): a folder by its absolute path."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
+
+
+@functools.lru_cache(maxsize=8)
+def _load_onnx_cached(name: str, weights: str | None, backend: str) -> Encoder:
+    """The ONNX encoder of a model: its cached bundle (no torch needed), else exported now from
+    the torch model. ``auto`` falls back to torch, saying why, for a model with no export."""
+    from clipsearch.models.onnx_runtime import bundle_dir, open_bundle
+
+    folder = bundle_dir(canonical_name(name), weights)  # no torch, no hashing of unchanged weights
+    if folder is None:
+        from clipsearch.models.onnx_export import export_bundle, exportable
+
+        encoder = _load_cached(name, weights, "cpu")
+        if not exportable(encoder):
+            why = f"model {name!r} (backend {encoder.info.backend}) has no ONNX export"
+            if backend == "onnx":
+                raise ModelNotAvailable(f"{why}: use --backend torch (or auto)")
+            return encoder
+        try:
+            folder = export_bundle(encoder, weights=weights)
+        except (ValueError, RuntimeError, OSError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if backend == "onnx":
+                raise ModelNotAvailable(f"model {name!r} cannot be exported to ONNX: {first}") from e
+            log.info("model %s runs on torch: its ONNX export failed (%s)", name, first)
+            return encoder
+    return open_bundle(folder, name=canonical_name(name))
 
 
 def describe(encoder: Encoder) -> dict[str, Any]:

@@ -68,11 +68,12 @@ class ServerState:
         return tuple(self.store.meta.get("modalities") or ("image", "text"))
 
     def text_vector(self, text: str) -> np.ndarray:
-        """The unit query vector ``(dim,)`` of ``text``, cached."""
+        """The unit query vector ``(dim,)`` of ``text``, cached; embedded by the store's text
+        encoder (the ONNX text tower when the model has a bundle)."""
         with self.model_lock:
             vec = self._texts.get(text)
             if vec is None:
-                vec = self.store.encoder.encode_texts([text], role="query")[0]
+                vec = self.store.text_encoder.encode_texts([text], role="query")[0]
                 self._texts.put(text, vec)
         return vec
 
@@ -121,9 +122,7 @@ class ServerState:
 
     def has_grid(self) -> bool:
         """Whether the model embeds grid cells (what ``rerank`` needs)."""
-        from clipsearch.search import has_grid
-
-        return has_grid(self.encoder)
+        return self.store.has_grid
 
     def search(
         self,

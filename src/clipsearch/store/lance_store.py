@@ -252,6 +252,48 @@ class Neighbours(list):
         self.snapshot = snapshot
 
 
+class _ReadTable:
+    """A table of the store read with pylance alone, always at its newest version (as lancedb
+    reads with ``read_consistency_interval=0``). Importing lancedb takes about a second, most of
+    what a text search costs as a process, so it is imported only when something else is asked
+    of the table (a write, an optimisation): that goes to the lancedb table, opened then."""
+
+    def __init__(self, uri: Path | S3Path, open_table: Any, storage_options: dict[str, str] | None = None):
+        import lance
+
+        self._uri = str(uri)
+        self._options = storage_options
+        self._head = lance.dataset(self._uri, storage_options=storage_options)
+        self._open_table = open_table
+        self._table: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def version(self) -> int:
+        return int(self._head.latest_version)
+
+    def to_lance(self) -> Any:
+        """The table's newest version as a ``lance.LanceDataset``."""
+        head = self._head
+        latest = head.latest_version
+        if latest != head.version:
+            import lance
+
+            head = self._head = lance.dataset(self._uri, version=latest, storage_options=self._options)
+        return head
+
+    def count_rows(self, filter: str | None = None) -> int:
+        return int(self.to_lance().count_rows(filter))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        with self._lock:
+            if self._table is None:
+                self._table = self._open_table()
+        return getattr(self._table, name)
+
+
 class Store:
     """A persistent table of images and texts with their vectors: rows in, nearest rows out.
 
@@ -262,10 +304,6 @@ class Store:
     """
 
     def __init__(self, root: Path | S3Path, meta: dict[str, Any], *, ann_threshold: int | None = None):
-        from datetime import timedelta
-
-        import lancedb
-
         self.root = root
         self.meta = meta
         self.ann_threshold = (
@@ -274,9 +312,7 @@ class Store:
         if self.ann_threshold < 1:
             raise ValueError(f"ann_threshold must be a positive number of rows, got {self.ann_threshold}")
         self.storage_options = root.storage_options if isinstance(root, S3Path) else None  # Lance's, for s3://
-        self._db = lancedb.connect(
-            str(root / sch.LANCE_DIR), read_consistency_interval=timedelta(0), storage_options=self.storage_options
-        )
+        self._lancedb: Any = None  # connected on first write (see _ReadTable)
         try:
             self._items = self._open_table(sch.ITEMS_TABLE, sch.items_schema(self.dim))
             self._files = self._open_table(sch.FILES_TABLE, sch.files_schema())
@@ -365,10 +401,34 @@ class Store:
         """The items table's version; every committed write increments it."""
         return int(self._items.version)
 
+    @property
+    def _db(self) -> Any:
+        """The lancedb connection, made on first use: reads go through :class:`_ReadTable`."""
+        if self._lancedb is None:
+            from datetime import timedelta
+
+            import lancedb
+
+            self._lancedb = lancedb.connect(
+                str(self.root / sch.LANCE_DIR), read_consistency_interval=timedelta(0), storage_options=self.storage_options
+            )
+        return self._lancedb
+
+    def _existing_table(self, name: str) -> _ReadTable:
+        """The table ``name`` read with pylance (lancedb opened for it only when written).
+
+        Raises:
+            FileNotFoundError: there is no such table.
+        """
+        uri = self.root / sch.LANCE_DIR / f"{name}.lance"
+        if not (uri / "_versions").is_dir():
+            raise FileNotFoundError(uri)
+        return _ReadTable(uri, lambda: self._db.open_table(name), self.storage_options)
+
     def _open_table(self, name: str, schema: pa.Schema):
         try:
-            return self._db.open_table(name)
-        except (FileNotFoundError, ValueError):
+            return self._existing_table(name)
+        except FileNotFoundError:
             pass
         try:
             return self._db.create_table(name, schema=schema, exist_ok=True)
@@ -465,7 +525,7 @@ class Store:
                 self._cells = self._open_table(sch.CELLS_TABLE, sch.cells_schema())
             elif self._no_cells_at != self.version:  # looked again once the items change
                 try:
-                    self._cells = self._db.open_table(sch.CELLS_TABLE)
+                    self._cells = self._existing_table(sch.CELLS_TABLE)
                 except (FileNotFoundError, ValueError):
                     self._no_cells_at = self.version
         return self._cells
@@ -1037,6 +1097,8 @@ class Store:
             "rows_bytes": self.rows_bytes(),
             "table_version": self.version,
             "index": self.index_state(),
+            # how the ONNX backend embeds for this store, and its int8 guard (ingest.embed.guard_store)
+            "onnx": self.meta.get("onnx"),
         }
 
 
