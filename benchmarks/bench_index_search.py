@@ -261,6 +261,7 @@ def bench_search(n: int, dim: int, n_clusters: int, n_queries: int, tmp: Path) -
         calib = ", ".join(f"recall {p['recall']}: nprobe {p['nprobe']} (held-out {p['measured']})" for p in state["points"])
         print(f"ANN {state['kind']}: nlist {state['nlist']}; {calib}")
         print(f"index built in {t_build:.1f} s (update_index, reading the vectors from the store included)")
+        print(f"IVF list imbalance factor {ann.ivf.invlists.imbalance_factor():.2f} (1.0: lists of equal size)")
     print(f"rows written in {t_write:.1f} s")
     print(f"{'method':<46} {'p50 ms':>8} {'p95 ms':>8} {'p50 vs numpy':>13} {'recall@10':>10}")
     for name in names:
