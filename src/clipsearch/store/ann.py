@@ -11,33 +11,43 @@ clusters one at a time, 2 cores; see docs/performance.md, "ANN at a million"):
   (100k rows: p50 7 ms).
 - Above it, faiss ``IVF{nlist}_HNSW32,SQ8`` inside ``IndexRefineFlat``: lists found by a small
   HNSW graph over the centroids (cheaper than scanning thousands of centroids per query, and
-  it makes adding 1M rows fast), list members scanned as 8-bit codes (4x less memory traffic
+  it makes adding 1M rows fast), list members scanned as 8-bit codes (less memory traffic
   than floats), and the best ``REFINE_FACTOR * k`` re-scored exactly from the float vectors.
-  Measured with faiss 1.15.1 on these vectors (p50 of one query, recall@10):
+  ``nlist`` is about ``2 * sqrt(n)`` (2048 at 1M: 4096 lists took 87 s of k-means alone on 2
+  cores), k-means is spherical. Measured with faiss 1.15.1 (p50 of one query, recall@10 on
+  fresh queries; single runs on a shared 2-core machine, so latencies are rough):
 
-  ===========================================  ========  =========  =========  ==========
-  index, 200k rows                             build     0.95 at    0.99 at    note
-  ===========================================  ========  =========  =========  ==========
-  HNSW32,Flat (inner product), efC 40          33 s      ef 384:    > ef 512   0.961 at
-                                                         1.8 ms                ef 512
-  HNSW32,Flat (L2 on unit rows), efC 40        55 s      ef 512:    --         2.2-4.3 ms
-                                                         ~4 ms
-  HNSW16,Flat, efC 40                          18 s      --         --         0.87 at ef 512
-  IVF1024,Flat                                 6 s       np 48:     np 64:     no re-rank
-                                                         2.0 ms     2.7 ms     needed
-  IVF1024,SQ8 + exact re-rank of top 40        6 s       np 48:     np 64:
-                                                         1.3 ms     1.6 ms
-  IVF2048,SQ8 + exact re-rank of top 40        12 s      np 96:     np 128:
-                                                         1.3 ms     1.6 ms
-  IVF2048_HNSW32,PQ128x4fs + re-rank top 100   32 s      --         --         0.41 at
-                                                                               any nprobe
-  ===========================================  ========  =========  =========  ==========
+  ============================================  =======  ================  ================
+  index                                         build    recall ~0.95      recall ~0.99
+  ============================================  =======  ================  ================
+  200k rows
+  HNSW16,Flat, efConstruction 40                18 s     0.87 at ef 512    --
+  HNSW32,Flat (inner product), efC 40           33 s     0.951 at ef 384,  0.961 at ef 512
+                                                         1.8 ms
+  HNSW32,Flat (L2 on unit rows), efC 40         55 s     0.934 at ef 256,  0.961 at ef 512,
+                                                         1.5 ms            4.3 ms
+  IVF1024,Flat                                  6 s      0.981 at np 48,   0.993 at np 64,
+                                                         2.0 ms            2.7 ms
+  IVF1024,SQ8 + exact re-rank of top 40         6 s      0.981 at np 48,   0.993 at np 64,
+                                                         1.3 ms            1.6 ms
+  IVF2048,SQ8 + exact re-rank of top 40         12 s     0.981 at np 96,   0.996 at np 128,
+                                                         1.3 ms            1.6 ms
+  IVF2048_HNSW32,PQ128x4fs + re-rank top 100    32 s     0.41 at any np    --
+  1M rows
+  IVF2048_HNSW32,SQ8 + re-rank top 40           22 s     0.966 at np 80,   0.992 at np 128,
+  (k-means not spherical)                                5.4 ms            8.3 ms
+  IVF4096_HNSW32,SQ8 + re-rank top 40           113 s    0.823 at np 64,   --
+                                                         6.7 ms
+  ============================================  =======  ================  ================
 
   Within one cluster these vectors are an isotropic 512-d blob, where every point's ten
   nearest neighbours are barely nearer than the rest: graphs (HNSW) need a very wide beam and
   coarse codes (4-bit PQ) cannot rank them at all, while IVF with 8-bit codes and an exact
-  re-rank reaches the targets by scanning ~5% of the rows. The 1M numbers are in
-  docs/performance.md.
+  re-rank gets there by scanning a few percent of the rows. Two details matter as much as
+  the index: a single query runs on one OpenMP thread (on two busy cores faiss's parallel
+  re-rank of one query waited 7 ms for its threads, against a 0.5 ms search), and k-means is
+  spherical (with inner-product assignment, long centroids drew 14x more rows than the
+  average list; unit ones 3x). The Store's numbers at 1M are in docs/performance.md.
 - Two operating points, :data:`RECALL_POINTS` (0.95, the default, and 0.99), each the smallest
   ``nprobe`` whose recall@10 on *held-out* rows (left out of the index while it is calibrated,
   added after) reaches the target with a one-sided 95% confidence margin: the promise holds
