@@ -173,6 +173,7 @@ class AnnIndex:
     build_seconds: float = 0.0
     _live: npt.NDArray[np.uint8] | None = field(default=None, repr=False)  # bitmap of labels >= 0
     _live_sel: Any = field(default=None, repr=False)
+    _rows: int = field(default=-1, repr=False)
 
     @property
     def ivf(self) -> Any:
@@ -195,7 +196,10 @@ class AnnIndex:
 
     @property
     def rows(self) -> int:
-        return int((self.labels >= 0).sum())
+        """Live rows (counted once per change: every unfiltered search asks)."""
+        if self._rows < 0:
+            self._rows = int((self.labels >= 0).sum())
+        return self._rows
 
     @property
     def max_seq(self) -> int:
@@ -263,7 +267,8 @@ class AnnIndex:
         import faiss
 
         live = self.labels >= 0
-        if live.all():
+        self._rows = int(live.sum())
+        if self._rows == len(live):
             self._live, self._live_sel = None, None
             return
         self._live = np.packbits(live, bitorder="little")
