@@ -322,7 +322,7 @@ class Collection:
     def search(self, query: Any, k: int = 10, **options: Any) -> list[Hit]:
         """The ``k`` items most similar to ``query``, best first; see
         :func:`clipsearch.search.search_store` for the query forms and ``options`` (``modality``,
-        ``where``, ``path_glob``, ``min_score``, ``exact``, ``rerank``, ``cell_weight``)."""
+        ``where``, ``path_glob``, ``min_score``, ``exact``, ``recall``, ``rerank``, ``cell_weight``)."""
         from clipsearch.search import as_query
 
         query = as_query(query)
