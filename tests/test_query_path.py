@@ -299,3 +299,19 @@ def test_without_a_bundle_a_clip_text_query_loads_the_text_tower_alone(tiny_hf_c
     assert [s for _, s in got] == pytest.approx([s for _, s in expected], abs=1e-5)
     hits = col.search(tmp_path / "pics" / "blue.png", k=1)  # an image query: now the whole model
     assert Path(hits[0].path).name == "blue.png" and col._model.loaded
+
+
+def test_the_server_embeds_text_queries_with_the_bundle(toy_store):
+    from fastapi.testclient import TestClient
+
+    from clipsearch.models.onnx_runtime import OnnxTextEncoder
+    from clipsearch.server import create_app
+
+    root, name, weights, table = toy_store
+    install_bundle(name, weights, table)
+    col = open_store(root, create=False)
+    client = TestClient(create_app(col, thumbnail_dir=root.parent / "thumbs"), base_url="http://127.0.0.1")
+    answer = client.get("/api/search", params={"q": "a red circle", "k": 1})
+    assert answer.status_code == 200, answer.text
+    assert [h["text"] for h in answer.json()] == ["a red circle"]
+    assert isinstance(col.text_encoder, OnnxTextEncoder) and not col._model.loaded
