@@ -19,13 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
-
-from clipsearch import open_store  # noqa: E402
-from clipsearch.errors import StoreError  # noqa: E402
-from clipsearch.models.base import Encoder, ModelInfo  # noqa: E402
-from clipsearch.models.fingerprint import PROBE_TEXTS  # noqa: E402
+from clipsearch import open_store
+from clipsearch.errors import StoreError
+from clipsearch.models.base import Encoder, ModelInfo
+from clipsearch.models.fingerprint import PROBE_TEXTS
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 HEAVY = ("torch", "transformers", "torchvision", "open_clip", "sentence_transformers")
@@ -104,7 +101,8 @@ def install_bundle(model: str, weights_file: Path, table: np.ndarray, *, probe_t
     """Write a bundle of the toy text model ``table`` where :func:`bundle_dir` finds it for
     ``model`` (whose weights are ``weights_file``); its ``probe_text`` comes from ``probe_table``
     (default ``table``: an honest bundle)."""
-    import onnx
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
 
     from clipsearch.models.onnx_runtime import cache_root, write_model_record
 
