@@ -19,13 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
-
-from clipsearch import open_store  # noqa: E402
-from clipsearch.errors import StoreError  # noqa: E402
-from clipsearch.models.base import Encoder, ModelInfo  # noqa: E402
-from clipsearch.models.fingerprint import PROBE_TEXTS  # noqa: E402
+from clipsearch import open_store
+from clipsearch.errors import StoreError
+from clipsearch.models.base import Encoder, ModelInfo
+from clipsearch.models.fingerprint import PROBE_TEXTS
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 HEAVY = ("torch", "transformers", "torchvision", "open_clip", "sentence_transformers")
@@ -104,7 +101,8 @@ def install_bundle(model: str, weights_file: Path, table: np.ndarray, *, probe_t
     """Write a bundle of the toy text model ``table`` where :func:`bundle_dir` finds it for
     ``model`` (whose weights are ``weights_file``); its ``probe_text`` comes from ``probe_table``
     (default ``table``: an honest bundle)."""
-    import onnx
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
 
     from clipsearch.models.onnx_runtime import cache_root, write_model_record
 
@@ -262,6 +260,8 @@ def test_without_a_bundle_the_model_answers_and_is_exported_for_next_time(demo_s
     import importlib.machinery
     import types
 
+    pytest.importorskip("onnxruntime")  # an export needs both, besides the exporter
+    pytest.importorskip("onnx")
     exported = []
     fake = types.ModuleType("clipsearch.models.onnx_export")
     fake.__spec__ = importlib.machinery.ModuleSpec(fake.__name__, None)
@@ -299,3 +299,19 @@ def test_without_a_bundle_a_clip_text_query_loads_the_text_tower_alone(tiny_hf_c
     assert [s for _, s in got] == pytest.approx([s for _, s in expected], abs=1e-5)
     hits = col.search(tmp_path / "pics" / "blue.png", k=1)  # an image query: now the whole model
     assert Path(hits[0].path).name == "blue.png" and col._model.loaded
+
+
+def test_the_server_embeds_text_queries_with_the_bundle(toy_store):
+    from fastapi.testclient import TestClient
+
+    from clipsearch.models.onnx_runtime import OnnxTextEncoder
+    from clipsearch.server import create_app
+
+    root, name, weights, table = toy_store
+    install_bundle(name, weights, table)
+    col = open_store(root, create=False)
+    client = TestClient(create_app(col, thumbnail_dir=root.parent / "thumbs"), base_url="http://127.0.0.1")
+    answer = client.get("/api/search", params={"q": "a red circle", "k": 1})
+    assert answer.status_code == 200, answer.text
+    assert [h["text"] for h in answer.json()] == ["a red circle"]
+    assert isinstance(col.text_encoder, OnnxTextEncoder) and not col._model.loaded
