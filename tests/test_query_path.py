@@ -133,6 +133,18 @@ def install_bundle(model: str, weights_file: Path, table: np.ndarray, *, probe_t
     return folder
 
 
+@pytest.fixture(autouse=True)
+def _backend_auto(monkeypatch: pytest.MonkeyPatch):
+    """These tests are about the ONNX text path, which the suite's default (torch) turns off;
+    models loaded from one test's bundle cache must not serve the next test."""
+    from clipsearch.models.registry import clear_cache
+
+    monkeypatch.setenv("CLIPSEARCH_BACKEND", "auto")
+    clear_cache()
+    yield
+    clear_cache()
+
+
 @pytest.fixture
 def onnx_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "onnx-cache"
@@ -240,7 +252,7 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_an_image_query_loads_the_full_model_and_ignores_the_bundle(demo_store, onnx_cache):
+def test_an_image_query_on_torch_loads_the_full_model_and_ignores_the_bundle(demo_store, onnx_cache):
     from clipsearch.models.demo import DEMO_WEIGHTS_DIR
 
     # a bundle for the demo model's weights that disagrees with the store: text queries are
@@ -250,33 +262,29 @@ def test_an_image_query_loads_the_full_model_and_ignores_the_bundle(demo_store, 
     col = open_store(demo_store / "store", create=False)
     with pytest.raises(StoreError, match="is not the one store"):
         col.search("a red square")
-    col = open_store(demo_store / "store", create=False)
+    col = open_store(demo_store / "store", create=False, backend="torch")
     hits = col.search(demo_store / "pics" / "red.png", k=2)
     assert [Path(h.path).name for h in hits] == ["red.png", "blue.png"] and hits[0].score > 0.99
     assert col._model.loaded and col.encoder.supports("image")
 
 
-def test_without_a_bundle_the_model_answers_and_is_exported_for_next_time(demo_store, onnx_cache, monkeypatch):
-    import importlib.machinery
-    import types
-
-    pytest.importorskip("onnxruntime")  # an export needs both, besides the exporter
+def test_without_a_bundle_the_model_answers_and_is_exported_for_next_time(demo_store, onnx_cache):
+    pytest.importorskip("onnxruntime")  # an export needs both
     pytest.importorskip("onnx")
-    exported = []
-    fake = types.ModuleType("clipsearch.models.onnx_export")
-    fake.__spec__ = importlib.machinery.ModuleSpec(fake.__name__, None)
-    fake.export_bundle = lambda encoder, **kw: exported.append(encoder.name)
-    monkeypatch.setitem(sys.modules, "clipsearch.models.onnx_export", fake)
+    from clipsearch.models.onnx_runtime import OnnxTextEncoder, bundle_dir
+    from clipsearch.models.registry import clear_cache
+
+    assert bundle_dir("demo") is None
     col = open_store(demo_store / "store", create=False)
-    vector = col.text_encoder.encode_texts(["a red square"])[0]  # as the server embeds a text, then searches
-    col.search(vector, k=1)
-    assert exported == []  # a search by vector never stops to export
     hits = col.search("a red square", k=2)
     assert {Path(h.path).name for h in hits} == {"red.png", "blue.png"}
-    assert col.text_encoder is col.encoder  # no bundle: the model itself embedded the text
-    assert exported == ["demo"]
-    col.search("a blue square", k=1)
-    assert exported == ["demo"]  # once per collection
+    assert col._model.loaded  # no bundle: the model answered, and its first load exported it
+    assert bundle_dir("demo") is not None
+
+    clear_cache()
+    again = open_store(demo_store / "store", create=False)
+    assert [h.id for h in again.search("a red square", k=2)] == [h.id for h in hits]
+    assert isinstance(again.text_encoder, OnnxTextEncoder) and not again._model.loaded
 
 
 def test_without_a_bundle_a_clip_text_query_loads_the_text_tower_alone(tiny_hf_clip, tmp_path, onnx_cache, monkeypatch):
