@@ -32,9 +32,6 @@ OFFLINE_ENV = {
 for _var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "SENTENCE_TRANSFORMERS_HOME"):
     os.environ.pop(_var, None)  # these would override HF_HOME
 os.environ.update(OFFLINE_ENV)
-_ONNX_CACHE = tempfile.mkdtemp(prefix="clipsearch-test-onnx-")
-atexit.register(shutil.rmtree, _ONNX_CACHE, True)
-os.environ["CLIPSEARCH_ONNX_CACHE"] = _ONNX_CACHE  # ONNX bundles exported by tests never reach the user's cache
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warnings; 2 cores here anyway
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import tiny_models` from any test

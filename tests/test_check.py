@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from clipsearch.collection import open_store
 from clipsearch.errors import StoreError
 from clipsearch.store.check import check_store
+from clipsearch.store.ann import KIND
 
 
 @pytest.fixture(autouse=True)
@@ -107,7 +108,7 @@ def test_a_table_dropped_and_not_created_again_is_recreated(tmp_path: Path) -> N
 def test_a_broken_ann_index_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLIPSEARCH_ANN_THRESHOLD", "40")
     root, _ = _indexed(tmp_path, n=48, batch_size=16)
-    assert open_store(root, model=FakeEncoder()).index_state()["kind"] == "ivf_flat"
+    assert open_store(root, model=FakeEncoder()).index_state()["kind"] == KIND
     index_file = next(p for p in (root / "ann").iterdir() if p.name != "ann.json")
     index_file.write_bytes(index_file.read_bytes()[:100])
 
@@ -115,7 +116,7 @@ def test_a_broken_ann_index_is_rebuilt(tmp_path: Path, monkeypatch: pytest.Monke
     assert [p.where for p in found.problems] == ["ann"]
     assert check_store(root, repair=True).ok
     store = open_store(root, model=FakeEncoder())
-    assert store.index_state()["kind"] == "ivf_flat" and len(store.search("red", k=5)) == 5
+    assert store.index_state()["kind"] == KIND and len(store.search("red", k=5)) == 5
     assert check_store(root).ok
 
 

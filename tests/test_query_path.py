@@ -19,13 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
-
-from clipsearch import open_store  # noqa: E402
-from clipsearch.errors import StoreError  # noqa: E402
-from clipsearch.models.base import Encoder, ModelInfo  # noqa: E402
-from clipsearch.models.fingerprint import PROBE_TEXTS  # noqa: E402
+from clipsearch import open_store
+from clipsearch.errors import StoreError
+from clipsearch.models.base import Encoder, ModelInfo
+from clipsearch.models.fingerprint import PROBE_TEXTS
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 HEAVY = ("torch", "transformers", "torchvision", "open_clip", "sentence_transformers")
@@ -104,7 +101,8 @@ def install_bundle(model: str, weights_file: Path, table: np.ndarray, *, probe_t
     """Write a bundle of the toy text model ``table`` where :func:`bundle_dir` finds it for
     ``model`` (whose weights are ``weights_file``); its ``probe_text`` comes from ``probe_table``
     (default ``table``: an honest bundle)."""
-    import onnx
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
 
     from clipsearch.models.onnx_runtime import cache_root, write_model_record
 
@@ -133,6 +131,18 @@ def install_bundle(model: str, weights_file: Path, table: np.ndarray, *, probe_t
     }
     (folder / "bundle.json").write_text(json.dumps(bundle), encoding="utf-8")
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _backend_auto(monkeypatch: pytest.MonkeyPatch):
+    """These tests are about the ONNX text path, which the suite's default (torch) turns off;
+    models loaded from one test's bundle cache must not serve the next test."""
+    from clipsearch.models.registry import clear_cache
+
+    monkeypatch.setenv("CLIPSEARCH_BACKEND", "auto")
+    clear_cache()
+    yield
+    clear_cache()
 
 
 @pytest.fixture
@@ -242,7 +252,7 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_an_image_query_loads_the_full_model_and_ignores_the_bundle(demo_store, onnx_cache):
+def test_an_image_query_on_torch_loads_the_full_model_and_ignores_the_bundle(demo_store, onnx_cache):
     from clipsearch.models.demo import DEMO_WEIGHTS_DIR
 
     # a bundle for the demo model's weights that disagrees with the store: text queries are
@@ -252,31 +262,29 @@ def test_an_image_query_loads_the_full_model_and_ignores_the_bundle(demo_store, 
     col = open_store(demo_store / "store", create=False)
     with pytest.raises(StoreError, match="is not the one store"):
         col.search("a red square")
-    col = open_store(demo_store / "store", create=False)
+    col = open_store(demo_store / "store", create=False, backend="torch")
     hits = col.search(demo_store / "pics" / "red.png", k=2)
     assert [Path(h.path).name for h in hits] == ["red.png", "blue.png"] and hits[0].score > 0.99
     assert col._model.loaded and col.encoder.supports("image")
 
 
-def test_without_a_bundle_the_model_answers_and_is_exported_for_next_time(demo_store, onnx_cache, monkeypatch):
-    import importlib.machinery
-    import types
+def test_without_a_bundle_the_model_answers_and_is_exported_for_next_time(demo_store, onnx_cache):
+    pytest.importorskip("onnxruntime")  # an export needs both
+    pytest.importorskip("onnx")
+    from clipsearch.models.onnx_runtime import OnnxTextEncoder, bundle_dir
+    from clipsearch.models.registry import clear_cache
 
-    exported = []
-    fake = types.ModuleType("clipsearch.models.onnx_export")
-    fake.__spec__ = importlib.machinery.ModuleSpec(fake.__name__, None)
-    fake.export_bundle = lambda encoder, **kw: exported.append(encoder.name)
-    monkeypatch.setitem(sys.modules, "clipsearch.models.onnx_export", fake)
+    assert bundle_dir("demo") is None
     col = open_store(demo_store / "store", create=False)
-    vector = col.text_encoder.encode_texts(["a red square"])[0]  # as the server embeds a text, then searches
-    col.search(vector, k=1)
-    assert exported == []  # a search by vector never stops to export
     hits = col.search("a red square", k=2)
     assert {Path(h.path).name for h in hits} == {"red.png", "blue.png"}
-    assert col.text_encoder is col.encoder  # no bundle: the model itself embedded the text
-    assert exported == ["demo"]
-    col.search("a blue square", k=1)
-    assert exported == ["demo"]  # once per collection
+    assert col._model.loaded  # no bundle: the model answered, and its first load exported it
+    assert bundle_dir("demo") is not None
+
+    clear_cache()
+    again = open_store(demo_store / "store", create=False)
+    assert [h.id for h in again.search("a red square", k=2)] == [h.id for h in hits]
+    assert isinstance(again.text_encoder, OnnxTextEncoder) and not again._model.loaded
 
 
 def test_without_a_bundle_a_clip_text_query_loads_the_text_tower_alone(tiny_hf_clip, tmp_path, onnx_cache, monkeypatch):
@@ -299,3 +307,19 @@ def test_without_a_bundle_a_clip_text_query_loads_the_text_tower_alone(tiny_hf_c
     assert [s for _, s in got] == pytest.approx([s for _, s in expected], abs=1e-5)
     hits = col.search(tmp_path / "pics" / "blue.png", k=1)  # an image query: now the whole model
     assert Path(hits[0].path).name == "blue.png" and col._model.loaded
+
+
+def test_the_server_embeds_text_queries_with_the_bundle(toy_store):
+    from fastapi.testclient import TestClient
+
+    from clipsearch.models.onnx_runtime import OnnxTextEncoder
+    from clipsearch.server import create_app
+
+    root, name, weights, table = toy_store
+    install_bundle(name, weights, table)
+    col = open_store(root, create=False)
+    client = TestClient(create_app(col, thumbnail_dir=root.parent / "thumbs"), base_url="http://127.0.0.1")
+    answer = client.get("/api/search", params={"q": "a red circle", "k": 1})
+    assert answer.status_code == 200, answer.text
+    assert [h["text"] for h in answer.json()] == ["a red circle"]
+    assert isinstance(col.text_encoder, OnnxTextEncoder) and not col._model.loaded

@@ -112,9 +112,9 @@ def test_the_ann_index_lives_beside_the_tables_on_s3(bucket: str) -> None:
         assert store.update_index() == "built"
     assert any(k.endswith(".faiss") for k in keys(bucket, "vecs/ann/"))
     reopened = Store.open(f"s3://{bucket}/vecs")
-    assert reopened.index_state()["kind"] == "ivf_flat"
+    assert reopened.index_state()["kind"] != "exact"
     nearest = reopened.nearest(vecs[7], k=1)
-    assert reopened.last_plan.startswith("ivf")
+    assert reopened.last_plan != "exact"  # answered by the index read back from S3
     position, score = nearest[0]
     assert score == pytest.approx(1.0, abs=1e-5) and nearest.snapshot.ids[position] == rows[7]["id"]
 

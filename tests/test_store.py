@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clipsearch.store.ann import KIND
 from clipsearch.models.base import Encoder, ModelInfo, Preprocess
 
 # -- a fake model with a real joint space --------------------------------------------------------
@@ -321,13 +322,13 @@ def test_ann_index_recall_tail_and_deletions(tmp_path: Path, monkeypatch: pytest
     ids = put_vectors(store, base)
     assert store.update_index() == "built"
     state = store.index_state()
-    assert state["kind"] == "ivf_flat" and state["indexed"] == 6000
+    assert state["kind"] == KIND and state["indexed"] == 6000
     queries = clustered(200, dim, 60, np.random.default_rng(0))[:200]  # same centres: fresh points
     recall = []
     for q in queries:
         truth = set(np.argsort(-(base @ q))[:10].tolist())
         got = {ids.index(h.id) for h in store.hits_at(store.nearest(q, 10))}
-        assert store.last_plan == "ivf"
+        assert store.last_plan == "ann"
         recall.append(len(truth & got) / 10)
     assert np.mean(recall) >= 0.95
     exact = store.hits_at(store.nearest(queries[0], 10, exact=True))
@@ -346,7 +347,7 @@ def test_ann_index_recall_tail_and_deletions(tmp_path: Path, monkeypatch: pytest
     assert new_ids[5] not in {h.id for h in store.hits_at(store.nearest(extra[5], 5))}
     # a filter that keeps a small subset is answered exactly from the index's vectors
     glob_hits = store.hits_at(store.nearest(base[10], 5, path_glob="/data/*/1?.jpg"))
-    assert store.last_plan == "ivf-subset-exact"
+    assert store.last_plan == "ann-subset-exact"
     assert glob_hits[0].id == ids[10] and glob_hits[0].score == pytest.approx(1.0, abs=1e-5)
     assert {h.path for h in glob_hits} <= {f"/data/{p}/{i}.jpg" for p in ("v", "new") for i in range(10, 20)}
     assert store.update_index(force=True) in ("updated", "built")

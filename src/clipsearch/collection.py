@@ -99,7 +99,6 @@ class Collection:
             self._check_dim(encoder, "makes")
         self._model = LazyEncoder(self._load_encoder)
         self._text = LazyEncoder(self._load_text_encoder)
-        self._export_wanted = False  # a text query ran the full model for want of an ONNX bundle
 
     def _load_encoder(self, *, check: bool = True) -> Encoder:
         """The model (the one given, else loaded by the store's name), checked to be the one
@@ -145,16 +144,16 @@ class Collection:
             )
 
     def _load_text_encoder(self) -> Encoder:
-        """What embeds text queries: the text tower of the model's ONNX bundle when one was
-        exported for its current weights (no torch, no image tower); else the model's text
-        tower alone where its backend allows (:func:`~clipsearch.models.registry.load_text_model`),
-        unless the whole model is loaded anyway (given, loaded already, or to be exported)."""
-        if self._given is None and onnx_wanted():
+        """What embeds text queries: on the ``onnx``/``auto`` backends, the text tower of the
+        model's ONNX bundle when one exists for its current weights (no torch, no image tower),
+        else the model itself (whose first load under those backends exports the bundle, so the
+        next process starts light); on ``torch``, the model's text tower alone where its backend
+        allows (:func:`~clipsearch.models.registry.load_text_model`) unless the model is loaded
+        anyway."""
+        if self._given is None and self.backend != "torch":
             onnx = self._onnx_text_encoder()
-            if onnx is not None:
-                return onnx
-            self._export_wanted = exporter_installed()
-        if self._given is not None or self._model.loaded or self._export_wanted:
+            return onnx if onnx is not None else self._model.get()
+        if self._given is not None or self._model.loaded:
             return self._model.get()
         from clipsearch.models.registry import load_text_model
 
@@ -189,22 +188,6 @@ class Collection:
         if not self._identity_checked:
             self._check_probe(lambda: {"text": probe_text})
         return encoder
-
-    def _export_bundle(self) -> None:
-        """Export the model's ONNX bundle after a text query that needed the model itself, so
-        that the next one runs without torch. A failure is logged, never raised: it is only a
-        speed-up for later."""
-        self._export_wanted = False
-        try:
-            from clipsearch.models.onnx_export import export_bundle
-        except ImportError:  # onnx or another export requirement is missing
-            return
-        name, weights = self.store.model_name, self.store.meta.get("weights")
-        log.info("exporting model %s to ONNX once, so that later text queries start fast ...", name)
-        try:
-            export_bundle(self._model.get(), **({"weights": weights} if weights else {}))
-        except Exception as exc:  # noqa: BLE001 - see the docstring: the search it follows has succeeded
-            log.warning("model %s could not be exported to ONNX (%s); text queries keep using it as it is", name, exc)
 
     def _check_dim(self, encoder: Encoder, verb: str) -> None:
         if encoder.dim != self.store.dim:
@@ -323,7 +306,7 @@ class Collection:
     def search(self, query: Any, k: int = 10, **options: Any) -> list[Hit]:
         """The ``k`` items most similar to ``query``, best first; see
         :func:`clipsearch.search.search_store` for the query forms and ``options`` (``modality``,
-        ``where``, ``path_glob``, ``min_score``, ``exact``, ``rerank``, ``cell_weight``)."""
+        ``where``, ``path_glob``, ``min_score``, ``exact``, ``recall``, ``rerank``, ``cell_weight``)."""
         from clipsearch.search import as_query
 
         query = as_query(query)
@@ -331,24 +314,7 @@ class Collection:
             encoder: Any = self._model
         else:
             encoder = _TextQueries(self)
-        hits = search_store(self.store, encoder, query, k=k, **options)
-        if self._export_wanted and getattr(encoder, "embedded_text", False):
-            self._export_bundle()  # after a search that embedded text: not after the server's searches by vector
-        return hits
-
-
-BACKEND_ENV = "CLIPSEARCH_BACKEND"
-"""``torch`` keeps text queries on the model itself: no ONNX bundle is used or exported."""
-
-
-def exporter_installed() -> bool:
-    """Whether ONNX bundles can be exported here (onnxruntime, onnx and the exporter are installed)."""
-    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx", "clipsearch.models.onnx_export"))
-
-
-def onnx_wanted() -> bool:
-    """Whether text queries may use (and export) an ONNX bundle: unless ``$CLIPSEARCH_BACKEND`` is ``torch``."""
-    return os.environ.get(BACKEND_ENV, "").strip().lower() != "torch"
+        return search_store(self.store, encoder, query, k=k, **options)
 
 
 class _TextQueries:
@@ -359,7 +325,6 @@ class _TextQueries:
 
     def __init__(self, collection: Collection):
         self._collection = collection
-        self.embedded_text = False
         if collection.has_grid:
             self.encode_patch_grid = self._encode_patch_grid  # what search.has_grid looks for
 
@@ -372,7 +337,6 @@ class _TextQueries:
         return self._collection.store.dim
 
     def encode_texts(self, texts: Sequence[str], **options: Any) -> Any:
-        self.embedded_text = True
         return self._collection.text_encoder.encode_texts(texts, **options)
 
     def _encode_patch_grid(self, images: Sequence[Any], **options: Any) -> Any:

@@ -308,6 +308,7 @@ def search_store(
     exact: bool = False,
     rerank: int | None = None,
     cell_weight: float | None = None,
+    recall: float | None = None,
 ) -> list[Hit]:
     """The ``k`` items of ``store`` most similar to ``query``, best first.
 
@@ -324,6 +325,8 @@ def search_store(
             shell pattern; ``*`` also crosses ``/``.
         min_score: drop results whose score is below this.
         exact: scan every vector even when an ANN index exists.
+        recall: with an ANN index, the recall@10 to promise: 0.95 (default, the fast operating
+            point) or 0.99 (slower); see :mod:`clipsearch.store.ann`.
         rerank: re-score the best ``max(k, rerank)`` images by their best-matching grid cell
             as well (:func:`clipsearch.similarity.grid_scores`): finds one object among several
             more precisely. Needs a model with a grid; 0 turns it off. Given (> 0) with
@@ -347,6 +350,9 @@ def search_store(
     from clipsearch.similarity import check_cell_weight
 
     weight = DEFAULT_CELL_WEIGHT if cell_weight is None else check_cell_weight(cell_weight)  # before any work
+    from clipsearch.store.ann import check_recall
+
+    check_recall(recall)
     if rerank and modality == "text":
         raise ValueError(
             "rerank: only images have grid cells to re-score by; search with modality 'image' or 'any', not 'text'"
@@ -363,7 +369,9 @@ def search_store(
     for attempt in range(READ_ATTEMPTS):
         version = store.version
         try:
-            found = store.nearest(q, max(k, depth), modality=modality, where=where, path_glob=path_glob, exact=exact)
+            found = store.nearest(
+                q, max(k, depth), modality=modality, where=where, path_glob=path_glob, exact=exact, recall=recall
+            )
             hits = store.hits_at(found)
             stored = store.cells([h.id for h in hits if h.modality == "image"]) if depth else {}
             break

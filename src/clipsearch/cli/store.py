@@ -185,6 +185,13 @@ def search(
         float | None, typer.Option("--min-score", help="Drop results whose cosine is below this.")
     ] = None,
     exact: Annotated[bool, typer.Option("--exact", help="Scan every vector even when an ANN index exists.", metavar="")] = False,
+    recall: Annotated[
+        float | None,
+        typer.Option(
+            "--recall", min=0.01, max=0.99, show_default=False,
+            help="With an ANN index (large stores): the recall@10 to promise, 0.95 (default, fastest) or 0.99.",
+        ),
+    ] = None,  # fmt: skip
     rerank: Annotated[
         int | None,
         typer.Option(
@@ -224,7 +231,8 @@ def search(
     if len(st) == 0:
         fail(f"store {st.root} is empty; index something first: clipsearch index PATH --store {st.root}")
     hits = st.search(
-        q, k=k, modality=modality, where=where, path_glob=path_glob, min_score=min_score, exact=exact, rerank=rerank,
+        q, k=k, modality=modality, where=where, path_glob=path_glob, min_score=min_score, exact=exact, recall=recall,
+        rerank=rerank,
         cell_weight=cell_weight,
     )  # fmt: skip
     if as_json:
@@ -308,8 +316,8 @@ def stats(store: StoreOption = None, as_json: JsonOption = False) -> None:
     index_text = (
         f"exact (in-memory scan; ANN index from {idx['threshold']:,} rows)"
         if idx["kind"] == "exact"
-        else f"IVF,Flat: {idx['indexed']:,} rows indexed, nlist {idx['nlist']}, nprobe {idx['nprobe']}, "
-        f"calibration recall@10 {idx['calibration_recall']}"
+        else f"ANN (IVF, 8-bit codes, exact re-rank): {idx['indexed']:,} rows indexed, nlist {idx['nlist']}; "
+        + ", ".join(f"recall@10 {p['recall']}: nprobe {p['nprobe']} (measured {p['measured']})" for p in idx["points"])
     )
     lines = [
         ("store", info["store"]),

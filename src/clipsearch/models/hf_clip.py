@@ -135,15 +135,21 @@ def load_hf_clip_text(folder: str | Path, *, name: str, device: str = "cpu") -> 
     """
     import torch
     from transformers import AutoTokenizer, CLIPConfig, CLIPTextModelWithProjection
+    from transformers.utils import logging as hf_logging
 
     folder = Path(folder)
     with quiet_transformers():
         config = CLIPConfig.from_pretrained(folder, local_files_only=True)
         text_config = config.text_config
         text_config.projection_dim = config.projection_dim  # kept at the top of a CLIPModel's config
-        model = CLIPTextModelWithProjection.from_pretrained(
-            folder, config=text_config, local_files_only=True, dtype=torch.float32
-        )
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # its load report lists every vision weight as unused: left out on purpose
+        try:
+            model = CLIPTextModelWithProjection.from_pretrained(
+                folder, config=text_config, local_files_only=True, dtype=torch.float32
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     model.eval().to(device)
     if tokenizer.pad_token_id is None:  # as in load_hf_clip

@@ -293,12 +293,12 @@ def _check_agreement(root: Path, datasets: dict[str, Any], report: CheckReport, 
 
 
 def _check_index(root: Path, meta: dict[str, Any], items, report: CheckReport, *, repair: bool) -> None:
-    """The ANN index, when there is one, loads and matches the vectors' dimension."""
-    from clipsearch.store.ann import IvfIndex, read_index_meta, remove_index
+    """The ANN index, when there is one, is of this version's kind, loads and matches the vectors' dimension."""
+    from clipsearch.store.ann import KIND, AnnIndex, read_any_index_meta, remove_index
 
     folder = root / sch.ANN_DIR
     try:
-        index_meta = read_index_meta(folder)
+        index_meta = read_any_index_meta(folder)
     except Exception:  # noqa: BLE001 - any unreadable ann.json is the problem reported
         index_meta = {"unreadable": True}
     if index_meta is None:
@@ -306,15 +306,17 @@ def _check_index(root: Path, meta: dict[str, Any], items, report: CheckReport, *
     reason = None
     if index_meta.get("unreadable"):
         reason = "its ann.json cannot be read"
+    elif index_meta.get("kind") != KIND:
+        reason = f"it is of an older kind ({index_meta.get('kind')!r}) that searches no longer use"
     else:
         try:
-            index = IvfIndex.load(folder)
+            index = AnnIndex.load(folder)
         except Exception as exc:  # noqa: BLE001 - faiss raises RuntimeError for a cut file
             index, reason = None, f"it cannot be loaded ({_short(exc)})"
         if reason is None and index is None:
             reason = "it cannot be loaded"
-        elif reason is None and index.index.d != int(meta["dim"]):
-            reason = f"it holds {index.index.d}-d vectors, the store {meta['dim']}-d"
+        elif reason is None and index.d != int(meta["dim"]):
+            reason = f"it holds {index.d}-d vectors, the store {meta['dim']}-d"
     if reason is None:
         return
     problem = Problem("ann", f"the ANN index is broken: {reason}", "build it again from the stored vectors (nothing is lost)")

@@ -3,8 +3,8 @@
 Writes go through LanceDB, one ``merge_insert`` per batch: each is one atomic table version,
 so a crash (even ``kill -9``) loses at most the batch being written and never leaves half a
 row. Searches never touch LanceDB's own vector search (see :mod:`clipsearch.store.ann`): the
-vectors are read once per table version into memory and scanned with numpy, or through an IVF
-index once the store is large.
+vectors are read once per table version into memory and scanned with numpy, or searched through
+an ANN index (IVF with 8-bit codes and an exact re-rank) once the store is large.
 """
 
 from __future__ import annotations
@@ -28,11 +28,14 @@ from clipsearch.store import schema as sch
 from clipsearch.store.s3 import S3Lock, S3Path, s3_write_lock
 from clipsearch.store.ann import (
     DEFAULT_ANN_THRESHOLD,
+    DEFAULT_RECALL,
+    AnnIndex,
     Vectors,
-    IvfIndex,
     ann_threshold_from_env,
-    build_ivf,
+    build_index,
+    check_recall,
     exact_scores,
+    read_any_index_meta,
     read_index_meta,
     remove_index,
     top_k,
@@ -169,13 +172,16 @@ class _Snapshot:
     is_image: npt.NDArray[np.bool_]  # (n,)
     order: npt.NDArray[np.int64]  # argsort(seq): seq -> position lookups
     vectors: Vectors | None = None  # (n, d), exact mode
-    ivf: IvfIndex | None = None  # ANN mode
+    ann: AnnIndex | None = None  # ANN mode
     in_index: npt.NDArray[np.bool_] | None = None  # (n,) rows the index holds
+    ann_id: npt.NDArray[np.int64] | None = None  # (n,) each row's faiss id in the index, -1 in the tail
+    ann_pos: npt.NDArray[np.int64] | None = None  # (m,) each faiss id's position, -1 once deleted
     tail_vectors: Vectors | None = None  # (n - in_index.sum(), d), in position order
     tail_pos: npt.NDArray[np.int64] | None = None
     _paths: Any = None  # pa.Table of path, extra_paths (lazy, for path globs)
     masks: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (kind, expr) -> (n,) bool
     subset: tuple[Any, np.ndarray, Vectors] | None = None  # (filter key, positions, vectors): last filtered subset
+    _sorted_seq: npt.NDArray[np.int64] | None = None  # seq[order], made on first lookup
 
     @property
     def n(self) -> int:
@@ -186,7 +192,9 @@ class _Snapshot:
         seqs = np.asarray(seqs, dtype=np.int64)
         if self.n == 0:
             return np.zeros(0, np.int64), np.zeros(len(seqs), bool)
-        sorted_seq = self.seq[self.order]
+        if self._sorted_seq is None:
+            self._sorted_seq = self.seq[self.order]
+        sorted_seq = self._sorted_seq
         idx = np.clip(np.searchsorted(sorted_seq, seqs), 0, self.n - 1)
         found = sorted_seq[idx] == seqs
         return self.order[idx[found]], found
@@ -330,7 +338,7 @@ class Store:
         self._lock_fd: int | S3Lock | None = None  # the lock held: its fd, or the lock object on S3
         self._thread_lock = threading.RLock()
         self._next_seq: int | None = None
-        self.last_plan = ""  # how the last nearest() was answered: "exact", "ivf", "ivf-subset-exact"
+        self.last_plan = ""  # how the last nearest() was answered: "exact", "ann", "ann-subset-exact"
 
     @classmethod
     def exists(cls, uri: str | os.PathLike[str] | None) -> bool:
@@ -670,21 +678,33 @@ class Store:
         where: str | None = None,
         path_glob: str | None = None,
         exact: bool = False,
+        recall: float | None = None,
     ) -> list[tuple[int, float]]:
         """``(position, score)`` of the ``k`` nearest rows to a unit vector ``(dim,)``, best first.
 
-        Positions index the snapshot that was searched, which the result carries, so
+        ``recall`` picks the ANN index's operating point when it has one: 0.95 (the default, the
+        fast one) or 0.99, the recall@10 each was calibrated to on held-out rows; ``exact=True``
+        scans every vector. Positions index the snapshot that was searched, which the result carries, so
         :meth:`hits_at` reads the right rows even if another thread's write lands in between.
         """
         _check_modality(modality)
+        recall = check_recall(recall)
         q = np.asarray(query, dtype=np.float32).reshape(-1)
         if q.shape[0] != self.dim:
             raise ValueError(f"query vector has {q.shape[0]} dimensions; this store holds {self.dim}-d vectors")
         snap = self._current_snapshot(exact=exact)
-        return Neighbours(self._nearest_in(snap, q, k, modality, where, path_glob, exact), snap)
+        return Neighbours(self._nearest_in(snap, q, k, modality, where, path_glob, exact, recall), snap)
 
     def _nearest_in(
-        self, snap: _Snapshot, q: np.ndarray, k: int, modality: str, where: str | None, path_glob: str | None, exact: bool
+        self,
+        snap: _Snapshot,
+        q: np.ndarray,
+        k: int,
+        modality: str,
+        where: str | None,
+        path_glob: str | None,
+        exact: bool,
+        recall: float,
     ) -> list[tuple[int, float]]:
         self.last_plan = "exact"
         if snap.n == 0 or k <= 0:
@@ -692,7 +712,7 @@ class Store:
         mask = self._filter_mask(snap, modality, where, path_glob)
         if mask is not None and not mask.any():
             return []
-        if snap.ivf is None or exact:
+        if snap.ann is None or exact:
             if snap.vectors is None:
                 snap = self._load_vectors(snap)
             scores = exact_scores(snap.vectors, q)
@@ -700,44 +720,49 @@ class Store:
                 scores = np.where(mask, scores, -np.inf).astype(np.float32)
             best = top_k(scores, k)
             return [(int(p), float(scores[p])) for p in best if np.isfinite(scores[p])]
-        return self._ann_nearest(snap, q, k, mask, key=(modality, where, path_glob))
+        return self._ann_nearest(snap, q, k, mask, recall, key=(modality, where, path_glob))
 
     def _ann_nearest(
-        self, snap: _Snapshot, q: np.ndarray, k: int, mask: np.ndarray | None, *, key: Any = None
+        self, snap: _Snapshot, q: np.ndarray, k: int, mask: np.ndarray | None, recall: float, *, key: Any = None
     ) -> list[tuple[int, float]]:
-        assert snap.ivf is not None and snap.in_index is not None and snap.tail_pos is not None
+        ann, in_index, tail_pos = snap.ann, snap.in_index, snap.tail_pos
+        assert ann is not None and in_index is not None and tail_pos is not None
+        assert snap.ann_id is not None and snap.ann_pos is not None
         cand_pos: list[np.ndarray] = []
         cand_score: list[np.ndarray] = []
         # the tail (rows newer than the index): exact
-        if len(snap.tail_pos):
+        if len(tail_pos):
             t_scores = exact_scores(snap.tail_vectors, q)
-            keep = mask[snap.tail_pos] if mask is not None else np.ones(len(snap.tail_pos), bool)
-            cand_pos.append(snap.tail_pos[keep])
+            keep = mask[tail_pos] if mask is not None else np.ones(len(tail_pos), bool)
+            cand_pos.append(tail_pos[keep])
             cand_score.append(t_scores[keep])
-        in_idx = snap.in_index if mask is None else (snap.in_index & mask)
-        n_allowed = int(in_idx.sum())
-        n_indexed = int(snap.in_index.sum())
-        self.last_plan = "ivf"
+        in_idx = in_index if mask is None else (in_index & mask)
+        n_allowed = int(in_idx.sum()) if mask is not None else ann.rows
+        self.last_plan = "ann"
         if n_allowed and mask is not None and n_allowed <= self.ann_threshold:
-            self.last_plan = "ivf-subset-exact"
+            self.last_plan = "ann-subset-exact"
             # a small filtered subset: exact over vectors reconstructed from the index, kept for
             # the next query with the same filter
             if snap.subset is not None and snap.subset[0] == key:
                 _, pos, vecs = snap.subset
             else:
                 pos = np.flatnonzero(in_idx)
-                vecs = snap.ivf.reconstruct(snap.seq[pos])
+                vecs = ann.reconstruct(snap.ann_id[pos])
                 snap.subset = (key, pos, vecs)
             cand_pos.append(pos)
             cand_score.append(exact_scores(vecs, q))
         elif n_allowed:
-            allowed = snap.seq[in_idx] if mask is not None else None
-            # probe more lists when a filter leaves a fraction of each list
-            nprobe = snap.ivf.nprobe if mask is None else int(np.ceil(snap.ivf.nprobe * n_indexed / n_allowed))
-            scores, seqs = snap.ivf.search(q, k, allowed=allowed, nprobe=nprobe)
-            pos, found = snap.lookup(seqs)
-            cand_pos.append(pos)
-            cand_score.append(scores[found])
+            allowed = None
+            nprobe = None
+            if mask is not None:
+                allowed = np.zeros(len(ann.labels), bool)
+                allowed[snap.ann_id[in_idx]] = True
+                # probe more lists when a filter leaves a fraction of each list
+                nprobe = int(np.ceil(ann.nprobe_for(recall) * ann.rows / n_allowed))
+            scores, ids = ann.search(q, k, recall=recall, allowed=allowed, nprobe=nprobe)
+            pos = snap.ann_pos[ids]
+            cand_pos.append(pos[pos >= 0])
+            cand_score.append(scores[pos >= 0])
         if not cand_pos:
             return []
         pos = np.concatenate(cand_pos)
@@ -795,7 +820,7 @@ class Store:
         if snap is None or snap.version != version or snap.ann_stamp != self._ann_stamp():
             snap = self._load_snapshot(version)
             self._snapshot = snap
-        if (exact or snap.ivf is None) and snap.vectors is None:
+        if (exact or snap.ann is None) and snap.vectors is None:
             snap = self._load_vectors(snap)
         return snap
 
@@ -822,15 +847,19 @@ class Store:
             is_image=np.asarray(table.column("modality").to_numpy(zero_copy_only=False) == "image", dtype=bool),
             order=np.argsort(seq, kind="stable"),
         )
-        ivf = IvfIndex.load(self._ann_dir()) if stamp is not None else None
-        if ivf is not None and ivf.index.d != self.dim:
-            ivf = None
-        if ivf is not None:
-            in_index = np.isin(seq, ivf.seqs, assume_unique=True)
-            gone = np.setdiff1d(ivf.seqs, seq, assume_unique=True)
-            ivf.remove(gone)
+        ann = AnnIndex.load(self._ann_dir()) if stamp is not None else None
+        if ann is not None and ann.d != self.dim:
+            ann = None
+        if ann is not None:
+            pos, found = snap.lookup(ann.labels)  # removed rows (label -1) are never found
+            ann.remove(ann.labels[(ann.labels >= 0) & ~found])  # deleted since the index was written
+            ann_pos = np.full(len(ann.labels), -1, np.int64)
+            ann_pos[found] = pos
+            ann_id = np.full(snap.n, -1, np.int64)
+            ann_id[pos] = np.flatnonzero(found)
+            in_index = ann_id >= 0
             tail_pos = np.flatnonzero(~in_index).astype(np.int64)
-            snap.ivf, snap.in_index, snap.tail_pos = ivf, in_index, tail_pos
+            snap.ann, snap.in_index, snap.tail_pos, snap.ann_id, snap.ann_pos = ann, in_index, tail_pos, ann_id, ann_pos
             snap.tail_vectors = self._vectors_at(ds, tail_pos)
         return snap
 
@@ -1026,53 +1055,66 @@ class Store:
         """Build, extend or drop the ANN index to match the table; returns what it did.
 
         Builds when the store reaches ``ann_threshold`` rows, retrains when it has doubled or
-        halved since training, folds in new and deleted rows when they exceed 2% of it (or
-        ``force``), drops the index below the threshold.
+        halved since training or a fifth of the index's rows are deleted ones, folds in new and
+        deleted rows when they exceed 2% of it (or ``force``), drops the index below the
+        threshold. Searches (from other threads and processes) keep being answered by the
+        previous index, or exactly, while it builds: they take no lock, and the new index is
+        used once its ``ann.json`` is in place.
         """
         with self.writing():
             folder = self._ann_dir()
             n = len(self)
-            meta = read_index_meta(folder)
+            meta = read_index_meta(folder)  # None for an index of an older kind: rebuilt
             if n < self.ann_threshold:
-                if meta is not None:
+                if meta is not None or read_any_index_meta(folder) is not None:
                     remove_index(folder)
                     return "dropped"
                 return "exact"
             ds = self._dataset()
             if meta is None or force or n >= 2 * int(meta["trained_rows"]) or 2 * n <= int(meta["trained_rows"]):
-                table = ds.to_table(columns=["seq", "vector"])
-                seqs = table.column("seq").to_numpy().astype(np.int64)
-                vecs = _vector_matrix(table.column("vector"), self.dim)
-                ivf = build_ivf(vecs, seqs)
-                ivf.save(folder, {"dim": self.dim, "model": self.model_name})
-                return "built"
-            ivf = IvfIndex.load(folder)
-            if ivf is None:
-                remove_index(folder)
-                return self.update_index(force=True)
+                return self._build_index(ds, folder)
+            ann = AnnIndex.load(folder)
+            if ann is None or ann.d != self.dim:
+                return self._build_index(ds, folder)
             seq_all = ds.to_table(columns=["seq"]).column("seq").to_numpy().astype(np.int64)
-            gone = np.setdiff1d(ivf.seqs, seq_all, assume_unique=True)
-            new_pos = np.flatnonzero(~np.isin(seq_all, ivf.seqs, assume_unique=True))
-            if len(gone) + len(new_pos) <= max(1000, 0.02 * n) and not force:
+            held = ann.labels[ann.labels >= 0]
+            gone = np.setdiff1d(held, seq_all, assume_unique=True)
+            new_pos = np.flatnonzero(~np.isin(seq_all, held, assume_unique=True))
+            if len(gone) + len(new_pos) <= max(1000, 0.02 * n):
                 return "current"
-            ivf.remove(gone)
-            ivf.add(self._vectors_at(ds, new_pos), seq_all[new_pos])
-            ivf.save(folder, {"dim": self.dim, "model": self.model_name})
+            if ann.removed + len(gone) > 0.2 * len(ann.labels):
+                return self._build_index(ds, folder)  # masked-out rows would cost every search
+            ann.remove(gone)
+            ann.add(self._vectors_at(ds, new_pos), seq_all[new_pos])
+            ann.save(folder, {"dim": self.dim, "model": self.model_name})
             return "updated"
 
+    def _build_index(self, ds, folder: Path) -> str:
+        table = ds.to_table(columns=["seq", "vector"])
+        seqs = table.column("seq").to_numpy().astype(np.int64)
+        vecs = _vector_matrix(table.column("vector"), self.dim)
+        del table
+        ann = build_index(vecs, seqs)
+        del vecs
+        ann.save(folder, {"dim": self.dim, "model": self.model_name})
+        return "built"
+
     def index_state(self) -> dict[str, Any]:
-        """What search will use: ``{"kind": "exact"}`` or the IVF index's settings and coverage."""
+        """What search will use: ``{"kind": "exact"}`` or the ANN index's settings and coverage."""
         meta = read_index_meta(self._ann_dir())
         n = len(self)
         if meta is None:
             return {"kind": "exact", "rows": n, "threshold": self.ann_threshold}
+        default = next((p for p in meta["points"] if p["recall"] == DEFAULT_RECALL), meta["points"][0])
         return {
-            "kind": "ivf_flat",
+            "kind": str(meta["kind"]),
             "rows": n,
             "indexed": int(meta["rows"]),
             "nlist": int(meta["nlist"]),
-            "nprobe": int(meta["nprobe"]),
-            "calibration_recall": round(float(meta.get("recall", float("nan"))), 4),
+            "nprobe": int(default["nprobe"]),
+            "calibration_recall": round(float(default.get("measured", float("nan"))), 4),
+            "points": [dict(p) for p in meta["points"]],
+            "build_seconds": float(meta.get("build_seconds", 0.0)),
             "threshold": self.ann_threshold,
         }
 
