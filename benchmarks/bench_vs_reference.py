@@ -272,7 +272,8 @@ def tables(n: int, tut: float, oc: float, ours: dict[str, dict], search: dict, t
     lines += ["", "| one-image `clipsearch index` process | wall s |", "|---|---|"]
     for backend, r in ours.items():
         lines.append(f"| `--backend {backend}`, model already prepared | {r['startup_one']:.2f} |")
-        lines.append(f"| `--backend {backend}`, first use (ONNX: includes the export) | {r['first_use']:.2f} |")
+        first = "first use, including the export" if backend == "onnx" else "first run"
+        lines.append(f"| `--backend {backend}`, {first} | {r['first_use']:.2f} |")
     lines += ["", "| query | value |", "|---|---|"]
     for backend, (wall, rss) in search.items():
         lines.append(f"| `clipsearch search TEXT --store S` process, store indexed with `{backend}` | {wall:.2f} s, {rss:.0f} MB peak |")
