@@ -6,8 +6,9 @@ A cosine is not a probability, and the two kinds of item sit at different distan
 
 1. **Query side** -- how unusual is ``s`` for this query? ``q`` is scored against a fixed sample
    of the store's own items of the hit's kind (up to :data:`SAMPLE_PER_KIND` images, as many
-   texts): ``z_q = (s - mean) / sd``. This removes the modality gap: each kind is measured
-   against its own kind.
+   texts, and for texts the generic :data:`BACKGROUND_TEXTS` as well, so that a store of a few
+   texts still has a background): ``z_q = (s - mean) / sd``. This removes the modality gap:
+   each kind is measured against its own kind.
 2. **Item side** -- how unusual is ``s`` for this item? The item is scored against a fixed set of
    background queries that match nothing in particular (:data:`BACKGROUND_TEXTS` for text queries,
    the store's sampled images for image queries): ``z_i = (s - mean_i) / sd_i``. An item that
@@ -64,6 +65,8 @@ REFIT_GROWTH = 0.1
 """Refit when the store's row count moved by more than this fraction since the last fit."""
 MIN_SD = 0.02
 """Floor on a spread, so that a near-constant background cannot blow a z-score up."""
+CENTRE_MARGIN = 0.5
+"""The centre ``c`` stays at most this far above the negatives' 95th percentile."""
 DEFAULT_SLOPE = 3.0
 DEFAULT_CENTRE = 3.0
 
@@ -253,7 +256,10 @@ def fit_logistic(z_pos: npt.ArrayLike, z_neg: npt.ArrayLike) -> dict[str, Any]:
         c = max(DEFAULT_CENTRE, float(np.quantile(n, 0.95)) + 0.5)
         return {"a": DEFAULT_SLOPE, "c": round(c, 4), "line": MIN_CONFIDENCE, "how": "default (no separation)", **base}
     a = min(a, 20.0)  # perfectly separated classes: a steep but finite slope
-    c = -b / float(theta[0])
+    # The pairs a store can make of itself (a caption, a shortened copy) match more closely than
+    # a person's query does, so the centre is kept within CENTRE_MARGIN of the negatives' 95th
+    # percentile rather than halfway to such easy positives.
+    c = min(-b / float(theta[0]), float(np.quantile(n, 0.95)) + CENTRE_MARGIN)
     # the line between a good match and none: where P = 0.5, or higher where a tenth of the
     # negatives would still pass it (saying "no good match" wrongly costs less than a bad match)
     line = max(MIN_CONFIDENCE, float(_sigmoid(np.array(a * (np.quantile(n, NEGATIVE_QUANTILE) - c)))))
@@ -301,6 +307,9 @@ def fit_calibration(store: Store, encoder: Encoder, *, seed: int = 0) -> Calibra
     queries: dict[str, Vectors] = {}
     if can_text:
         queries["text"] = encoder.encode_texts(list(BACKGROUND_TEXTS), role="query").astype(np.float32)
+        # the generic texts as passages too: a store of a few texts alone is a noisy background
+        generic = encoder.encode_texts(list(BACKGROUND_TEXTS), role="passage").astype(np.float32)
+        background["text"] = np.concatenate([background.get("text", np.zeros((0, store.dim), np.float32)), generic])
     if "image" in background:
         queries["image"] = background["image"]
     cal = Calibration({}, background, queries)

@@ -72,7 +72,10 @@ def ask_cmd(
 
     Retrieves the top-k passages, optionally reranks them, then reads the answer span with --reader, or (offline, no reader) returns the best-matching sentence, labelled as such.
 
-    --json: {"question", "answer", "kind": "span"|"sentence", "score", "passage", "source", "passages"}.
+    --json: {"question", "answer", "kind": "span"|"sentence", "score", "passage", "source", "passages",
+    "declined", "declined_because", "confidence"}. When no passage matches the question well (the
+    store's calibrated confidence), or the reader finds no answer, it says "No good answer" and
+    gives its best guess only as that.
 
     Example:
 
@@ -92,6 +95,9 @@ def _print_result(result: Any) -> None:
     from rich.markup import escape
 
     a, p = result.answer, result.passage
+    if result.declined:
+        console.print(f"[bold]No good answer[/]: {escape(result.declined_because or '')}.", soft_wrap=True)
+        console.print("[dim]the nearest, for what it is worth:[/]")
     if a.kind == "span":
         console.print(
             f"[bold]Answer[/] (span read by {escape(result.reader or '')}, score {a.score:.3f}): [bold green]{escape(a.text)}[/]"

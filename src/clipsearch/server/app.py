@@ -313,8 +313,10 @@ def create_app(
         item = state.item(item_id, with_vector=True)
         if item.vector is None:
             raise HTTPException(409, f"item {item_id} has no vector")
-        hits = state.search([(item.vector, 1.0)], k=k + 1, modality=modality, min_score=min_score)
-        return [state.result(h) for h in hits if h.id != item.id][:k]
+        hits = state.search(
+            [(item.vector, 1.0)], k=k + 1, modality=modality, min_score=min_score, query_kind=item.modality
+        )
+        return [r for r in state.results(hits, Response()) if r["id"] != item.id][:k]
 
     @app.post(
         "/api/items",

@@ -139,6 +139,7 @@ class ResultOut(BaseModel):
     score: float  # the raw cosine (or grid re-ranked score)
     confidence: float | None = None  # calibrated for this store, 0-1 (clipsearch.calibration)
     good_match: bool | None = None  # confidence at or above the store's line
+    match: str | None = None  # the confidence in a word: strong, good, weak or none
     caption: str | None = None  # what a table says of an image (or a text record's caption field)
     label: str | None = None
 

@@ -154,14 +154,19 @@ class ServerState:
         )  # fmt: skip
 
     def results(self, hits: list[Hit], response: Any) -> list[dict[str, Any]]:
-        """Hits as the search routes answer them: each with its ``confidence`` and ``good_match``
-        (at or above the store's line), and the verdict in headers as well:
+        """Hits as the search routes answer them: each with its ``confidence``, ``good_match`` (at
+        or above the store's line) and ``match`` (a word for the confidence: strong, good, weak,
+        none), and the verdict in headers as well:
         ``X-No-Good-Match`` (``1`` or ``0``) and ``X-Min-Confidence`` (the line judged by)."""
+        from clipsearch.calibration import confidence_word
+
         line = getattr(hits, "min_confidence", None)
         out = []
         for h in hits:
             row = self.result(h)
-            row["good_match"] = None if (line is None or h.confidence is None) else bool(h.confidence >= line)
+            calibrated = line is not None and h.confidence is not None
+            row["good_match"] = bool(h.confidence >= line) if calibrated else None
+            row["match"] = confidence_word(h.confidence, line) if calibrated else None
             out.append(row)
         response.headers["X-No-Good-Match"] = "1" if getattr(hits, "no_good_match", False) else "0"
         if line is not None:
