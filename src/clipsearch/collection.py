@@ -227,7 +227,9 @@ class Collection:
     def search(self, query: Any, k: int = 10, **options: Any) -> list[Hit]:
         """The ``k`` items most similar to ``query``, best first; see
         :func:`clipsearch.search.search_store` for the query forms and ``options`` (``modality``,
-        ``where``, ``path_glob``, ``min_score``, ``exact``, ``rerank``, ``cell_weight``)."""
+        ``where``, ``path_glob``, ``min_score``, ``min_confidence``, ``exact``, ``rerank``,
+        ``cell_weight``, ``calibrate``). Each hit has its raw ``score`` and calibrated
+        ``confidence``; the list's ``no_good_match`` says whether any is a good match."""
         return search_store(self.store, self._model, query, k=k, **options)
 
 
