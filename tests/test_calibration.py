@@ -273,3 +273,18 @@ def test_ask_held_out_questions_on_the_notes(notes_store) -> None:
         right_before += found
         right_after += found and not result.declined
     assert right_before - right_after <= 1, (right_before, right_after)
+
+
+def test_ask_cli_says_no_good_answer(notes_store) -> None:
+    from typer.testing import CliRunner
+
+    from clipsearch.cli.main import app
+
+    root = str(notes_store.root)
+    r = CliRunner().invoke(app, ["ask", "Who painted the Mona Lisa?", "--store", root])
+    assert r.exit_code == 0 and "No good answer" in r.stdout and "no passage matches the question well" in r.stdout
+    r = CliRunner().invoke(app, ["ask", "When should garlic be planted?", "--store", root, "--json"])
+    out = json.loads(r.stdout)
+    assert r.exit_code == 0 and out["declined"] is False and "October" in out["answer"]
+    r = CliRunner().invoke(app, ["ask", "When should garlic be planted?", "--store", root, "--json", "--min-confidence", "1"])
+    assert json.loads(r.stdout)["declined"] is True

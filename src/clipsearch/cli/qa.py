@@ -66,6 +66,13 @@ def ask_cmd(
         int, typer.Option("--stride", min=0, help="Reader: tokens shared by neighbouring windows of a long passage.")
     ] = 128,
     max_length: Annotated[int, typer.Option("--max-length", min=16, help="Reader: tokens per window.")] = 384,
+    min_confidence: Annotated[
+        float | None,
+        typer.Option(
+            "--min-confidence", min=0.0, max=1.0, show_default=False,
+            help="Decline when the best passage's calibrated confidence is below this. Default: the store's own line.",
+        ),
+    ] = None,  # fmt: skip
     as_json: JsonOption = False,
 ) -> None:
     """Answer a question from the passages of a text store.
@@ -84,7 +91,10 @@ def ask_cmd(
     from clipsearch.tasks.qa import ask
 
     found, read_model, rerank_model = _load(store, retriever, reader, rerank)
-    result = ask(question, found, k=k, reader=read_model, reranker=rerank_model, stride=stride, max_length=max_length)
+    result = ask(
+        question, found, k=k, reader=read_model, reranker=rerank_model, stride=stride, max_length=max_length,
+        min_confidence=min_confidence,
+    )  # fmt: skip
     if as_json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
         return

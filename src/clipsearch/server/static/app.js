@@ -269,6 +269,15 @@
       });
       const out = await res.json();
       if (seq !== state.seq || !out.answer) return;
+      if (out.declined) {
+        // nothing answers it well: say so plainly, without a confident-looking answer
+        box.replaceChildren(
+          el("div", { class: "label", text: "No good answer" }),
+          el("div", { class: "source", text: out.declined_because || "" }),
+        );
+        box.hidden = false;
+        return;
+      }
       box.replaceChildren(
         el("div", { class: "label", text: out.kind === "span" ? "Answer" : "Best matching sentence" }),
         el("div", { class: "text", text: out.answer }),
