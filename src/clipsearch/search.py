@@ -291,6 +291,9 @@ and keeps whole-caption recall (R@1 0.50 -> 0.51); every weight from 0.2 to 0.35
 Weight 1 finds one object among several best (P@5 0.94) but ranks whole captions worse."""
 
 
+SAME_ITEM = 0.9999
+"""A cosine at least this high is the query itself: first in a fused list, whatever its confidence."""
+
 READ_ATTEMPTS = 3
 """Reads of the store a search makes before an error from concurrent writes is reported."""
 
@@ -448,8 +451,9 @@ def calibrate_hits(
     cal: Any, query: npt.NDArray[np.float32], qkind: str, hits: Sequence[Hit], *, fuse: bool = True
 ) -> list[Hit]:
     """``hits`` with their calibrated ``confidence``, their vectors dropped again; with ``fuse``
-    ordered by confidence (best first; the raw score breaks ties), else in the order given (a
-    search of one kind keeps its ranking by score).
+    ordered by confidence (best first; the raw score breaks ties; the query itself, cosine
+    :data:`SAME_ITEM` or more, first of all), else in the order given (a search of one kind keeps
+    its ranking by score).
 
     Args:
         cal: the store's :class:`clipsearch.calibration.Calibration`.
@@ -469,8 +473,8 @@ def calibrate_hits(
         conf = cal.confidence(z, qkind)
         for h, c in zip(group, conf):
             out.append(replace(h, confidence=float(c), vector=None))
-    if fuse:
-        out.sort(key=lambda h: (-(h.confidence or 0.0), -h.score))
+    if fuse:  # the query itself (a stored item, the same image), when found, first
+        out.sort(key=lambda h: (h.score < SAME_ITEM, -(h.confidence or 0.0), -h.score))
     else:
         by_id = {h.id: h for h in out}
         out = [by_id[h.id] for h in hits]
