@@ -184,7 +184,7 @@ def test_absent_things_get_no_confident_result_on_the_demo_store(demo_store) -> 
         assert all(h.confidence < hits.min_confidence for h in hits)
         assert demo_store.search(query, k=5, min_confidence=hits.min_confidence) == []
     present = demo_store.search("a red circle", k=5)
-    assert not present.no_good_match and present[0].confidence >= present.min_confidence
+    assert not present.no_good_match and max(h.confidence for h in present) >= present.min_confidence
     assert sum(_relevant(h, "red", "circle") for h in present) >= 3
 
 
@@ -210,7 +210,7 @@ def test_cli_and_api_say_no_good_match(demo_store) -> None:
     assert response.status_code == 200 and response.headers["x-no-good-match"] == "1"
     assert all(h["good_match"] is False and h["match"] in ("weak", "none") for h in response.json())
     response = client.get("/api/search", params={"q": "a red circle", "k": 5})
-    assert response.headers["x-no-good-match"] == "0" and response.json()[0]["good_match"] is True
+    assert response.headers["x-no-good-match"] == "0" and any(h["good_match"] for h in response.json())
     line = float(response.headers["x-min-confidence"])
     kept = client.post("/api/search", json={"q": "a red circle", "k": 5, "min_confidence": line}).json()
     assert kept and all(h["confidence"] >= line for h in kept)
