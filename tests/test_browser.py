@@ -106,17 +106,36 @@ def test_search_page_in_a_real_browser(served, browser) -> None:
     assert images.count() == 9
     assert {images.nth(i).get_attribute("loading") for i in range(images.count())} == {"lazy"}
     assert page.locator(".card.text-card").count() == 3
-    # "All" in a store of both kinds: images, then texts, each group best first (one ranking of
-    # both would show one kind only: a text query scores texts far above images)
-    assert page.locator(".group-title").all_inner_texts() == ["IMAGES · 9", "TEXTS · 3"]
-    kinds = page.eval_on_selector_all(".card", "cs => cs.map(c => c.classList.contains('text-card') ? 't' : 'i')")
-    assert "".join(kinds) == "i" * 9 + "t" * 3
-    for kind in ("image-card", "text-card"):
-        scores = [float(s) for s in page.locator(f".card.{kind} .score").all_inner_texts()]
-        assert scores == sorted(scores, reverse=True)
+    # "All" in a store of both kinds: one list, images and texts ranked together by calibrated
+    # confidence, each card with its confidence in a word and a bar
+    assert page.locator(".group-title").count() == 0
+    confidences = [float(c) for c in page.eval_on_selector_all(".card", "cs => cs.map(c => c.dataset.confidence)")]
+    assert confidences == sorted(confidences, reverse=True) and all(0 <= c <= 1 for c in confidences)
+    words = page.locator(".card .match").all_inner_texts()
+    assert len(words) == 12 and set(w.lower() for w in words) <= {"strong", "good", "weak", "none"}
     assert "12 results for “a red circle”" in page.inner_text("#status")
+    shown_none = page.locator(".no-match").count() == 1
+    assert shown_none == all(w.lower() in ("weak", "none") for w in words)  # said exactly when no result is good
     assert "q=a+red+circle" in page.url
     shot("text-query")
+
+    # 1b. when the server finds no good match, the page says so plainly above the nearest results
+    def nothing_good(route) -> None:
+        response = route.fetch()
+        hits = [{**h, "good_match": False, "match": "none"} for h in response.json()]
+        route.fulfill(response=response, json=hits)
+
+    page.route("**/api/search?*", nothing_good)
+    page.fill("#q", "a photo of a giraffe")
+    page.press("#q", "Enter")
+    wait_for_status("results for “a photo of a giraffe”")
+    assert page.locator(".no-match").inner_text().startswith("No good match")
+    assert page.inner_text("#status").startswith("No good match")
+    shot("no-good-match")
+    page.unroute("**/api/search?*", nothing_good)
+    page.fill("#q", "a red circle")
+    page.press("#q", "Enter")
+    wait_for_status("results for “a red circle”")
 
     # 2. the modality switch
     page.click(".segmented button[data-modality=image]")

@@ -102,6 +102,7 @@ def test_demo_takes_out_the_captions_table_older_demos_indexed(tmp_path: Path):
     from clipsearch.demo import run_demo
     from clipsearch.collection import open_store
     from clipsearch.world import generate_world
+    from clipsearch.world.notes import NOTES_FILE
 
     # a demo folder as older demos left it: the gallery, and a store of captions.jsonl only
     folder = tmp_path / "tour"
@@ -115,7 +116,9 @@ def test_demo_takes_out_the_captions_table_older_demos_indexed(tmp_path: Path):
     report = run_demo(folder, n=12, seed=1)
     assert not legacy.exists() and report.indexed["failed"] == 0
     store = open_store(folder / "store")
-    assert store.count("text") == 12 and store.count("image") == 12  # no caption twice
-    for modality in ("text", "image"):  # the images name the table that captions them now
+    table = str(gallery / "metadata.jsonl")
+    captions = store.to_arrow(["id"], where=f"modality = 'text' AND source = '{table}'").num_rows
+    assert captions == 12 and store.count("image") == 12  # no caption twice
+    for modality in ("text", "image"):  # the images name the table that captions them now (texts: and the notes)
         sources = set(store.to_arrow(["source"], where=f"modality = '{modality}'").column("source").to_pylist())
-        assert sources == {str(gallery / "metadata.jsonl")}, modality
+        assert sources == ({table, str(gallery / NOTES_FILE)} if modality == "text" else {table}), modality

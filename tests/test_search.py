@@ -165,7 +165,9 @@ def test_composed_query_scores_are_cosines_with_the_composed_vector(store, corpu
     vectors = {r["id"]: np.asarray(r["vector"]) for r in store.to_arrow(["id", "vector"]).to_pylist()}
     for h in hits:
         assert h.score == pytest.approx(float(vectors[h.id] @ expected), abs=1e-5)
-    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    # images and texts in one list, ranked by calibrated confidence
+    assert [h.confidence for h in hits] == sorted((h.confidence for h in hits), reverse=True)
+    assert {h.modality for h in hits} == {"image", "text"}
     # colour arithmetic in the fake joint space: red + green - blue = yellow
     top = store.search(parse_query([str(red), "+", "green", "-", "blue"]), k=1, modality="image")[0]
     assert Path(top.path).name == "yellow.png"
@@ -255,9 +257,10 @@ def test_cli_search_json_and_table(cli_store: Path, corpus: Path) -> None:
     r = run_cli("search", "--image", str(red), "--store", str(cli_store), "-k", "3", "--json")
     assert r.exit_code == 0, r.output
     hits = json.loads(r.stdout)
-    assert len(hits) == 3 and set(hits[0]) == {"id", "path", "text", "modality", "score", "caption", "label"}
+    assert len(hits) == 3 and set(hits[0]) == {"id", "path", "text", "modality", "score", "confidence", "caption", "label"}
     assert hits[0]["path"] == str(red) and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
-    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert [h["confidence"] for h in hits] == sorted((h["confidence"] for h in hits), reverse=True)
+    assert all(0.0 <= h["confidence"] <= 1.0 for h in hits)
     r = run_cli("search", "blue", "sea", "--store", str(cli_store), "--modality", "text", "-k", "2")
     assert r.exit_code == 0 and "A calm blue sea at dawn." in r.stdout and "score" in r.stdout
     # a search of both kinds whose results are all of one kind says where the other kind is

@@ -152,6 +152,12 @@ def fresh_store(tiny_hf_clip: Path, collection: Path, tmp_path: Path):
     return build_store(tiny_hf_clip, tmp_path / "store", shutil.copytree(collection, tmp_path / "collection"))
 
 
+def confident_first(hits: list[dict]) -> bool:
+    """Ordered by calibrated confidence (the fused ranking of a search of both kinds)."""
+    confidences = [h["confidence"] for h in hits]
+    return confidences == sorted(confidences, reverse=True)
+
+
 def ranked(hits: list[dict]) -> bool:
     scores = [h["score"] for h in hits]
     return scores == sorted(scores, reverse=True)
@@ -183,8 +189,9 @@ def test_get_search_is_the_library_search(client: TestClient, store) -> None:
     assert response.status_code == 200
     assert response.headers["server-timing"].startswith("search;dur=")
     hits = response.json()
-    assert [set(h) for h in hits] == [{"id", "path", "text", "modality", "score", "caption", "label"}] * 5
-    assert ranked(hits)
+    keys = {"id", "path", "text", "modality", "score", "confidence", "good_match", "match", "caption", "label"}
+    assert [set(h) for h in hits] == [keys] * 5
+    assert confident_first(hits)
     expected = [h.to_dict() for h in store.search("a red circle", k=5)]
     assert [h["id"] for h in hits] == [h["id"] for h in expected]
     np.testing.assert_allclose([h["score"] for h in hits], [h["score"] for h in expected], atol=1e-5)
@@ -297,7 +304,7 @@ def test_post_search_form_with_image_and_text(client: TestClient, store, collect
         files={"image": ("f.jpg", data, "image/jpeg")},
         data={"q": "the lighthouse keeper", "text_weight": "3", "k": "12"},
     ).json()
-    assert ranked(mixed) and len(mixed) == 12
+    assert confident_first(mixed) and len(mixed) == 12
     assert [h["id"] for h in mixed] != [h["id"] for h in only_image]  # the text term moved the query
 
 
@@ -415,9 +422,10 @@ def test_a_file_changed_since_indexing_is_not_served(fresh_store) -> None:
 def test_similar_excludes_the_item_itself(client: TestClient, store) -> None:
     red = item_by_name(store, "red_circle.png")
     hits = client.get(f"/api/items/{red.id}/similar", params={"k": 4}).json()
-    assert len(hits) == 4 and ranked(hits)
+    assert len(hits) == 4 and confident_first(hits)
     assert red.id not in {h["id"] for h in hits}
-    expected = [h.id for h in store.search(store.vectors([red.id])[0], k=5) if h.id != red.id][:4]
+    like = store.search(store.vectors([red.id])[0], k=5, query_kind="image")  # an image's vector: an image query
+    expected = [h.id for h in like if h.id != red.id][:4]
     assert [h["id"] for h in hits] == expected
 
 

@@ -306,7 +306,9 @@ class Collection:
     def search(self, query: Any, k: int = 10, **options: Any) -> list[Hit]:
         """The ``k`` items most similar to ``query``, best first; see
         :func:`clipsearch.search.search_store` for the query forms and ``options`` (``modality``,
-        ``where``, ``path_glob``, ``min_score``, ``exact``, ``recall``, ``rerank``, ``cell_weight``)."""
+        ``where``, ``path_glob``, ``min_score``, ``min_confidence``, ``exact``, ``recall``, ``rerank``,
+        ``cell_weight``, ``calibrate``). Each hit has its raw ``score`` and calibrated
+        ``confidence``; the list's ``no_good_match`` says whether any is a good match."""
         from clipsearch.search import as_query
 
         query = as_query(query)

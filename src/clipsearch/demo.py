@@ -1,7 +1,8 @@
 """The offline tour behind ``clipsearch demo``: a generated gallery, indexed and searched.
 
 Everything runs on the bundled demo model: a world of captioned shape scenes is generated, its
-images and captions are indexed into a store, and example queries run in every direction
+images and captions (and a few text notes on other topics, :mod:`clipsearch.world.notes`) are
+indexed into a store, and example queries run in every direction
 (text->image, image->image, image->text, text->text, a composed query), plus zero-shot
 classification and a relevance map. The CLI prints the :class:`DemoReport` and serves the page.
 """
@@ -89,8 +90,14 @@ def run_demo(
             pass  # a store made anew: nothing of it to take out
         legacy.unlink()
     # each scene's record captions its image (and with both=True is a text item too); the
-    # generator's truth (objects, background) is kept in the items' extra
-    summary = store.add([gallery / "metadata.jsonl"], both=True, on_progress=on_progress)
+    # generator's truth (objects, background) is kept in the items' extra. Beside them, a few
+    # notes on other topics: a shape query must not find them, nor a question about them a shape
+    from clipsearch.world.notes import NOTES, NOTES_FILE
+
+    notes = gallery / NOTES_FILE
+    if not notes.exists() or notes.read_text(encoding="utf-8") != NOTES:
+        notes.write_text(NOTES, encoding="utf-8")
+    summary = store.add([gallery / "metadata.jsonl", notes], both=True, on_progress=on_progress)
     report = DemoReport(folder, gallery, store_dir, encoder.name, summary.to_dict())
 
     records = [json.loads(line) for line in (gallery / "metadata.jsonl").read_text().splitlines()]

@@ -291,6 +291,9 @@ and keeps whole-caption recall (R@1 0.50 -> 0.51); every weight from 0.2 to 0.35
 Weight 1 finds one object among several best (P@5 0.94) but ranks whole captions worse."""
 
 
+SAME_ITEM = 0.9999
+"""A cosine at least this high is the query itself: first in a fused list, whatever its confidence."""
+
 READ_ATTEMPTS = 3
 """Reads of the store a search makes before an error from concurrent writes is reported."""
 
@@ -309,7 +312,10 @@ def search_store(
     rerank: int | None = None,
     cell_weight: float | None = None,
     recall: float | None = None,
-) -> list[Hit]:
+    min_confidence: float | None = None,
+    calibrate: bool = True,
+    query_kind: str | None = None,
+) -> SearchResults:
     """The ``k`` items of ``store`` most similar to ``query``, best first.
 
     Args:
@@ -336,10 +342,19 @@ def search_store(
         cell_weight: how much the best cell counts beside the vector when re-scoring (default
             :data:`DEFAULT_CELL_WEIGHT`, which helps whole captions and single objects alike;
             1 finds one object among several best).
+        min_confidence: drop results whose calibrated confidence (0-1, see
+            :mod:`clipsearch.calibration`) is below this; None keeps them, flagged by
+            ``no_good_match`` when none reaches the store's default threshold.
+        calibrate: give each hit a calibrated ``confidence`` and, for ``modality="any"``, rank
+            images and texts together by it (one fused list); False: raw cosines only, as
+            before calibration existed.
+        query_kind: "text" or "image": what the query is, for calibration; None: told by its
+            terms (:func:`query_kind`). Give it when the terms are vectors made from images.
 
     Returns:
-        Up to ``k`` :class:`~clipsearch.store.Hit` objects; fewer when filters or ``min_score``
-        leave fewer.
+        :class:`SearchResults`: up to ``k`` :class:`~clipsearch.store.Hit` objects (fewer when
+        filters, ``min_score`` or ``min_confidence`` leave fewer), with ``no_good_match`` and
+        the ``min_confidence`` it was judged by.
     """
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be a positive whole number, got {k!r}")
@@ -364,15 +379,28 @@ def search_store(
             f"rerank: model {encoder.name!r} has no grid of cell embeddings to rerank with; "
             "the demo model and dual encoders from `clipsearch train` have one"
         )
+    if min_confidence is not None and not (0.0 <= float(min_confidence) <= 1.0):
+        raise ValueError(f"min_confidence is a calibrated confidence between 0 and 1, got {min_confidence!r}")
     depth = default_rerank(store, encoder, modality) if rerank is None else rerank
-    q = query_vector(store, encoder, query)
+    q_parsed = as_query(query)
+    q = query_vector(store, encoder, q_parsed)
+    cal = None
+    if calibrate:
+        from clipsearch.calibration import calibration_for
+
+        cal = calibration_for(store, encoder)
+    # Fused ranking: each kind is searched on its own, so that texts (nearer to a text query by
+    # cosine) cannot crowd the images out before the calibrated scores compare them.
+    kinds = ["image", "text"] if (cal is not None and modality == "any") else [modality]
     for attempt in range(READ_ATTEMPTS):
         version = store.version
         try:
-            found = store.nearest(
-                q, max(k, depth), modality=modality, where=where, path_glob=path_glob, exact=exact, recall=recall
-            )
-            hits = store.hits_at(found)
+            hits = []
+            for kind in kinds:
+                found = store.nearest(
+                    q, max(k, depth), modality=kind, where=where, path_glob=path_glob, exact=exact, recall=recall
+                )
+                hits += store.hits_at(found, with_vector=cal is not None)
             stored = store.cells([h.id for h in hits if h.modality == "image"]) if depth else {}
             break
         except (OSError, ValueError):
@@ -381,10 +409,84 @@ def search_store(
             if attempt + 1 == READ_ATTEMPTS or store.version == version:
                 raise
     if depth:
-        hits = rerank_by_grid(encoder, hits, q, cell_weight=weight, stored=stored)[:k]
+        hits = rerank_by_grid(encoder, hits, q, cell_weight=weight, stored=stored)
+    threshold = None
+    if cal is not None:
+        if query_kind not in (None, "text", "image"):
+            raise ValueError(f"query_kind is 'text' or 'image', got {query_kind!r}")
+        qkind = query_kind or kind_of_query(store, q_parsed)
+        hits = calibrate_hits(cal, q, qkind, hits, fuse=len(kinds) > 1)
+        threshold = cal.min_confidence(qkind)
+    hits = hits[:k]
     if min_score is not None:
         hits = [h for h in hits if h.score >= float(min_score)]
-    return hits
+    if min_confidence is not None:
+        hits = [h for h in hits if h.confidence is not None and h.confidence >= float(min_confidence)]
+    judged_by = threshold if min_confidence is None else float(min_confidence)
+    no_good = judged_by is not None and not any((h.confidence or 0.0) >= judged_by for h in hits)
+    return SearchResults(hits, no_good_match=no_good, min_confidence=judged_by)
+
+
+class SearchResults(list):
+    """The hits of a search, best first (a ``list`` of :class:`~clipsearch.store.Hit`), and
+    whether any of them is a good match.
+
+    ``no_good_match``: no hit reaches ``min_confidence`` (the store's calibrated default unless
+    the search gave one): what the CLI, the API and the page say as "No good match".
+    ``min_confidence``: the line judged by; None when the search was not calibrated.
+    """
+
+    def __init__(self, hits: Sequence[Hit] = (), *, no_good_match: bool = False, min_confidence: float | None = None):
+        super().__init__(hits)
+        self.no_good_match = no_good_match
+        self.min_confidence = min_confidence
+
+
+def kind_of_query(store: Store, query: Query) -> str:
+    """"image" when the query holds an image (a file, a picture, or a stored image item), else
+    "text" (a vector counts as a text query: it is most often an embedded text)."""
+    for t in query.terms:
+        if t.weight > 0 and t.kind in ("image", "pil"):
+            return "image"
+        if t.weight > 0 and t.kind == "item":
+            item = store.get(str(t.value))
+            if item is not None and item.modality == "image":
+                return "image"
+    return "text"
+
+
+def calibrate_hits(
+    cal: Any, query: npt.NDArray[np.float32], qkind: str, hits: Sequence[Hit], *, fuse: bool = True
+) -> list[Hit]:
+    """``hits`` with their calibrated ``confidence``, their vectors dropped again; with ``fuse``
+    ordered by confidence (best first; the raw score breaks ties; the query itself, cosine
+    :data:`SAME_ITEM` or more, first of all), else in the order given (a search of one kind keeps
+    its ranking by score).
+
+    Args:
+        cal: the store's :class:`clipsearch.calibration.Calibration`.
+        query: ``(dim,)`` unit query vector.
+        qkind: "text" or "image".
+        hits: hits of either kind that carry their stored vectors.
+    """
+    from dataclasses import replace
+
+    out: list[Hit] = []
+    for kind in ("image", "text"):
+        group = [h for h in hits if h.modality == kind]
+        if not group:
+            continue
+        vecs = np.stack([np.asarray(h.vector, np.float32) for h in group])
+        z = cal.z(query, qkind, kind, [h.score for h in group], vecs)
+        conf = cal.confidence(z, qkind)
+        for h, c in zip(group, conf):
+            out.append(replace(h, confidence=float(c), vector=None))
+    if fuse:  # the query itself (a stored item, the same image), when found, first
+        out.sort(key=lambda h: (h.score < SAME_ITEM, -(h.confidence or 0.0), -h.score))
+    else:
+        by_id = {h.id: h for h in out}
+        out = [by_id[h.id] for h in hits]
+    return out
 
 
 def default_rerank(store: Store, encoder: Encoder, modality: str = "any") -> int:

@@ -66,13 +66,23 @@ def ask_cmd(
         int, typer.Option("--stride", min=0, help="Reader: tokens shared by neighbouring windows of a long passage.")
     ] = 128,
     max_length: Annotated[int, typer.Option("--max-length", min=16, help="Reader: tokens per window.")] = 384,
+    min_confidence: Annotated[
+        float | None,
+        typer.Option(
+            "--min-confidence", min=0.0, max=1.0, show_default=False,
+            help="Decline when the best passage's calibrated confidence is below this. Default: the store's own line.",
+        ),
+    ] = None,  # fmt: skip
     as_json: JsonOption = False,
 ) -> None:
     """Answer a question from the passages of a text store.
 
     Retrieves the top-k passages, optionally reranks them, then reads the answer span with --reader, or (offline, no reader) returns the best-matching sentence, labelled as such.
 
-    --json: {"question", "answer", "kind": "span"|"sentence", "score", "passage", "source", "passages"}.
+    --json: {"question", "answer", "kind": "span"|"sentence", "score", "passage", "source", "passages",
+    "declined", "declined_because", "confidence"}. When no passage matches the question well (the
+    store's calibrated confidence), or the reader finds no answer, it says "No good answer" and
+    gives its best guess only as that.
 
     Example:
 
@@ -81,7 +91,10 @@ def ask_cmd(
     from clipsearch.tasks.qa import ask
 
     found, read_model, rerank_model = _load(store, retriever, reader, rerank)
-    result = ask(question, found, k=k, reader=read_model, reranker=rerank_model, stride=stride, max_length=max_length)
+    result = ask(
+        question, found, k=k, reader=read_model, reranker=rerank_model, stride=stride, max_length=max_length,
+        min_confidence=min_confidence,
+    )  # fmt: skip
     if as_json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
         return
@@ -92,6 +105,9 @@ def _print_result(result: Any) -> None:
     from rich.markup import escape
 
     a, p = result.answer, result.passage
+    if result.declined:
+        console.print(f"[bold]No good answer[/]: {escape(result.declined_because or '')}.", soft_wrap=True)
+        console.print("[dim]the nearest, for what it is worth:[/]")
     if a.kind == "span":
         console.print(
             f"[bold]Answer[/] (span read by {escape(result.reader or '')}, score {a.score:.3f}): [bold green]{escape(a.text)}[/]"

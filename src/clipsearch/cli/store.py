@@ -184,6 +184,14 @@ def search(
     min_score: Annotated[
         float | None, typer.Option("--min-score", help="Drop results whose cosine is below this.")
     ] = None,
+    min_confidence: Annotated[
+        float | None,
+        typer.Option(
+            "--min-confidence", min=0.0, max=1.0, show_default=False,
+            help="Drop results whose calibrated confidence (0-1, the same for every model) is below this. "
+            "Default: keep them, and say 'No good match' when none reaches the store's own line.",
+        ),
+    ] = None,  # fmt: skip
     exact: Annotated[bool, typer.Option("--exact", help="Scan every vector even when an ANN index exists.", metavar="")] = False,
     recall: Annotated[
         float | None,
@@ -216,8 +224,11 @@ def search(
 ) -> None:
     """Search the store by text, image or stored item, in any direction.
 
-    Results are a table (rank, score, id, path or text); with --json, a JSON array of
-    {"id", "path", "text", "modality", "score", "caption", "label"}, best first.
+    Results are a table (rank, confidence, score, id, path or text); with --json, a JSON array of
+    {"id", "path", "text", "modality", "score", "confidence", "caption", "label"}, best first.
+    "score" is the raw cosine; "confidence" is calibrated for this store (0-1; see docs/search.md)
+    and, with --modality any, images and texts are ranked together by it. When no result is a
+    good match, "No good match" is said on stderr (with --json too).
 
     Example:
 
@@ -232,13 +243,21 @@ def search(
         fail(f"store {st.root} is empty; index something first: clipsearch index PATH --store {st.root}")
     hits = st.search(
         q, k=k, modality=modality, where=where, path_glob=path_glob, min_score=min_score, exact=exact, recall=recall,
-        rerank=rerank,
-        cell_weight=cell_weight,
+        rerank=rerank, cell_weight=cell_weight, min_confidence=min_confidence,
     )  # fmt: skip
     if as_json:
         print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False))
+    line = getattr(hits, "min_confidence", None)
+    if getattr(hits, "no_good_match", False) and line is not None:
+        err_console.print(
+            f"[bold]No good match[/]: no result reaches confidence {line:.2f}"
+            + ("; the results shown are only the nearest" if hits else ""),
+            highlight=False,
+        )
     if not hits:
-        if min_score is not None:
+        if min_confidence is not None:
+            err_console.print(f"no result with confidence {min_confidence:g} or more", highlight=False)
+        elif min_score is not None:
             err_console.print(f"no result above the threshold {min_score:g}", highlight=False)
         elif where or path_glob:
             err_console.print("no result matches the filters", highlight=False)
@@ -247,9 +266,9 @@ def search(
         else:
             err_console.print("no result", highlight=False)
     elif not as_json:
-        console.print(_table(hits))
+        console.print(_table(hits, line))
     kinds = {h.modality for h in hits}
-    if modality == "any" and len(kinds) == 1:  # the modality gap: a text query scores texts above every image
+    if modality == "any" and len(kinds) == 1:  # say where the other kind is
         (kind,) = kinds
         other = "text" if kind == "image" else "image"
         left_out = st.count(other)
@@ -266,12 +285,17 @@ def search(
         err_console.print(f"contact sheet: {path}", highlight=False)
 
 
-def _table(hits):
+def _table(hits, line: float | None = None):
     from rich.markup import escape
     from rich.table import Table
 
+    from clipsearch.calibration import confidence_word
+
     table = Table(show_header=True, header_style="bold", expand=False)
     table.add_column("#", justify="right")
+    calibrated = any(h.confidence is not None for h in hits)
+    if calibrated:
+        table.add_column("confidence", justify="right")
     table.add_column("score", justify="right")
     table.add_column("id")
     table.add_column("path or text", overflow="fold")
@@ -295,7 +319,12 @@ def _table(hits):
                 caption = " ".join(h.caption.split())
                 caption = caption if len(caption) <= 120 else caption[:117] + "..."
                 shown += f" [dim italic]{escape(caption)}[/]"
-        table.add_row(str(rank), f"{h.score:.4f}", h.id, shown)
+        cells = [str(rank)]
+        if calibrated:
+            cells.append(
+                "" if h.confidence is None else f"{h.confidence:.2f} {confidence_word(h.confidence, line)}"
+            )
+        table.add_row(*cells, f"{h.score:.4f}", h.id, shown)
     return table
 
 

@@ -126,6 +126,10 @@ def index_paths(
             run.execute(paths, texts, prune=prune)
             summary.index = store.update_index()
             store.compact()
+            if summary.added or summary.updated or summary.removed:  # keep scores readable as the store grows
+                from clipsearch.calibration import refresh_calibration
+
+                refresh_calibration(store, encoder)
     finally:
         report.done()
     summary.seconds = time.perf_counter() - t0

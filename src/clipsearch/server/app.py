@@ -4,8 +4,8 @@ Routes (the schema is served at ``/openapi.json``):
 
 - ``GET /health``, ``GET /api/config`` (what the page needs to know), ``GET /api/stats``
 - ``GET /api/search?q=...`` and ``POST /api/search`` (JSON terms with weights, or a multipart
-  form with an image), results ``[{"id", "path", "text", "modality", "score", "caption",
-  "label"}]`` best first
+  form with an image), results ``[{"id", "path", "text", "modality", "score", "confidence",
+  "good_match", "caption", "label"}]`` best first; header ``X-No-Good-Match: 1`` when none is a good match
 - ``GET /api/items/{id}``, ``.../thumbnail``, ``.../image``, ``.../similar``
 - ``POST /api/items``: add images by upload (needs the token)
 - ``POST /api/classify``, ``POST /api/localize`` and ``GET /api/items/{id}/localize``,
@@ -53,6 +53,7 @@ from clipsearch.server.schemas import (
     MAX_K,
     MAX_TEXT,
     MAX_UPLOAD_FILES,
+    MIN_CONFIDENCE_HELP,
     RERANK_HELP,
     TOKEN_COOKIE,
     AddedOut,
@@ -220,15 +221,18 @@ def create_app(
         min_score: Annotated[float | None, Query(ge=-1.0, le=1.0, description="drop results below this cosine")] = None,
         rerank: Annotated[int | None, Query(ge=0, le=MAX_K, description=RERANK_HELP)] = None,
         cell_weight: Annotated[float | None, Query(ge=0.0, le=MAX_CELL_WEIGHT, description=CELL_WEIGHT_HELP)] = None,
+        min_confidence: Annotated[float | None, Query(ge=0.0, le=1.0, description=MIN_CONFIDENCE_HELP)] = None,
     ) -> list[dict[str, Any]]:
-        """The ``k`` items nearest the text ``q``, best first."""
+        """The ``k`` items nearest the text ``q``, best first (images and texts ranked together by
+        calibrated confidence for ``modality=any``); header ``X-No-Good-Match: 1`` when none is a
+        good match."""
         t0 = time.perf_counter()
         hits = state.search(
             [(state.text_vector(valid_unicode(q)), 1.0)], k=k, modality=modality, min_score=min_score, rerank=rerank,
-            cell_weight=cell_weight,
+            cell_weight=cell_weight, min_confidence=min_confidence,
         )  # fmt: skip
         response.headers["Server-Timing"] = f"search;dur={(time.perf_counter() - t0) * 1000:.1f}"
-        return [state.result(h) for h in hits]
+        return state.results(hits, response)
 
     search_body = {
         "requestBody": {
@@ -255,7 +259,7 @@ def create_app(
         spec, image_bytes = await _read_search_request(request)
         hits = await run_in_threadpool(_run_search, state, spec, image_bytes)
         response.headers["Server-Timing"] = f"search;dur={(time.perf_counter() - t0) * 1000:.1f}"
-        return [state.result(h) for h in hits]
+        return state.results(hits, response)
 
     # -- items -----------------------------------------------------------------------------------
     @app.get("/api/items/{item_id}", tags=["items"], dependencies=reads, response_model=ItemOut, responses=error_responses(401, 404, 422))
@@ -309,8 +313,10 @@ def create_app(
         item = state.item(item_id, with_vector=True)
         if item.vector is None:
             raise HTTPException(409, f"item {item_id} has no vector")
-        hits = state.search([(item.vector, 1.0)], k=k + 1, modality=modality, min_score=min_score)
-        return [state.result(h) for h in hits if h.id != item.id][:k]
+        hits = state.search(
+            [(item.vector, 1.0)], k=k + 1, modality=modality, min_score=min_score, query_kind=item.modality
+        )
+        return [r for r in state.results(hits, Response()) if r["id"] != item.id][:k]
 
     @app.post(
         "/api/items",
@@ -468,9 +474,13 @@ def _run_search(state: ServerState, spec: SearchForm, image: bytes | None) -> li
         terms.append((state.image_vector(pil), spec.image_weight))
     if not terms:
         raise HTTPException(422, "empty query: give q, terms, or an image")
+    # an uploaded image, or a stored image added in, makes an image query for calibration
+    image_led = image is not None or any(
+        t.id is not None and t.weight > 0 and state.item(str(t.id)).modality == "image" for t in spec.terms
+    )
     return state.search(
         terms, k=spec.k, modality=spec.modality, min_score=spec.min_score, rerank=spec.rerank,
-        cell_weight=spec.cell_weight,
+        cell_weight=spec.cell_weight, min_confidence=spec.min_confidence, query_kind="image" if image_led else "text",
     )  # fmt: skip
 
 

@@ -31,6 +31,10 @@ CELL_WEIGHT_HELP = "how much the best grid cell counts beside the vector (defaul
 MAX_UPLOAD_FILES = 64
 MAX_LABELS = 100
 TOKEN_COOKIE = "clipsearch_token"
+MIN_CONFIDENCE_HELP = (
+    "drop results whose calibrated confidence (0-1) is below this; default: keep them and flag "
+    "whether any is a good match"
+)
 TEXT_CACHE_SIZE = 512  # query texts whose vectors are kept
 OVERLAY_SIDE = 1024  # longest side of a relevance overlay PNG
 UPLOAD_DIR = "uploads"
@@ -99,6 +103,7 @@ class SearchIn(BaseModel):
     k: int = Field(10, ge=1, le=MAX_K)
     modality: Modality = "any"
     min_score: float | None = Field(None, ge=-1.0, le=1.0)
+    min_confidence: float | None = Field(None, ge=0.0, le=1.0, description=MIN_CONFIDENCE_HELP)
     rerank: int | None = Field(None, ge=0, le=MAX_K, description=RERANK_HELP)
     cell_weight: float | None = Field(None, ge=0.0, le=MAX_CELL_WEIGHT, description=CELL_WEIGHT_HELP)
 
@@ -131,7 +136,10 @@ class ResultOut(BaseModel):
     path: str | None
     text: str | None
     modality: str
-    score: float
+    score: float  # the raw cosine (or grid re-ranked score)
+    confidence: float | None = None  # calibrated for this store, 0-1 (clipsearch.calibration)
+    good_match: bool | None = None  # confidence at or above the store's line
+    match: str | None = None  # the confidence in a word: strong, good, weak or none
     caption: str | None = None  # what a table says of an image (or a text record's caption field)
     label: str | None = None
 
@@ -205,6 +213,7 @@ def search_form_schema() -> dict[str, Any]:
             "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10},
             "modality": {"type": "string", "enum": ["image", "text", "any"], "default": "any"},
             "min_score": {"type": "number", "minimum": -1, "maximum": 1},
+            "min_confidence": {"type": "number", "minimum": 0, "maximum": 1},
             "rerank": {"type": "integer", "minimum": 0, "maximum": MAX_K, "description": RERANK_HELP},
             "cell_weight": {"type": "number", "minimum": 0, "maximum": MAX_CELL_WEIGHT, "description": CELL_WEIGHT_HELP},
         },

@@ -133,6 +133,8 @@ class ServerState:
         min_score: float | None,
         rerank: int | None = None,
         cell_weight: float | None = None,
+        min_confidence: float | None = None,
+        query_kind: str = "text",
     ) -> list[Hit]:
         """Hits for weighted query vectors, as :meth:`clipsearch.collection.Collection.search` gives them
         (``rerank`` > 0 searches images and needs a model with a grid; ``None`` leaves it to the
@@ -146,8 +148,29 @@ class ServerState:
         query = Query(tuple(Term("vector", vec, float(w)) for vec, w in terms))
         # Store.search reads its hits from the snapshot it searched, so no lock is needed here.
         return self.store.search(
-            query, k=k, modality=modality, min_score=min_score, rerank=rerank, cell_weight=cell_weight
-        )
+            query, k=k, modality=modality, min_score=min_score, rerank=rerank, cell_weight=cell_weight,
+            min_confidence=min_confidence, query_kind=query_kind,
+        )  # fmt: skip
+
+    def results(self, hits: list[Hit], response: Any) -> list[dict[str, Any]]:
+        """Hits as the search routes answer them: each with its ``confidence``, ``good_match`` (at
+        or above the store's line) and ``match`` (a word for the confidence: strong, good, weak,
+        none), and the verdict in headers as well:
+        ``X-No-Good-Match`` (``1`` or ``0``) and ``X-Min-Confidence`` (the line judged by)."""
+        from clipsearch.calibration import confidence_word
+
+        line = getattr(hits, "min_confidence", None)
+        out = []
+        for h in hits:
+            row = self.result(h)
+            calibrated = line is not None and h.confidence is not None
+            row["good_match"] = bool(h.confidence >= line) if calibrated else None
+            row["match"] = confidence_word(h.confidence, line) if calibrated else None
+            out.append(row)
+        response.headers["X-No-Good-Match"] = "1" if getattr(hits, "no_good_match", False) else "0"
+        if line is not None:
+            response.headers["X-Min-Confidence"] = f"{line:.4f}"
+        return out
 
     def classifier(self, labels: tuple[str, ...], templates: str) -> Any:
         from clipsearch.tasks.classify import ZeroShotClassifier

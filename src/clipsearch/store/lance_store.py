@@ -143,6 +143,7 @@ class Hit(Item):
     """A search result: an :class:`Item` and its cosine ``score`` with the query."""
 
     score: float = 0.0
+    confidence: float | None = None  # calibrated, 0-1 (clipsearch.calibration); None: not calibrated
 
     def to_dict(self) -> dict[str, Any]:
         """The fields ``clipsearch search --json`` prints."""
@@ -152,6 +153,7 @@ class Hit(Item):
             "text": self.text,
             "modality": self.modality,
             "score": round(float(self.score), 6),
+            "confidence": None if self.confidence is None else round(float(self.confidence), 4),
             "caption": self.caption,
             "label": self.label,
         }
@@ -770,13 +772,15 @@ class Store:
         best = top_k(scores, k)
         return [(int(pos[i]), float(scores[i])) for i in best]
 
-    def hits_at(self, found: Sequence[tuple[int, float]]) -> list[Hit]:
-        """Turn ``(position, score)`` pairs from :meth:`nearest` into :class:`Hit` objects."""
+    def hits_at(self, found: Sequence[tuple[int, float]], *, with_vector: bool = False) -> list[Hit]:
+        """Turn ``(position, score)`` pairs from :meth:`nearest` into :class:`Hit` objects
+        (with their stored vectors when asked)."""
         snap = found.snapshot if isinstance(found, Neighbours) else self._snapshot
         if not found or snap is None:
             return []
         positions = [p for p, _ in found]
-        rows = snap.dataset.take(positions, columns=_columns_without_vector()).to_pylist()
+        columns = _columns_without_vector() + (["vector"] if with_vector else [])
+        rows = snap.dataset.take(positions, columns=columns).to_pylist()
         hits = []
         for row, (_, score) in zip(rows, found):
             item = Item.from_row(sch.real_row(row))

@@ -45,6 +45,7 @@ class Retrieved:
     end: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     rerank_score: float | None = None  # the cross-encoder's score, when reranked
+    confidence: float | None = None  # the store's calibrated confidence (clipsearch.calibration)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -98,12 +99,15 @@ class StoreRetriever:
     def __init__(self, store: Any, encoder: Encoder | None = None):
         self.store = store
         self.encoder = encoder if encoder is not None else getattr(store, "encoder", None)
+        self.min_confidence: float | None = None  # the store's line, as the last search judged by
 
     def retrieve(self, question: str, k: int) -> list[Retrieved]:
         _check_question(question)
         if k < 1:
             raise ValueError(f"k must be at least 1, not {k}")
-        return [store_hit(h) for h in self.store.search(question, k=k, modality="text")]
+        hits = self.store.search(question, k=k, modality="text")
+        self.min_confidence = getattr(hits, "min_confidence", None)
+        return [store_hit(h) for h in hits]
 
 
 MAX_REEMBED = 20_000
@@ -180,6 +184,7 @@ def store_hit(hit: Any) -> Retrieved:
         source = f"{source}{record}"
     start = get("char_start", get("start"))
     end = get("char_end", get("end"))
+    confidence = get("confidence")
     return Retrieved(
         id=str(get("id")),
         text=str(get("text") or ""),
@@ -188,6 +193,7 @@ def store_hit(hit: Any) -> Retrieved:
         start=None if start is None else int(start),
         end=None if end is None else int(end),
         metadata=metadata,
+        confidence=None if confidence is None else float(confidence),
     )
 
 
@@ -204,6 +210,9 @@ class QAResult:
     retriever: str  # model names, for the record
     reader: str | None = None
     reranker: str | None = None
+    declined: bool = False  # no good answer: see :func:`ask`
+    declined_because: str | None = None  # why, in words
+    confidence: float | None = None  # the best passage's calibrated retrieval confidence
 
     @property
     def passage(self) -> Retrieved:
@@ -223,6 +232,10 @@ class QAResult:
             "answer_end": self.answer.end,
             "passages": [p.to_dict() for p in self.passages],
             "models": {"retriever": self.retriever, "reader": self.reader, "reranker": self.reranker},
+            "declined": self.declined,
+            "declined_because": self.declined_because,
+            "confidence": self.confidence,
+            "no_answer_logit": self.answer.no_answer_logit,
         }
 
 
@@ -255,8 +268,16 @@ def ask(
     max_answer_len: int = 30,
     stride: int = 128,
     max_length: int = 384,
+    min_confidence: float | None = None,
+    decline: bool = True,
 ) -> QAResult:
-    """Answer ``question`` from the passages ``retriever`` finds.
+    """Answer ``question`` from the passages ``retriever`` finds, or decline.
+
+    The answer is declined (``declined=True``, the best guess still given) when the best
+    retrieved passage's calibrated confidence is below ``min_confidence`` (default: the store's
+    own line, :mod:`clipsearch.calibration`; only retrievers over a store have one), or, with a
+    reader, when the reader's "no answer" logit beats its best span's (SQuAD 2.0 style: the
+    lowest ``[CLS]`` start + end logit of any window against the best span's start + end).
 
     Args:
         question: the question.
@@ -267,6 +288,8 @@ def ask(
         reranker: cross-encoder that reorders the retrieved candidates.
         candidates: passages retrieved before reranking (default ``3 * k``).
         max_answer_len, stride, max_length: see :func:`clipsearch.tasks.reader.read`.
+        min_confidence: the retrieval confidence (0-1) below which the answer is declined.
+        decline: False always answers (as before calibration).
 
     Raises:
         StoreError: there are no text passages to search.
@@ -279,6 +302,17 @@ def ask(
         answer = read(question, hits, reader, max_answer_len=max_answer_len, stride=stride, max_length=max_length)
     else:
         answer = sentence_answer(question, hits, retriever.encoder, top_passages=SENTENCE_PASSAGES)
+    confidences = [h.confidence for h in hits if h.confidence is not None]
+    confidence = max(confidences) if confidences else None
+    line = min_confidence if min_confidence is not None else getattr(retriever, "min_confidence", None)
+    because = None
+    if decline and confidence is not None and line is not None and confidence < line:
+        because = f"no passage matches the question well (confidence {confidence:.2f}, below {line:.2f})"
+    elif decline and answer.no_answer_logit is not None and answer.logit is not None and answer.no_answer_logit > answer.logit:
+        because = (
+            f"the reader finds no answer in the passages (no-answer logit {answer.no_answer_logit:.2f} "
+            f"above the best span's {answer.logit:.2f})"
+        )
     return QAResult(
         question,
         answer,
@@ -286,6 +320,9 @@ def ask(
         retriever.encoder.name,
         reader.name if reader is not None else None,
         reranker.name if reranker is not None else None,
+        declined=because is not None,
+        declined_because=because,
+        confidence=confidence,
     )
 
 

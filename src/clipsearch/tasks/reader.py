@@ -41,6 +41,7 @@ class Answer:
     kind: str = "span"  # "span" (read by a QA model) or "sentence" (offline fallback)
     logit: float | None = None  # span: start_logit + end_logit, the cross-window ranking key
     windows: int = 0  # span: how many windows the reader ran over all passages
+    no_answer_logit: float | None = None  # span: the lowest "no answer" logit of any window (SQuAD 2.0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,6 +107,9 @@ def read(
     order = sorted(range(n_windows), key=lambda w: len(enc["input_ids"][w]))
 
     best: tuple[float, float, int, int, int] | None = None  # logit, score, window, i, j
+    # SQuAD 2.0: a window's "no answer" score is the logit sum at its first token ([CLS]); the
+    # question is answerable when some window's best span beats the lowest of these
+    null = np.inf
     for lo in range(0, n_windows, batch_size):
         ws = order[lo : lo + batch_size]
         batch = tok.pad({k: [enc[k][w] for w in ws] for k in names}, padding_side="right", return_tensors="pt")
@@ -118,6 +122,7 @@ def read(
             np.ones((length, length), dtype=bool), max_answer_len
         )
         for b, w in enumerate(ws):
+            null = min(null, float(starts[b][0] + ends[b][0]))
             seq_ids = enc.sequence_ids(w)  # right padding: token t of the window sits at position t
             in_passage = np.zeros(length, dtype=bool)
             in_passage[: len(seq_ids)] = [sid == 1 for sid in seq_ids]
@@ -136,7 +141,7 @@ def read(
     logit, score, w, i, j = best
     p = int(sample_of[w])
     start, end = int(offsets[w][i][0]), int(offsets[w][j][1])
-    return Answer(texts[p][start:end], score, p, start, end, "span", logit, int(n_windows))
+    return Answer(texts[p][start:end], score, p, start, end, "span", logit, int(n_windows), null)
 
 
 def sentence_answer(

@@ -166,12 +166,14 @@
     }
   }
 
-  // "All" in a store of both kinds asks for images and texts apart and shows them in two groups:
-  // a text query scores texts far above images (and an image query images above texts), so one
-  // ranking of both would show one kind only. Resolves to [[heading or null, hits], ...].
+  // "All" in a store of both kinds: one list when the server calibrates its scores (images and
+  // texts ranked together by confidence); else images and texts apart, in two groups, since a
+  // text query scores texts far above images by cosine. Resolves to [[heading or null, hits], ...].
   async function fetchGroups(request) {
     const c = state.counts;
     if (state.modality !== "any" || !c || !c.images || !c.texts) return [[null, await request(state.modality, K)]];
+    const fused = await request("any", K);
+    if (!fused.length || fused[0].confidence != null) return [[null, fused]];
     const [images, texts] = await Promise.all([request("image", K), request("text", TEXTS_IN_ALL)]);
     return [["Images", images], ["Texts", texts]].filter(([, hits]) => hits.length);
   }
@@ -188,22 +190,37 @@
       const worst = hits.length ? hits[hits.length - 1].score : 0;
       for (const hit of hits) nodes.push(card(hit, index++, best, worst));
     }
+    // calibrated results say whether any is a good match; when none is, say so before them
+    const all = groups.flatMap(([, hits]) => hits);
+    const noGood = all.length > 0 && all.every((h) => h.good_match === false);
+    if (noGood) {
+      nodes.unshift(el("p", { class: "no-match", role: "note", text: "No good match: nothing here matches the query well. The nearest results are below." }));
+    }
     $("#results").replaceChildren(...nodes);
     setStatus(
       index
-        ? [el("strong", { text: plural(index, "result") }), " ", ...label, ` · ${Math.round(ms)} ms`]
+        ? [noGood ? "No good match · " : "", el("strong", { text: plural(index, "result") }), " ", ...label, ` · ${Math.round(ms)} ms`]
         : ["Nothing found ", ...label, state.modality !== "any" ? ` among ${state.modality}s` : ""],
     );
   }
 
   function card(hit, index, best, worst) {
-    const relative = best > worst ? (hit.score - worst) / (best - worst) : 1;
-    const bar = el("div", { class: "bar" });
+    // the bar: the calibrated confidence (0-100%) when there is one, else the score relative to the group's
+    const calibrated = hit.confidence != null;
+    const relative = calibrated ? hit.confidence : best > worst ? (hit.score - worst) / (best - worst) : 1;
+    const bar = el("div", { class: `bar${calibrated ? ` ${hit.match}` : ""}` });
     bar.style.width = `${Math.max(6, Math.round(relative * 100))}%`;
     const caption = el(
       "div",
       { class: "caption" },
       el("span", { class: "name", text: hit.modality === "image" ? basename(hit.path) : basename(hit.path) || "text" }),
+      calibrated
+        ? el("span", {
+            class: `match ${hit.match}`,
+            title: `confidence ${Math.round(hit.confidence * 100)}%: how surely this matches, calibrated for this store`,
+            text: hit.match,
+          })
+        : "",
       el("span", { class: "score", title: "cosine similarity", text: fmtScore(hit.score) }),
     );
     let body;
@@ -223,6 +240,7 @@
         href: hit.modality === "image" ? `/api/items/${hit.id}/image` : `/api/items/${hit.id}`,
         "data-id": hit.id,
         "data-score": String(hit.score),
+        "data-confidence": hit.confidence != null ? String(hit.confidence) : "",
       },
       body,
       bar,
@@ -251,6 +269,15 @@
       });
       const out = await res.json();
       if (seq !== state.seq || !out.answer) return;
+      if (out.declined) {
+        // nothing answers it well: say so plainly, without a confident-looking answer
+        box.replaceChildren(
+          el("div", { class: "label", text: "No good answer" }),
+          el("div", { class: "source", text: out.declined_because || "" }),
+        );
+        box.hidden = false;
+        return;
+      }
       box.replaceChildren(
         el("div", { class: "label", text: out.kind === "span" ? "Answer" : "Best matching sentence" }),
         el("div", { class: "text", text: out.answer }),
@@ -367,7 +394,7 @@
     try {
       const item = await (await api(`/api/items/${hit.id}`)).json();
       if (state.current !== hit) return;
-      $("#viewer-meta").replaceChildren(...metaRows({ ...item, score: hit.score }));
+      $("#viewer-meta").replaceChildren(...metaRows({ ...item, score: hit.score, confidence: hit.confidence, match: hit.match }));
     } catch (err) {
       toast(err.message);
     }
@@ -380,6 +407,7 @@
       rows.push(el("dt", { text: label }), el("dd", { text: String(value) }));
     };
     if (item.score !== undefined) add("Score", fmtScore(item.score));
+    if (item.confidence != null) add("Confidence", `${Math.round(item.confidence * 100)}% (${item.match})`);
     add("Label", item.label);
     add("Caption", item.caption);
     if (item.width && item.height) add("Size", `${item.width} × ${item.height}`);
