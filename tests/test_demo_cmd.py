@@ -29,7 +29,11 @@ def test_demo_no_serve_in_a_temp_folder(tmp_path: Path):
         assert direction in out, direction
     assert "zero-shot shape classification" in out
     assert "(+2 x 'heart', +1 x 'yellow', -1 x 'red')" in out  # the composed query is split into its terms
-    assert "indexed 120 new" in out  # 60 images and their 60 captions
+    from clipsearch.ingest.documents import document_passages
+    from clipsearch.world.notes import NOTES
+
+    notes = len(document_passages(NOTES, None))
+    assert f"indexed {120 + notes} new" in out  # 60 images, their 60 captions and the off-topic notes' passages
     # image results show what the scene holds (the generator's truth) beside its caption
     assert out.count(" holds ") >= 10 and "; caption '" in out
     for picture in ("contact_sheet.png", "contact_sheet_rerank.png", "relevance_map.png"):

@@ -40,6 +40,7 @@ from clipsearch.models.onnx_runtime import (
     BUNDLE_FORMAT,
     bundle_dir,
     cache_root,
+    file_lock,
     guard_result,
     open_bundle,
     write_model_record,
@@ -409,7 +410,7 @@ def export_bundle(
     final = root / key
     report = Reporter(on_progress, "onnx export")
     try:
-        with _export_lock(root / f"{key}.lock"):
+        with file_lock(root / f"{key}.lock"):
             if not (final / BUNDLE_FILE).is_file():
                 log.info("exporting model %s to ONNX (first use; later runs use the copy in %s)", encoder.name, final)
                 tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
@@ -440,25 +441,6 @@ def _identity_file(ident: dict[str, Any]) -> dict[str, Path]:
 
         write_atomic(path, text.encode("utf-8"), fsync=False)
     return {"settings": path}
-
-
-class _export_lock:
-    """An exclusive ``flock`` held while one process exports a key."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self) -> None:
-        import fcntl
-
-        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc: object) -> None:
-        import fcntl
-
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
 
 
 def _write_bundle(encoder: Encoder, folder: Path, key: str, report: Reporter) -> None:

@@ -172,17 +172,18 @@ def update_guard(folder: Path, tower: str, result: dict[str, Any]) -> None:
     from clipsearch.atomic import write_atomic
 
     path = Path(folder) / BUNDLE_FILE
-    with _bundle_lock(folder):
+    with file_lock(Path(str(folder).rstrip("/") + ".lock")):
         bundle = read_bundle(folder)
         bundle.setdefault("guard", {})[tower] = result
         write_atomic(path, json.dumps(bundle).encode("utf-8"), fsync=False)
 
 
-class _bundle_lock:
-    """An exclusive ``flock`` on ``<folder>.lock`` (two processes recording a guard at once)."""
+class file_lock:
+    """An exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block: one
+    process at a time exports a key or records a guard."""
 
-    def __init__(self, folder: Path):
-        self.path = Path(str(folder).rstrip("/") + ".lock")
+    def __init__(self, path: Path):
+        self.path = Path(path)
 
     def __enter__(self) -> None:
         import fcntl
