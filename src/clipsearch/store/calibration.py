@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from clipsearch.atomic import write_atomic
+from clipsearch.store.schema import write_bytes_atomic
 
 if TYPE_CHECKING:
     from clipsearch.store.lance_store import Store
@@ -32,7 +32,7 @@ def read_calibration(root: Path) -> tuple[dict[str, Any], dict[str, npt.NDArray[
     it is unreadable or of another format: then it is fitted again)."""
     try:
         header = json.loads((root / CALIBRATION_FILE).read_text(encoding="utf-8"))
-        with np.load(root / CALIBRATION_ARRAYS, allow_pickle=False) as data:
+        with np.load(io.BytesIO((root / CALIBRATION_ARRAYS).read_bytes()), allow_pickle=False) as data:
             arrays = {k: np.asarray(data[k], dtype=np.float32) for k in data.files}
     except (OSError, ValueError, KeyError):
         return None
@@ -52,6 +52,6 @@ def write_calibration(store: Store, header: dict[str, Any], arrays: dict[str, np
     stamp = int(np.random.default_rng().integers(1, 2**24))  # exact in float32
     buf = io.BytesIO()
     np.savez(buf, _stamp=np.array([stamp], np.float32), **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
-    write_atomic(store.root / CALIBRATION_ARRAYS, buf.getvalue())
+    write_bytes_atomic(store.root / CALIBRATION_ARRAYS, buf.getvalue())
     full = {"format_version": FORMAT_VERSION, "stamp": stamp, **header}
-    write_atomic(store.root / CALIBRATION_FILE, json.dumps(full, indent=1, sort_keys=True).encode("utf-8"))
+    write_bytes_atomic(store.root / CALIBRATION_FILE, json.dumps(full, indent=1, sort_keys=True).encode("utf-8"))

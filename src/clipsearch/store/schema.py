@@ -266,9 +266,14 @@ def read_meta(root: Path) -> dict[str, Any] | None:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` so that readers see the old or the new file, never half."""
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a store's file ``path`` (local or on S3) so that readers see the old or
+    the new file, never half."""
     from clipsearch.atomic import write_atomic
 
-    data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
     if isinstance(path, Path):
         write_atomic(path, data)
     else:  # an object store's path (clipsearch.store.s3.S3Path): one PUT is atomic by itself
