@@ -211,7 +211,7 @@ def test_a_file_that_crashes_or_hangs_its_decoder_costs_only_itself_on_ray(
         shutil.copy(src, folder / f"img{k:02d}{odd.get(k, '')}{src.suffix}")
     # Here, the local engine's workers and the Ray driver's re-read are forked: they inherit the patch.
     monkeypatch.setenv("CLIPSEARCH_MP_CONTEXT", "fork")
-    monkeypatch.setenv("CLIPSEARCH_FILE_TIMEOUT", "2")
+    monkeypatch.setenv("CLIPSEARCH_FILE_TIMEOUT", "1")
     monkeypatch.setattr(decode, "prepare_image", _odd_decoder(decode.prepare_image))
     model = load_model("demo")
     local, on_ray = open_store(tmp_path / "local", model=model), open_store(tmp_path / "ray", model=model)
@@ -221,7 +221,7 @@ def test_a_file_that_crashes_or_hangs_its_decoder_costs_only_itself_on_ray(
     assert sorted(f.to_dict().items() for f in got.failures) == sorted(f.to_dict().items() for f in want.failures)
     assert {Path(f.path).name: f.reason for f in got.failures} == {
         f"img05boom{world[5].suffix}": "the image decoder crashed (worker process died)",
-        f"img11slow{world[11].suffix}": "took longer than 2 s to read and decode (a stalled drive?); see $CLIPSEARCH_FILE_TIMEOUT",
+        f"img11slow{world[11].suffix}": "took longer than 1 s to read and decode (a stalled drive?); see $CLIPSEARCH_FILE_TIMEOUT",
     }
     assert got.to_dict() == want.to_dict() and got.added == 10
     assert_same_store(store_content(local.store), store_content(on_ray.store))

@@ -234,8 +234,8 @@ def _read_here(
     """The rows of dropped blocks: decoded in the local path's pool of worker processes (one
     file that crashes or hangs its decoder costs only itself, with the local path's reason),
     embedded with ``encoder`` on this machine, ``batch_size`` at a time."""
-    stream = prepared_images(
-        [paths[i] for i in index], preprocess, workers=1, known_ids=known_ids, file_timeout=file_timeout
+    stream = prepared_images(  # one file a chunk: a hung file holds up no other
+        [paths[i] for i in index], preprocess, workers=1, known_ids=known_ids, chunk=1, file_timeout=file_timeout
     )
     with closing(stream):
         preps = list(stream)
