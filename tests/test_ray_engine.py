@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -217,13 +218,18 @@ def test_a_file_that_crashes_or_hangs_its_decoder_costs_only_itself_on_ray(
     local, on_ray = open_store(tmp_path / "local", model=model), open_store(tmp_path / "ray", model=model)
 
     want = local.add([folder], workers=2, batch_size=4)
-    got = _run_with_deadline(lambda: on_ray.add([folder], engine="ray", batch_size=4), seconds=120)
+    events: list = []
+    got = _run_with_deadline(lambda: on_ray.add([folder], engine="ray", batch_size=4, on_progress=events.append), 120)
     assert sorted(f.to_dict().items() for f in got.failures) == sorted(f.to_dict().items() for f in want.failures)
     assert {Path(f.path).name: f.reason for f in got.failures} == {
         f"img05boom{world[5].suffix}": "the image decoder crashed (worker process died)",
         f"img11slow{world[11].suffix}": "took longer than 1 s to read and decode (a stalled drive?); see $CLIPSEARCH_FILE_TIMEOUT",
     }
     assert got.to_dict() == want.to_dict() and got.added == 10
+    # the blocks of the odd files (the second and the last; on a loaded machine, maybe also the
+    # first, if a fresh worker's first file outlives the 1 s limit) were read again here, and the run said so
+    told = [re.fullmatch(r"Ray: a decode task failed; reading its (\d+) files here", e.message or "") for e in events]
+    assert 8 <= sum(int(m[1]) for m in told if m) <= 12
     assert_same_store(store_content(local.store), store_content(on_ray.store))
 
 

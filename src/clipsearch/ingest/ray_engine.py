@@ -162,6 +162,7 @@ def embedded_images(
     plan: dict[str, Any],
     encoder: Encoder,
     file_timeout: float,
+    on_read_here: Callable[[int], None] | None = None,
 ) -> Iterator[EmbeddedImage]:
     """Decode and embed ``paths`` on the connected Ray cluster, yielding in the paths' order.
 
@@ -175,6 +176,7 @@ def embedded_images(
         plan: from :func:`actor_plan`.
         encoder: the driver's encoder, for the files of blocks the cluster dropped.
         file_timeout: seconds one file may take to read and decode, on a worker or here.
+        on_read_here: told how many files of dropped blocks are about to be read here.
     """
     import ray.data
 
@@ -202,6 +204,8 @@ def embedded_images(
         # (max_restarts=-1) and its batch handed to it again (max_task_retries=-1).
     )
     def read_here(start: int, stop: int) -> Iterator[EmbeddedImage]:
+        if on_read_here is not None:
+            on_read_here(stop - start)
         yield from _read_here(
             paths, range(start, stop), preprocess, known_ids=known_ids, cells=cells, encoder=encoder,
             batch_size=batch_size, file_timeout=file_timeout,
