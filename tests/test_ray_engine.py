@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -27,6 +28,31 @@ HOSTILE = Path(__file__).parent / "data" / "images" / "hostile"
 SOME_HOSTILE = ["broken.png", "truncated_jpeg.jpg", "decompression_bomb.gif", "junk_jpeg_header.jpg", "hopper.jpg"]
 
 
+def _odd_decoder(original):
+    """``prepare_image``, but a file whose name holds ``boom`` kills the process (as a segfaulting
+    decoder does) and one whose name holds ``slow`` never returns (a stalled network drive)."""
+
+    def prepare(path, preprocess, *, known_ids=None):  # type: ignore[no-untyped-def]
+        name = os.path.basename(path)
+        if "boom" in name:
+            os._exit(3)
+        if "slow" in name:
+            import time
+
+            time.sleep(3600)
+        return original(path, preprocess, known_ids=known_ids)
+
+    return prepare
+
+
+def _odd_decoders_in_ray_workers() -> None:
+    """Each Ray worker's setup hook: its decode tasks meet :func:`_odd_decoder` (no other test
+    here has such names)."""
+    from clipsearch.ingest import ray_engine
+
+    ray_engine.prepare_image = _odd_decoder(ray_engine.prepare_image)
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     import ray
@@ -34,7 +60,10 @@ def local_ray():
 
     # The crashing encoder below is defined here; workers cannot import this test module.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    ray.init(
+        num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+        runtime_env={"worker_process_setup_hook": _odd_decoders_in_ray_workers},
+    )  # fmt: skip
     try:
         yield ray
     finally:
@@ -165,6 +194,43 @@ def test_a_worker_killed_mid_run_still_gives_the_exact_store(local_ray, corpus: 
     ref.add([folder], workers=0, batch_size=4)
     assert_same_store(store_content(ref.store), store_content(store.store))
     assert store.add([folder], engine="ray").unchanged == 24
+
+
+@pytest.mark.filterwarnings("ignore:lance is not fork-safe", "ignore:lancedb fork support is experimental")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
+def test_a_file_that_crashes_or_hangs_its_decoder_costs_only_itself_on_ray(
+    local_ray, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import clipsearch.ingest.decode as decode
+    from test_odd_files import _run_with_deadline
+
+    world = sorted((corpus / "world").iterdir())
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    odd = {5: "boom", 11: "slow"}  # three blocks of four: the second and the last meet an odd file
+    for k, src in enumerate(world[:12]):
+        shutil.copy(src, folder / f"img{k:02d}{odd.get(k, '')}{src.suffix}")
+    # Here, the local engine's workers and the Ray driver's re-read are forked: they inherit the patch.
+    monkeypatch.setenv("CLIPSEARCH_MP_CONTEXT", "fork")
+    monkeypatch.setenv("CLIPSEARCH_FILE_TIMEOUT", "1")
+    monkeypatch.setattr(decode, "prepare_image", _odd_decoder(decode.prepare_image))
+    model = load_model("demo")
+    local, on_ray = open_store(tmp_path / "local", model=model), open_store(tmp_path / "ray", model=model)
+
+    want = local.add([folder], workers=2, batch_size=4)
+    events: list = []
+    got = _run_with_deadline(lambda: on_ray.add([folder], engine="ray", batch_size=4, on_progress=events.append), 120)
+    assert sorted(f.to_dict().items() for f in got.failures) == sorted(f.to_dict().items() for f in want.failures)
+    assert {Path(f.path).name: f.reason for f in got.failures} == {
+        f"img05boom{world[5].suffix}": "the image decoder crashed (worker process died)",
+        f"img11slow{world[11].suffix}": "took longer than 1 s to read and decode (a stalled drive?); see $CLIPSEARCH_FILE_TIMEOUT",
+    }
+    assert got.to_dict() == want.to_dict() and got.added == 10
+    # the blocks of the odd files (the second and the last; on a loaded machine, maybe also the
+    # first, if a fresh worker's first file outlives the 1 s limit) were read again here, and the run said so
+    told = [re.fullmatch(r"Ray: a decode task failed; reading its (\d+) files here", e.message or "") for e in events]
+    assert 8 <= sum(int(m[1]) for m in told if m) <= 12
+    assert_same_store(store_content(local.store), store_content(on_ray.store))
 
 
 def test_bad_engine_options_are_refused_before_anything_is_read(tmp_path: Path) -> None:

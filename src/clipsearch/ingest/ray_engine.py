@@ -7,6 +7,12 @@ what this module hands to Ray Data is the work that scales with the images:
   tasks (read, hash, decode, preprocess; bytes the store already holds are hashed only);
 - **embed**: :func:`~clipsearch.ingest.embed.embed_images` in a pool of actors that each hold
   the encoder, one per GPU (``num_gpus=1``) where Ray sees GPUs, else on a fraction of a CPU;
+- a decode task that dies after its retry (a file that crashes every decoder it meets) or
+  whose file outlives the per-file time limit (``$CLIPSEARCH_FILE_TIMEOUT``; a watchdog ends
+  the task's worker) costs only its block: Ray Data drops it (``max_errored_blocks``) and the
+  driver reads that block's files again through the local path's isolated pool
+  (:func:`~clipsearch.ingest.decode.prepared_images`), so each bad file becomes one failure
+  with its reason, as on the local path, and the block's good files are embedded here;
 - back on the driver, in the order of the paths (``preserve_order``), each image's hash,
   size, vector and grid cells go through the same placement and
   :class:`~clipsearch.ingest.write.StoreWriter` commits as the local path, so both engines
@@ -24,14 +30,16 @@ functions: ``pip install clipsearch[ray]`` is only needed by who runs this engin
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipsearch.ingest.decode import Prepared, prepare_image
+from clipsearch.ingest.decode import Prepared, prepare_image, prepared_images
 from clipsearch.ingest.embed import embed_images
 
 if TYPE_CHECKING:
@@ -152,6 +160,9 @@ def embedded_images(
     load_encoder: Callable[[], Encoder],
     batch_size: int,
     plan: dict[str, Any],
+    encoder: Encoder,
+    file_timeout: float,
+    on_read_here: Callable[[int], None] | None = None,
 ) -> Iterator[EmbeddedImage]:
     """Decode and embed ``paths`` on the connected Ray cluster, yielding in the paths' order.
 
@@ -163,6 +174,9 @@ def embedded_images(
         load_encoder: returns the encoder, called once in each embed actor (it pickles).
         batch_size: images per decode task and per forward pass.
         plan: from :func:`actor_plan`.
+        encoder: the driver's encoder, for the files of blocks the cluster dropped.
+        file_timeout: seconds one file may take to read and decode, on a worker or here.
+        on_read_here: told how many files of dropped blocks are about to be read here.
     """
     import ray.data
 
@@ -172,11 +186,12 @@ def embedded_images(
     ctx.execution_options.preserve_order = True  # the same commits, in the same order, as the local path
     ctx.enable_progress_bars = False  # the library never prints: progress goes out as events
     ctx.print_on_execution_start = False
+    ctx.max_errored_blocks = -1  # a block whose task failed is dropped; its files are read again here
     items = [{"i": i, "path": p} for i, p in enumerate(paths)]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 10_000)))
     with warnings.catch_warnings():  # Ray 2.60 names no other way to bound a task's retries (to go in 2.64)
         warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*deprecated")
-        ds = _with_decode(ds, preprocess, known_ids, batch_size, plan["decode_cpus"])
+        ds = _with_decode(ds, preprocess, known_ids, batch_size, plan["decode_cpus"], file_timeout)
     ds = ds.map_batches(
         _EmbedActor,
         fn_constructor_kwargs={"load_encoder": load_encoder, "cells": cells},
@@ -188,31 +203,120 @@ def embedded_images(
         # Ray Data's defaults for actor pools: an actor that dies is started again
         # (max_restarts=-1) and its batch handed to it again (max_task_retries=-1).
     )
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        yield from _unbatch(batch, paths)
+    def read_here(start: int, stop: int) -> Iterator[EmbeddedImage]:
+        if on_read_here is not None:
+            on_read_here(stop - start)
+        yield from _read_here(
+            paths, range(start, stop), preprocess, known_ids=known_ids, cells=cells, encoder=encoder,
+            batch_size=batch_size, file_timeout=file_timeout,
+        )  # fmt: skip
+
+    done = 0  # rows before this one came back (from the cluster, or read here)
+    with _dropped_blocks_unlogged():
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            first = int(batch["i"][0]) if len(batch["i"]) else done
+            if first > done:  # the blocks between were dropped: their files, here, in their place
+                yield from read_here(done, first)
+            for got in _unbatch(batch, paths):
+                done = got.index + 1
+                yield got
+    if done < len(paths):
+        yield from read_here(done, len(paths))
 
 
-def _with_decode(ds: Any, preprocess: Preprocess, known_ids: frozenset[str], batch_size: int, cpus: float) -> Any:
+def _read_here(
+    paths: Sequence[str],
+    index: Sequence[int],
+    preprocess: Preprocess,
+    *,
+    known_ids: frozenset[str],
+    cells: bool,
+    encoder: Encoder,
+    batch_size: int,
+    file_timeout: float,
+) -> Iterator[EmbeddedImage]:
+    """The rows of dropped blocks: decoded in the local path's pool of worker processes (one
+    file that crashes or hangs its decoder costs only itself, with the local path's reason),
+    embedded with ``encoder`` on this machine, ``batch_size`` at a time."""
+    stream = prepared_images(  # one file a chunk: a hung file holds up no other
+        [paths[i] for i in index], preprocess, workers=1, known_ids=known_ids, chunk=1, file_timeout=file_timeout
+    )
+    with closing(stream):
+        preps = list(stream)
+    vectors: list[np.ndarray | None] = [None] * len(preps)
+    grids: list[np.ndarray | None] = [None] * len(preps)
+    ok = [k for k, p in enumerate(preps) if p.pixels is not None]
+    for s in range(0, len(ok), batch_size):
+        part = ok[s : s + batch_size]
+        vecs, g = embed_images(encoder, np.stack([preps[k].pixels for k in part]), cells=cells)
+        for j, k in enumerate(part):
+            vectors[k] = np.asarray(vecs[j], np.float32)
+            grids[k] = None if g is None else np.asarray(g[j], np.float32)
+    for i, prep, vec, grid in zip(index, preps, vectors, grids):
+        prep.pixels = None
+        yield EmbeddedImage(i, prep, vec, grid)
+
+
+class _DroppedBlockFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Ignoring this exception" not in record.getMessage()
+
+
+@contextmanager
+def _dropped_blocks_unlogged() -> Iterator[None]:
+    """Keep Ray Data from logging a traceback for each dropped block: the library never prints,
+    and each file of such a block is reported as a failure with its reason, or indexed."""
+    log = logging.getLogger("ray.data._internal.execution.streaming_executor_state")
+    quiet = _DroppedBlockFilter()
+    log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        log.removeFilter(quiet)
+
+
+def _with_decode(
+    ds: Any, preprocess: Preprocess, known_ids: frozenset[str], batch_size: int, cpus: float, file_timeout: float
+) -> Any:
     """The decode stage as Ray tasks over ``ds`` (rows ``{"i", "path"}``)."""
     return ds.map_batches(
         _decode_batch,
-        fn_kwargs={"preprocess": preprocess, "known_ids": known_ids},
+        fn_kwargs={"preprocess": preprocess, "known_ids": known_ids, "file_timeout": file_timeout},
         batch_size=batch_size,
         batch_format="numpy",
         num_cpus=cpus,
-        # A worker killed mid-task: the task runs again. Three times, not Ray Data's endless
-        # default: a file that kills every decoder it meets must end the run with an error.
+        # A worker killed mid-task (a lost node, the OOM killer): the task runs once more, not
+        # Ray Data's endless default; a task that fails again drops its block, whose files the
+        # driver reads again one by one (a file that kills every decoder costs only itself).
         ray_remote_args_fn=_decode_task_args,
     )
 
 
 def _decode_task_args() -> dict[str, Any]:
-    return {"max_retries": 3}
+    return {"max_retries": 1}
 
 
-def _decode_batch(batch: dict[str, np.ndarray], preprocess: Preprocess, known_ids: frozenset[str]) -> dict[str, Any]:
-    """The decode stage over one batch of ``{"i", "path"}`` rows (a Ray task)."""
-    preps = [prepare_image(str(p), preprocess, known_ids=known_ids) for p in batch["path"]]
+def _decode_batch(
+    batch: dict[str, np.ndarray], preprocess: Preprocess, known_ids: frozenset[str], file_timeout: float
+) -> dict[str, Any]:
+    """The decode stage over one batch of ``{"i", "path"}`` rows (a Ray task).
+
+    A file that takes longer than ``file_timeout`` seconds (a stalled network drive, a decoder
+    stuck in a loop) ends this worker, as the local path's pool kills its worker: nothing
+    inside a task can stop a read blocked in the kernel. The task then fails like a crashed
+    one (see :func:`_with_decode`).
+    """
+    import faulthandler
+
+    preps = []
+    try:
+        for p in batch["path"]:
+            # The standard library's watchdog: a C thread that needs no GIL, dumps the stacks to
+            # the worker's log and exits the process; each call re-arms it for the next file.
+            faulthandler.dump_traceback_later(file_timeout, exit=True)
+            preps.append(prepare_image(str(p), preprocess, known_ids=known_ids))
+    finally:
+        faulthandler.cancel_dump_traceback_later()
     crop = preprocess.crop
     pixels = np.zeros((len(preps), 3, crop, crop), np.float32)
     for k, prep in enumerate(preps):

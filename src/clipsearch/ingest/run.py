@@ -433,6 +433,8 @@ class _Run:
         stream = embedded_images(
             [i.path for i in todo], preprocess, known_ids=w.image_ids, cells=self.cells,
             load_encoder=self.load_encoder, batch_size=self.batch_size, plan=self.ray.plan,
+            encoder=self.encoder, file_timeout=self.file_timeout or file_timeout_from_env(),
+            on_read_here=lambda n: self.report.message(f"Ray: a decode task failed; reading its {n} files here"),
         )  # fmt: skip
         self._index_docs(docs)  # texts first, here, as the local path commits them
         rows: list[dict[str, Any]] = []
