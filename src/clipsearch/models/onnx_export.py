@@ -474,7 +474,7 @@ def _write_bundle(encoder: Encoder, folder: Path, key: str, report: Reporter) ->
 
     # fp32 parity with torch, then int8 copies
     _check_parity(encoder, folder, tokenizer, text_mod, image_mod, sample, has_cells)
-    text_int8 = _quantize(folder / "text.onnx", folder / "text.int8.onnx")
+    text_int8 = _quantize(folder / "text.onnx", folder / "text.int8.onnx", embeddings=True)
     image_int8 = _quantize(folder / "image.onnx", folder / "image.int8.onnx") if image_mod is not None else None
     report.advance()
 
@@ -643,18 +643,25 @@ def _check_parity(encoder: Encoder, folder: Path, tokenizer: Any, text_mod: Any,
         )
 
 
-def _quantize(src: Path, dst: Path) -> str | None:
-    """Dynamic int8 (weights int8, activations quantised per batch) of ``src``'s matrix products;
-    the file name, or None when the quantiser cannot handle the graph."""
+def _quantize(src: Path, dst: Path, *, embeddings: bool = False) -> str | None:
+    """Dynamic int8 (weights int8, activations quantised per batch) of ``src``'s matrix products,
+    and with ``embeddings`` its token-embedding lookups too; the file name, or None when the
+    quantiser cannot handle the graph.
+
+    A text tower's token-embedding table is most of its file (ViT-B/32: 97 of 133 MB after
+    the matrix products); int8 there makes the graph 60 MB, and the session that a one-off
+    ``clipsearch search`` process opens loads in 0.15 s instead of 0.23 s. The guard judges
+    the whole int8 graph, so this is used only where the vectors stay within its bound."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
     hush = _RootOnly()
     root.addFilter(hush)  # the quantiser logs advice on the root logger for every graph; it is not for our users
     try:
-        # MatMul/Gemm only: that is where a transformer's time goes, and ORT's integer
-        # convolution kernels are slower on CPU than its fp32 ones.
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        # Matrix products (and lookups, see above), never convolutions: a transformer's time goes
+        # to its matrix products, and ORT's integer convolution kernels are slower on CPU than its fp32 ones.
+        ops = ["MatMul", "Gemm", *(["Gather"] if embeddings else [])]
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=ops)
     except Exception as e:  # noqa: BLE001 - the quantiser raises whatever its graph passes raise
         log.info("no int8 copy of %s: %s", src.name, str(e).splitlines()[0] if str(e) else type(e).__name__)
         return None

@@ -38,7 +38,7 @@ log = logging.getLogger("clipsearch")
 
 BUNDLE_FORMAT = 1
 """``bundle.json``'s ``format``; a bundle of another format is not read."""
-EXPORTER_VERSION = 1
+EXPORTER_VERSION = 2
 """Part of every bundle key: raising it (a changed export) makes every model export again."""
 CACHE_ENV = "CLIPSEARCH_ONNX_CACHE"
 BUNDLE_FILE = "bundle.json"
