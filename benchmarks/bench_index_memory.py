@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--steps", type=int, default=4, help="index in this many growing runs (incremental)")
     parser.add_argument("--model", default="demo")
+    parser.add_argument("--no-cells", action="store_true", help="index without grid cells (models with a grid keep them by default)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-index-memory-") as tmp_name:
@@ -63,7 +64,10 @@ def main() -> None:
             log(f"[memory] writing photos {done:,} .. {target:,} ...")
             write_small_jpegs(photos, target - done, start=done)
             wall, rss, _ = run_measured(
-                clipsearch_cmd("index", str(photos), "--store", str(store), "--model", args.model, "--no-progress", "--json"),
+                clipsearch_cmd(
+                    "index", str(photos), "--store", str(store), "--model", args.model, "--no-progress", "--json",
+                    *(["--no-cells"] if args.no_cells else []),
+                ),
                 env,
             )
             added = target - done
