@@ -267,11 +267,26 @@ def fit_logistic(z_pos: npt.ArrayLike, z_neg: npt.ArrayLike) -> dict[str, Any]:
 
 
 def probe_signature(store: Store) -> str:
-    """A short hash of the store's model probe: a new probe (the model changed) means a refit."""
-    probe = store.probe()
-    if probe is None:
+    """A short hash of the store's model probe: a new probe (the model changed) means a refit.
+
+    Every search asks (:func:`is_stale`), so the hash is remembered per probe file and only
+    recomputed when that file was replaced (its size or mtime changed)."""
+    from clipsearch.store.schema import PROBE_FILE
+
+    try:
+        st = (store.root / PROBE_FILE).stat()
+    except OSError:
         return ""
-    return hashlib.sha256(json.dumps(probe.get("vectors"), sort_keys=True).encode()).hexdigest()[:16]
+    key = ("probe:" + str(store.root), st.st_mtime_ns, st.st_size)
+    with _CACHE_LOCK:
+        known = _SIGNATURES.get(key[0])
+    if known is not None and known[0] == key:
+        return known[1]
+    probe = store.probe()
+    signature = "" if probe is None else hashlib.sha256(json.dumps(probe.get("vectors"), sort_keys=True).encode()).hexdigest()[:16]
+    with _CACHE_LOCK:
+        _SIGNATURES[key[0]] = (key, signature)
+    return signature
 
 
 def is_stale(store: Store, header: dict[str, Any] | None) -> bool:
@@ -446,6 +461,7 @@ def _matrix(column: Any, dim: int) -> Vectors:
 # -- storing, loading, refreshing ------------------------------------------------------------
 
 _CACHE: dict[str, tuple[tuple[Any, ...], Calibration]] = {}
+_SIGNATURES: dict[str, tuple[tuple[Any, ...], str]] = {}
 _CACHE_LOCK = threading.Lock()
 
 
